@@ -1,0 +1,291 @@
+"""DPM-Solver (Lu et al. 2022) and DPM-Solver++ (data prediction), singlestep and multistep.
+
+Both algorithms integrate the probability-flow ODE exactly in its linear part and Taylor-expand
+the model output in ``lambda``: ``algorithm="dpmsolver"`` expands the noise prediction,
+``"dpmsolver++"`` the data prediction ``x0 = (x - sigma eps) / alpha``. A k-th order step is a
+first-order step with the effective direction ``m0 + c1 D1 + c2 D2`` (``D1 ~ h m'``,
+``D2 ~ h^2 m''``); see :mod:`.exponential`.
+
+``solver_type`` selects how the second-order term is weighted, with the same names as diffusers:
+
+* ``"midpoint"``: weight ``1/2`` (DPM-Solver-2 / DPM-Solver++(2M) as published);
+* ``"heun"``: weight ``phi_2(h)/phi_1(h)`` (the exact Taylor coefficient);
+* ``"dpmsolver"`` (singlestep only, the default): the published DPM-Solver-3, whose second
+  intermediate point uses the Taylor weight and whose final step uses ``(m2 - m0)/r2``; equal to
+  ``"midpoint"`` at orders 1 and 2. (diffusers' singlestep order 3 is ``"midpoint"`` -- the
+  intermediate point with weight 1/2 -- or ``"heun"`` -- a full Taylor final step.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from .errors import SolverConfigError
+from .exponential import (
+    StepCoefficients,
+    bview,
+    data_step,
+    eps_from_x0,
+    noise_step,
+    phi_ratio,
+    step_coefficients,
+    x0_from_eps,
+)
+from .predictor import Evaluation, NoisePredictor, evaluate
+from .schedules import NoiseSchedule
+from .solver import Orders, Solver, StepOutput, evaluate_rows
+
+ALGORITHMS = ("dpmsolver", "dpmsolver++")
+
+
+def _mask(cond: Tensor, like: Tensor) -> Tensor:
+    return cond.reshape(cond.shape[0], *([1] * (like.ndim - 1)))
+
+
+class _DPMSolverBase(Solver):
+    """Parameterisation helpers shared by the singlestep and multistep solvers."""
+
+    schedule: NoiseSchedule
+    algorithm: str
+    solver_type: str
+
+    allowed_orders = (1, 2, 3)
+    first_order_at_zero = True
+    _solver_types: tuple[str, ...] = ("midpoint", "heun")
+
+    def _check_common(self) -> None:
+        self.check_order()
+        if self.algorithm not in ALGORITHMS:
+            raise SolverConfigError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        if self.solver_type not in self._solver_types:
+            raise SolverConfigError(
+                f"solver_type must be one of {self._solver_types} for {self.name}, got {self.solver_type!r}"
+            )
+
+    @property
+    def data_prediction(self) -> bool:
+        return self.algorithm == "dpmsolver++"
+
+    def _output(self, x: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """The model output in the solver's parameterisation (eps, or x0 for DPM-Solver++)."""
+        if not self.data_prediction:
+            return eps.to(x.dtype)
+        return x0_from_eps(x, self.schedule.alpha(t), self.schedule.sigma(t), eps.to(x.dtype))
+
+    def _g(self, h: Tensor) -> Tensor:
+        """Argument of ``phi``: ``h`` for noise prediction, ``-h`` for data prediction."""
+        return -h if self.data_prediction else h
+
+    def _advance(self, x_s: Tensor, c: StepCoefficients, direction: Tensor) -> Tensor:
+        return data_step(x_s, c, direction) if self.data_prediction else noise_step(x_s, c, direction)
+
+    def _eps_eff(self, x_s: Tensor, c: StepCoefficients, direction: Tensor) -> Tensor:
+        if not self.data_prediction:
+            return direction
+        return eps_from_x0(x_s, c.alpha_s, c.sigma_s, direction)
+
+    def _second_order_weight(self, h: Tensor, like: Tensor) -> Tensor | float:
+        if self.solver_type == "heun":
+            return bview(phi_ratio(2, self._g(h)), like)
+        return 0.5
+
+
+@dataclass(frozen=True)
+class DPMSolver(_DPMSolverBase):
+    """Singlestep DPM-Solver-k / DPM-Solver++(kS): k model calls per step, no history.
+
+    Intermediate points sit at fractions ``r`` of the step in ``lambda``: ``r2`` for order 2
+    (1/2: the midpoint, where ``eps_eff`` equals the model's prediction there) and ``r3`` for
+    order 3 (1/3, 2/3), unless ``inner`` times are given to :meth:`step`.
+    """
+
+    schedule: NoiseSchedule
+    order: int = 2
+    algorithm: str = "dpmsolver"
+    solver_type: str = "dpmsolver"
+    r2: float = 0.5
+    r3: tuple[float, float] = (1.0 / 3.0, 2.0 / 3.0)
+
+    _solver_types = ("dpmsolver", "midpoint", "heun")
+    accepts_inner = True
+
+    def __post_init__(self) -> None:
+        self._check_common()
+        if not 0.0 < self.r2 < 1.0:
+            raise SolverConfigError(f"r2 must lie in (0, 1), got {self.r2!r}")
+        if len(self.r3) != 2 or not 0.0 < self.r3[0] < self.r3[1] < 1.0:
+            raise SolverConfigError(f"r3 must be (r1, r2) with 0 < r1 < r2 < 1, got {self.r3!r}")
+
+    def inner_fractions(self, order: int) -> tuple[float, ...]:
+        """The ``lambda``-fractions of the intermediate points of a step of ``order``."""
+        return {1: (), 2: (self.r2,), 3: tuple(self.r3)}[order]
+
+    def step(
+        self,
+        model: NoisePredictor,
+        x_s: Tensor,
+        s: Tensor,
+        t: Tensor,
+        cond: Any,
+        orders: Orders,
+        *,
+        history: Sequence[Evaluation] = (),
+        eps_s: Tensor | None = None,
+        inner: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> StepOutput:
+        b = x_s.shape[0]
+        sch = self.schedule
+        evals: list[Evaluation] = []
+        if eps_s is None:
+            eps_s = evaluate(model, x_s, s, cond)
+            evals.append(Evaluation(x_s, s, eps_s))
+        c = step_coefficients(sch, s, t)
+        h = c.h
+        h = torch.where(torch.isfinite(h), h, torch.ones_like(h))  # rows forced to order 1
+        order = orders.per_sample
+        m0 = self._output(x_s, s, eps_s)
+        direction = m0
+        if orders.max >= 2:
+            if inner is not None:
+                s1 = inner[:, 0].to(h)
+                r1 = (sch.lambda_(s1) - c.lambda_s) / h
+            else:
+                r1 = torch.where(order == 2, torch.full_like(h, self.r2), torch.full_like(h, self.r3[0]))
+                s1 = sch.t_from_lambda(c.lambda_s + r1 * h)
+            c1 = step_coefficients(sch, s, s1)
+            u1 = self._advance(x_s, c1, m0)
+            e1, ev = evaluate_rows(model, u1, s1, cond, orders.rows_at_least(2), b)
+            evals.append(ev)
+            m1 = self._output(u1, s1, e1)
+            d1 = (m1 - m0) / bview(r1, x_s)
+            direction = torch.where(_mask(order == 2, x_s), m0 + self._second_order_weight(h, x_s) * d1, direction)
+            if orders.max >= 3:
+                if inner is not None:
+                    s2 = inner[:, 1].to(h)
+                    r2 = (sch.lambda_(s2) - c.lambda_s) / h
+                else:
+                    r2 = torch.full_like(h, self.r3[1])
+                    s2 = sch.t_from_lambda(c.lambda_s + r2 * h)
+                c2 = step_coefficients(sch, s, s2)
+                # second-order step s -> s2 from (m0, m1); its own step is r2 h, on which u1 sits at r1/r2
+                w_u2 = 0.5 if self.solver_type == "midpoint" else bview(phi_ratio(2, self._g(r2 * h)), x_s)
+                u2 = self._advance(x_s, c2, m0 + w_u2 * (m1 - m0) * bview(r2 / r1, x_s))
+                e2, ev = evaluate_rows(model, u2, s2, cond, orders.rows_at_least(3), b)
+                evals.append(ev)
+                m2 = self._output(u2, s2, e2)
+                rho2 = bview(phi_ratio(2, self._g(h)), x_s)
+                if self.solver_type == "heun":
+                    d1_0 = (m1 - m0) / bview(r1, x_s)
+                    d1_1 = (m2 - m0) / bview(r2, x_s)
+                    dr = bview(r2 - r1, x_s)
+                    d1 = (bview(r2, x_s) * d1_0 - bview(r1, x_s) * d1_1) / dr
+                    d2 = 2.0 * (d1_1 - d1_0) / dr
+                    dir3 = m0 + rho2 * d1 + bview(phi_ratio(3, self._g(h)), x_s) * d2
+                else:
+                    dir3 = m0 + rho2 * (m2 - m0) / bview(r2, x_s)
+                direction = torch.where(_mask(order == 3, x_s), dir3, direction)
+        x_t = self._advance(x_s, c, direction)
+        return StepOutput(x_t, self._eps_eff(x_s, c, direction), order, eps_s, tuple(evals))
+
+
+@dataclass(frozen=True)
+class DPMSolverMultistep(_DPMSolverBase):
+    """Multistep DPM-Solver / DPM-Solver++(2M, 3M): one model call per step.
+
+    A step of order k uses the ``k - 1`` most recent previous evaluations in ``history``
+    (``Evaluation(x, t, eps)`` of the points the trajectory passed through, oldest first; their
+    times may differ per sample). In a sampling loop the first steps warm up (order ``<= i + 1``)
+    and, with ``lower_order_final`` and fewer than 15 steps, the last two steps use orders 1 and
+    <= 2 (diffusers' rule, which DPM-Solver's reference code applies below 10 steps).
+
+    The third-order step reproduces the reference code and diffusers (its second-difference
+    weight is ``phi_3/phi_1`` on ``D2 = (D1_0 - D1_1)/(r0 + r1) ~ h^2 m''/2``). ``exact_third_order``
+    doubles that weight, which is the Taylor coefficient: only then is the 3M step third order in
+    the limit of small steps (see ``docs/sampling.md``).
+    """
+
+    schedule: NoiseSchedule
+    order: int = 2
+    algorithm: str = "dpmsolver"
+    solver_type: str = "midpoint"
+    lower_order_final: bool = True
+    exact_third_order: bool = False
+
+    multistep = True
+
+    def __post_init__(self) -> None:
+        self._check_common()
+
+    def check_steps(self, steps: int, max_order: int) -> None:
+        if steps < max_order:
+            raise SolverConfigError(
+                f"steps must be >= order for multistep {self.algorithm} (order {max_order}), got steps={steps}"
+            )
+
+    def order_cap(self, step: int, steps: int) -> int:
+        cap = min(3, step + 1)
+        if self.lower_order_final and steps < 15:
+            cap = min(cap, steps - step)
+        return cap
+
+    def step(
+        self,
+        model: NoisePredictor,
+        x_s: Tensor,
+        s: Tensor,
+        t: Tensor,
+        cond: Any,
+        orders: Orders,
+        *,
+        history: Sequence[Evaluation] = (),
+        eps_s: Tensor | None = None,
+        inner: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> StepOutput:
+        if len(history) < orders.max - 1:
+            raise SolverConfigError(
+                f"multistep {self.algorithm} of order {orders.max} needs {orders.max - 1} previous "
+                f"evaluations in history, got {len(history)}"
+            )
+        sch = self.schedule
+        evals: tuple[Evaluation, ...] = ()
+        if eps_s is None:
+            eps_s = evaluate(model, x_s, s, cond)
+            evals = (Evaluation(x_s, s, eps_s),)
+        c = step_coefficients(sch, s, t)
+        h = c.h
+        h = torch.where(torch.isfinite(h), h, torch.ones_like(h))  # rows forced to order 1
+        order = orders.per_sample
+        m0 = self._output(x_s, s, eps_s)
+        direction = m0
+        if orders.max >= 2:
+            p1 = history[-1]
+            t1 = p1.t.to(h)
+            m1 = self._output(p1.x.to(x_s.dtype), t1, p1.eps)
+            lam1 = sch.lambda_(t1)
+            r0 = (c.lambda_s - lam1) / h
+            d1_0 = (m0 - m1) / bview(r0, x_s)
+            dir2 = m0 + self._second_order_weight(h, x_s) * d1_0
+            direction = torch.where(_mask(order == 2, x_s), dir2, direction)
+            if orders.max >= 3:
+                p2 = history[-2]
+                t2 = p2.t.to(h)
+                m2 = self._output(p2.x.to(x_s.dtype), t2, p2.eps)
+                r1 = (lam1 - sch.lambda_(t2)) / h
+                d1_1 = (m1 - m2) / bview(r1, x_s)
+                d1 = d1_0 + bview(r0 / (r0 + r1), x_s) * (d1_0 - d1_1)
+                d2 = (d1_0 - d1_1) / bview(r0 + r1, x_s)
+                w2 = 2.0 if self.exact_third_order else 1.0
+                dir3 = (
+                    m0
+                    + bview(phi_ratio(2, self._g(h)), x_s) * d1
+                    + w2 * bview(phi_ratio(3, self._g(h)), x_s) * d2
+                )
+                direction = torch.where(_mask(order == 3, x_s), dir3, direction)
+        x_t = self._advance(x_s, c, direction)
+        return StepOutput(x_t, self._eps_eff(x_s, c, direction), order, eps_s, evals)

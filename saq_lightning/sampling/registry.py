@@ -1,0 +1,46 @@
+"""Solvers by name: ``make_solver("dpm++2m", schedule)``."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .ddim import DDIM
+from .dpm_solver import DPMSolver, DPMSolverMultistep
+from .errors import SolverConfigError
+from .plms import PLMS
+from .schedules import NoiseSchedule
+from .solver import Solver
+
+_FACTORIES: dict[str, Callable[..., Solver]] = {
+    "ddim": lambda sch, **kw: DDIM(sch, **kw),
+    "plms": lambda sch, **kw: PLMS(sch, **kw),
+    "dpm1": lambda sch, **kw: DPMSolver(sch, order=1, **kw),
+    "dpm2": lambda sch, **kw: DPMSolver(sch, order=2, **kw),
+    "dpm3": lambda sch, **kw: DPMSolver(sch, order=3, **kw),
+    "dpm2m": lambda sch, **kw: DPMSolverMultistep(sch, order=2, **kw),
+    "dpm3m": lambda sch, **kw: DPMSolverMultistep(sch, order=3, **kw),
+    "dpm++1": lambda sch, **kw: DPMSolver(sch, order=1, algorithm="dpmsolver++", **kw),
+    "dpm++2s": lambda sch, **kw: DPMSolver(sch, order=2, algorithm="dpmsolver++", **kw),
+    "dpm++3s": lambda sch, **kw: DPMSolver(sch, order=3, algorithm="dpmsolver++", **kw),
+    "dpm++2m": lambda sch, **kw: DPMSolverMultistep(sch, order=2, algorithm="dpmsolver++", **kw),
+    "dpm++3m": lambda sch, **kw: DPMSolverMultistep(sch, order=3, algorithm="dpmsolver++", **kw),
+}
+
+SOLVER_NAMES: tuple[str, ...] = tuple(_FACTORIES)
+
+
+def make_solver(name: str, schedule: NoiseSchedule, **options: Any) -> Solver:
+    """A solver by name; ``options`` go to its constructor (e.g. ``eta``, ``solver_type``, ``order``).
+
+    Names: ``ddim``, ``plms``, ``dpm1|dpm2|dpm3`` (singlestep DPM-Solver-k), ``dpm2m|dpm3m``
+    (multistep DPM-Solver), ``dpm++1|dpm++2s|dpm++3s`` (singlestep DPM-Solver++),
+    ``dpm++2m|dpm++3m`` (multistep DPM-Solver++). The number is the default order; a per-sample
+    ``order`` given to ``sample``/``step_with_direction`` overrides it.
+    """
+    key = name.lower() if isinstance(name, str) else name
+    if key not in _FACTORIES:
+        raise SolverConfigError(f"solver must be one of {SOLVER_NAMES}, got {name!r}")
+    try:
+        return _FACTORIES[key](schedule, **options)
+    except TypeError as err:  # an unknown option for this solver
+        raise SolverConfigError(f"invalid option for solver {name!r}: {err}") from err
