@@ -28,8 +28,9 @@ class GaussianData:
     std: Tensor
 
     def _var(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        a, s = bview(self.schedule.alpha(t), like), bview(self.schedule.sigma(t), like)
-        mean, std = self.mean.to(like), self.std.to(like)
+        alpha, sigma, _ = self.schedule.marginals(t)
+        a, s = bview(alpha, like), bview(sigma, like)
+        std = self.std.to(like)
         return a, s, a * a * std * std + s * s
 
     def eps(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:

@@ -33,6 +33,7 @@ from .exponential import (
     noise_step,
     phi_ratio,
     step_coefficients,
+    then,
     x0_from_eps,
 )
 from .predictor import Evaluation, NoisePredictor, evaluate
@@ -70,11 +71,11 @@ class _DPMSolverBase(Solver):
     def data_prediction(self) -> bool:
         return self.algorithm == "dpmsolver++"
 
-    def _output(self, x: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+    def _output(self, x: Tensor, alpha: Tensor, sigma: Tensor, eps: Tensor) -> Tensor:
         """The model output in the solver's parameterisation (eps, or x0 for DPM-Solver++)."""
         if not self.data_prediction:
             return eps.to(x.dtype)
-        return x0_from_eps(x, self.schedule.alpha(t), self.schedule.sigma(t), eps.to(x.dtype))
+        return x0_from_eps(x, alpha, sigma, eps.to(x.dtype))
 
     def _g(self, h: Tensor) -> Tensor:
         """Argument of ``phi``: ``h`` for noise prediction, ``-h`` for data prediction."""
@@ -148,36 +149,38 @@ class DPMSolver(_DPMSolverBase):
         h = c.h
         h = torch.where(torch.isfinite(h), h, torch.ones_like(h))  # rows forced to order 1
         order = orders.per_sample
-        m0 = self._output(x_s, s, eps_s)
+        m0 = self._output(x_s, c.alpha_s, c.sigma_s, eps_s)
         direction = m0
         if orders.max >= 2:
             if inner is not None:
                 s1 = inner[:, 0].to(h)
-                r1 = (sch.lambda_(s1) - c.lambda_s) / h
+                c1 = then(c, sch, s1)
+                r1 = (c1.lambda_t - c.lambda_s) / h
             else:
                 r1 = torch.where(order == 2, torch.full_like(h, self.r2), torch.full_like(h, self.r3[0]))
                 s1 = sch.t_from_lambda(c.lambda_s + r1 * h)
-            c1 = step_coefficients(sch, s, s1)
+                c1 = then(c, sch, s1)
             u1 = self._advance(x_s, c1, m0)
             e1, ev = evaluate_rows(model, u1, s1, cond, orders.rows_at_least(2), b)
             evals.append(ev)
-            m1 = self._output(u1, s1, e1)
+            m1 = self._output(u1, c1.alpha_t, c1.sigma_t, e1)
             d1 = (m1 - m0) / bview(r1, x_s)
             direction = torch.where(_mask(order == 2, x_s), m0 + self._second_order_weight(h, x_s) * d1, direction)
             if orders.max >= 3:
                 if inner is not None:
                     s2 = inner[:, 1].to(h)
-                    r2 = (sch.lambda_(s2) - c.lambda_s) / h
+                    c2 = then(c, sch, s2)
+                    r2 = (c2.lambda_t - c.lambda_s) / h
                 else:
                     r2 = torch.full_like(h, self.r3[1])
                     s2 = sch.t_from_lambda(c.lambda_s + r2 * h)
-                c2 = step_coefficients(sch, s, s2)
+                    c2 = then(c, sch, s2)
                 # second-order step s -> s2 from (m0, m1); its own step is r2 h, on which u1 sits at r1/r2
                 w_u2 = 0.5 if self.solver_type == "midpoint" else bview(phi_ratio(2, self._g(r2 * h)), x_s)
                 u2 = self._advance(x_s, c2, m0 + w_u2 * (m1 - m0) * bview(r2 / r1, x_s))
                 e2, ev = evaluate_rows(model, u2, s2, cond, orders.rows_at_least(3), b)
                 evals.append(ev)
-                m2 = self._output(u2, s2, e2)
+                m2 = self._output(u2, c2.alpha_t, c2.sigma_t, e2)
                 rho2 = bview(phi_ratio(2, self._g(h)), x_s)
                 if self.solver_type == "heun":
                     d1_0 = (m1 - m0) / bview(r1, x_s)
@@ -261,13 +264,13 @@ class DPMSolverMultistep(_DPMSolverBase):
         h = c.h
         h = torch.where(torch.isfinite(h), h, torch.ones_like(h))  # rows forced to order 1
         order = orders.per_sample
-        m0 = self._output(x_s, s, eps_s)
+        m0 = self._output(x_s, c.alpha_s, c.sigma_s, eps_s)
         direction = m0
         if orders.max >= 2:
             p1 = history[-1]
             t1 = p1.t.to(h)
-            m1 = self._output(p1.x.to(x_s.dtype), t1, p1.eps)
-            lam1 = sch.lambda_(t1)
+            a1, sig1, lam1 = sch.marginals(t1)
+            m1 = self._output(p1.x.to(x_s.dtype), a1, sig1, p1.eps)
             r0 = (c.lambda_s - lam1) / h
             d1_0 = (m0 - m1) / bview(r0, x_s)
             dir2 = m0 + self._second_order_weight(h, x_s) * d1_0
@@ -275,8 +278,9 @@ class DPMSolverMultistep(_DPMSolverBase):
             if orders.max >= 3:
                 p2 = history[-2]
                 t2 = p2.t.to(h)
-                m2 = self._output(p2.x.to(x_s.dtype), t2, p2.eps)
-                r1 = (lam1 - sch.lambda_(t2)) / h
+                a2, sig2, lam2 = sch.marginals(t2)
+                m2 = self._output(p2.x.to(x_s.dtype), a2, sig2, p2.eps)
+                r1 = (lam1 - lam2) / h
                 d1_1 = (m1 - m2) / bview(r1, x_s)
                 d1 = d1_0 + bview(r0 / (r0 + r1), x_s) * (d1_0 - d1_1)
                 d2 = (d1_0 - d1_1) / bview(r0 + r1, x_s)

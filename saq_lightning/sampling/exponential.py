@@ -73,10 +73,12 @@ class StepCoefficients(NamedTuple):
 
 
 def step_coefficients(schedule: NoiseSchedule, s: Tensor, t: Tensor) -> StepCoefficients:
-    return StepCoefficients(
-        schedule.alpha(s), schedule.sigma(s), schedule.lambda_(s),
-        schedule.alpha(t), schedule.sigma(t), schedule.lambda_(t),
-    )
+    return StepCoefficients(*schedule.marginals(s), *schedule.marginals(t))
+
+
+def then(c: StepCoefficients, schedule: NoiseSchedule, t: Tensor) -> StepCoefficients:
+    """The coefficients of the step from ``c``'s start to another end ``t``."""
+    return StepCoefficients(c.alpha_s, c.sigma_s, c.lambda_s, *schedule.marginals(t))
 
 
 def bview(v: Tensor, like: Tensor) -> Tensor:

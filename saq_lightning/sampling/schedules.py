@@ -64,6 +64,12 @@ class NoiseSchedule(ABC):
         la = self.log_alpha(t)
         return la - 0.5 * torch.log(-torch.expm1(2.0 * la))
 
+    def marginals(self, t: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
+        """``(alpha_t, sigma_t, lambda_t)`` from one ``log_alpha`` evaluation."""
+        la = self.log_alpha(t)
+        var = -torch.expm1(2.0 * la)
+        return torch.exp(la), torch.sqrt(var), la - 0.5 * torch.log(var)
+
     @staticmethod
     def log_alpha_from_lambda(lam: Tensor) -> Tensor:
         """``log alpha`` of a VP schedule at half log-SNR ``lam``: ``-0.5 log(1 + e^{-2 lam})``."""
