@@ -1,0 +1,172 @@
+"""Fake-quantization numerics: one definition shared by every quantizer, layer and the exporter.
+
+A uniform affine quantizer with step ``s`` and integer zero point ``z`` maps ``x`` to
+
+    q = clamp(round(x / s) + z, qmin, qmax)        (the integer code that export writes)
+    y = (q - z) * s                                (the fake-quantized value the student uses)
+
+Numerics are always fp32: inputs are cast explicitly, so a bf16 autocast region cannot turn
+``x / s`` into a bf16 division (which rounds 127.4 to 128). Nothing here hard-codes a device.
+
+Gradients (straight-through rounding, LSQ/LSQ+):
+
+* ``dy/dx = 1`` where ``qmin <= round(x/s) + z <= qmax``, else 0;
+* ``dy/ds = round(x/s) - x/s`` inside the range, ``qmin - z`` / ``qmax - z`` where clamped;
+* ``dy/dz = 0`` inside the range, ``-s`` where clamped (``z`` is rounded with an STE by the
+  caller, see :func:`round_ste`);
+* the step and zero-point gradients are multiplied by ``grad_factor`` (LSQ: ``1/sqrt(N * qmax)``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+#: smallest step a quantizer will use (a learnt step may be pushed to or below zero).
+MIN_STEP = 1e-8
+
+SUPPORTED_BITS = range(2, 9)
+
+
+def check_bits(bits: int, what: str = "bit width") -> int:
+    """Return ``bits`` if it is an int in 2..8, else raise ``ValueError``."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in SUPPORTED_BITS:
+        raise ValueError(
+            f"unsupported {what} {bits!r}: uniform quantizers here support integer widths 2..8"
+        )
+    return bits
+
+
+def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
+    """Integer code range: signed ``[-2^(b-1), 2^(b-1)-1]`` or unsigned ``[0, 2^b - 1]``."""
+    check_bits(bits)
+    if symmetric:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def lsq_grad_factor(n_elements: int, qmax: int) -> float:
+    """LSQ gradient scale ``1 / sqrt(N * Q_p)`` for a step shared by ``n_elements`` values."""
+    return 1.0 / math.sqrt(max(1, n_elements) * max(1, qmax))
+
+
+def round_ste(x: Tensor) -> Tensor:
+    """``round(x)`` forward, identity backward."""
+    return x + (torch.round(x) - x).detach()
+
+
+def effective_step(step: Tensor) -> Tensor:
+    """The step a quantizer uses: the learnt one, kept above :data:`MIN_STEP`."""
+    return step.clamp_min(MIN_STEP)
+
+
+def effective_zero_point(zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
+    """Integer-valued zero point (rounded and clamped), straight-through for gradients."""
+    zq = torch.round(zero_point).clamp(qmin, qmax)
+    return zero_point + (zq - zero_point).detach()
+
+
+# ----------------------------------------------------------------------------------------------
+# raw numerics (no autograd): callers pass fp32 tensors that broadcast against ``x``
+# ----------------------------------------------------------------------------------------------
+
+
+def quantize_codes(x: Tensor, step: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
+    """Integer codes ``clamp(round(x/s) + z, qmin, qmax)`` as an fp32 tensor of integers."""
+    q = torch.div(x.float(), step.float())
+    q.round_().add_(zero_point.float()).clamp_(qmin, qmax)
+    return q
+
+
+def dequantize(codes: Tensor, step: Tensor, zero_point: Tensor) -> Tensor:
+    """``(q - z) * s`` in fp32. Bit-identical to :func:`fake_quant_forward` for the same codes."""
+    return (codes.float() - zero_point.float()) * step.float()
+
+
+def fake_quant_forward(x: Tensor, step: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
+    """``(clamp(round(x/s) + z) - z) * s`` in fp32 (in-place on one temporary)."""
+    z = zero_point.float()
+    s = step.float()
+    q = torch.div(x.float(), s)
+    q.round_().add_(z).clamp_(qmin, qmax)
+    return q.sub_(z).mul_(s)
+
+
+def fake_quant_backward(
+    grad: Tensor,
+    x: Tensor,
+    step: Tensor,
+    zero_point: Tensor,
+    qmin: int,
+    qmax: int,
+    grad_factor: float,
+    need_x: bool = True,
+    need_step: bool = True,
+    need_zero_point: bool = True,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients of :func:`fake_quant_forward` w.r.t. ``x``, ``step`` and ``zero_point``.
+
+    Step / zero-point gradients are summed down to the (broadcast) shapes of ``step`` /
+    ``zero_point`` and multiplied by ``grad_factor``. All returned tensors are fp32.
+    """
+    g = grad.float()
+    s = step.float()
+    z = zero_point.float()
+    v = torch.div(x.float(), s)
+    r = torch.round(v)
+    q = r + z
+    below = q < qmin
+    above = q > qmax
+    inside = ~(below | above)
+    gx = g * inside if need_x else None
+    gs = gz = None
+    if need_step:
+        ds = torch.where(inside, r - v, torch.where(below, qmin - z, qmax - z))
+        gs = (g * ds).sum_to_size(step.shape) * grad_factor
+    if need_zero_point:
+        gz = (g * torch.where(inside, torch.zeros_like(s), -s)).sum_to_size(zero_point.shape)
+        gz = gz * grad_factor
+    return gx, gs, gz
+
+
+class FakeQuantize(torch.autograd.Function):
+    """Fake quantization with straight-through rounding and LSQ+ step/zero-point gradients.
+
+    ``step`` and ``zero_point`` broadcast against ``x`` (per tensor, per channel, per sample);
+    ``zero_point`` must already be integer-valued (see :func:`effective_zero_point`). The
+    output has ``x``'s dtype; everything in between is fp32.
+    """
+
+    @staticmethod
+    def forward(ctx, x, step, zero_point, qmin: int, qmax: int, grad_factor: float):  # type: ignore[override]
+        ctx.save_for_backward(x, step, zero_point)
+        ctx.q = (qmin, qmax, grad_factor)
+        return fake_quant_forward(x, step, zero_point, qmin, qmax).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, step, zero_point = ctx.saved_tensors
+        qmin, qmax, gf = ctx.q
+        gx, gs, gz = fake_quant_backward(
+            grad, x, step, zero_point, qmin, qmax, gf,
+            need_x=ctx.needs_input_grad[0],
+            need_step=ctx.needs_input_grad[1],
+            need_zero_point=ctx.needs_input_grad[2],
+        )
+        return (
+            None if gx is None else gx.to(x.dtype),
+            None if gs is None else gs.to(step.dtype),
+            None if gz is None else gz.to(zero_point.dtype),
+            None,
+            None,
+            None,
+        )
+
+
+def fake_quantize(
+    x: Tensor, step: Tensor, zero_point: Tensor, qmin: int, qmax: int, grad_factor: float = 1.0
+) -> Tensor:
+    """Functional form of :class:`FakeQuantize`."""
+    return FakeQuantize.apply(x, step, zero_point, qmin, qmax, grad_factor)
