@@ -1,0 +1,183 @@
+"""Calibration: initialise every quantizer of a student from data.
+
+* Weights: once, from the merged weight (``W + LoRA delta``), per output channel.
+* Activations: the student runs over calibration batches ``(x, t, cond)`` with FP activations
+  (weights already quantized); every activation quantizer records a sample of its inputs *per
+  timestep bucket*, then each bucket's (step, zero point) is initialised from its own data.
+  Buckets that no calibration timestep reached take the values of the nearest calibrated one.
+
+Run it identically on every rank (or on one rank before wrapping in DDP, which broadcasts).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from contextlib import ExitStack, contextmanager
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from .model import QuantizedUNet
+from .ranges import check_init_method, init_params
+from .state import set_quant_state
+from .timestep_quantizer import TimestepActQuantizer
+
+Batch = Mapping[str, Any] | Sequence[Any]
+
+
+class BucketObserver:
+    """Collects a random sample (at most ``max_values`` per bucket) of a quantizer's inputs."""
+
+    def __init__(self, max_values: int, generator: torch.Generator) -> None:
+        self.max_values = max_values
+        self.generator = generator
+        self.values: dict[int, list[Tensor]] = defaultdict(list)
+        self.count: dict[int, int] = defaultdict(int)
+
+    def __call__(self, x: Tensor, bucket: Tensor) -> None:
+        x = x.float()
+        if bucket.shape[0] == 1 and x.shape[0] != 1:
+            bucket = bucket.expand(x.shape[0])
+        flat = x.reshape(x.shape[0], -1)
+        for b in torch.unique(bucket).tolist():
+            v = flat[bucket == b].reshape(-1)
+            if v.numel() > self.max_values:
+                pick = torch.randint(0, v.numel(), (self.max_values,), generator=self.generator)
+                v = v[pick.to(v.device)]
+            self.values[b].append(v.cpu())
+            self.count[b] += 1
+
+    def samples(self) -> dict[int, Tensor]:
+        out = {}
+        for b, chunks in self.values.items():
+            v = torch.cat(chunks)
+            if v.numel() > self.max_values:
+                v = v[torch.randint(0, v.numel(), (self.max_values,), generator=self.generator)]
+            out[b] = v
+        return out
+
+
+@torch.no_grad()
+def init_weight_quantizers(student: QuantizedUNet, method: str | None = None, force: bool = False) -> int:
+    """Initialise weight quantizers that are not yet initialised (all if ``force``). Returns the count."""
+    n = 0
+    for _, layer in student.quant_layers():
+        if layer.integer or (layer.w_quant.is_initialised and not force):
+            continue
+        layer.w_quant.init_from(layer.merged_weight(), method)
+        n += 1
+    return n
+
+
+def _fill_nearest(calibrated: Tensor) -> Tensor:
+    """Index of the nearest calibrated bucket for every bucket (ties: the lower one)."""
+    have = torch.nonzero(calibrated).flatten()
+    pos = torch.arange(calibrated.numel())
+    dist = (pos[:, None] - have[None, :]).abs()
+    return have[dist.argmin(1)]
+
+
+@torch.no_grad()
+def init_act_quantizer(
+    qz: TimestepActQuantizer, samples: Mapping[int, Tensor], method: str | None = None
+) -> None:
+    """Set the buckets in ``samples`` from their data; fill the others from the nearest one.
+
+    Buckets whose samples have the same length are initialised in one vectorised call.
+    """
+    if not samples:
+        raise ValueError(f"no calibration data for activation quantizer {qz.name!r}")
+    method = check_init_method(method or qz.init_method)
+    step = torch.ones(qz.n_buckets)
+    zp = torch.zeros(qz.n_buckets)
+    by_len: dict[int, list[int]] = defaultdict(list)
+    for b, v in samples.items():
+        by_len[v.numel()].append(b)
+    for buckets in by_len.values():
+        s, z = init_params(torch.stack([samples[b] for b in buckets]), qz.qmin, qz.qmax, qz.symmetric, method, qz.p)
+        step[buckets], zp[buckets] = s, z
+    calibrated = torch.zeros(qz.n_buckets, dtype=torch.bool)
+    calibrated[sorted(samples)] = True
+    src = _fill_nearest(calibrated)
+    qz._set_params(step[src], zp[src])
+    qz.calibrated.copy_(calibrated.to(qz.calibrated.device))
+
+
+def _iter_batches(batches: Batch | Iterable[Batch]) -> Iterator[Batch]:
+    if isinstance(batches, Mapping):
+        yield batches
+    elif isinstance(batches, (tuple, list)) and batches and isinstance(batches[0], Tensor):
+        yield batches
+    else:
+        yield from batches  # type: ignore[misc]
+
+
+def _call(student: QuantizedUNet, batch: Batch) -> None:
+    if isinstance(batch, Mapping):
+        student(**batch)
+    else:
+        student(*batch)
+
+
+@contextmanager
+def _observing(student: QuantizedUNet, max_values: int, seed: int) -> Iterator[dict[str, BucketObserver]]:
+    gen = torch.Generator().manual_seed(seed)
+    observers: dict[str, BucketObserver] = {}
+    quantizers = list(student.act_quantizers())
+    with ExitStack() as stack:
+        for name, qz in quantizers:
+            observers[name] = BucketObserver(max_values, gen)
+            qz.observer = observers[name]
+            stack.callback(setattr, qz, "observer", None)
+        yield observers
+
+
+@torch.no_grad()
+def calibrate(
+    student: QuantizedUNet,
+    batches: Batch | Iterable[Batch],
+    *,
+    act_method: str | None = None,
+    weight_method: str | None = None,
+    reinit_weights: bool = False,
+    max_values_per_bucket: int = 4096,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Initialise all quantizers of ``student`` from calibration data.
+
+    ``batches``: one batch or an iterable of batches; a batch is the student's call arguments,
+    either a mapping (``{"sample": x, "timestep": t, "encoder_hidden_states": c}``) or a tuple
+    ``(x, t, *args)``. ``*_method``: ``"lp"`` or ``"minmax"`` (default: the policy's).
+    Returns a summary (``buckets``: the calibrated bucket indices, ``n_batches``, counts).
+    """
+    n_weights = init_weight_quantizers(student, weight_method, force=reinit_weights)
+    was_training = student.training
+    student.eval()
+    n_batches = 0
+    try:
+        with set_quant_state(student, weight=True, act=False), _observing(
+            student, max_values_per_bucket, seed
+        ) as observers:
+            for batch in _iter_batches(batches):
+                _call(student, batch)
+                n_batches += 1
+    finally:
+        student.train(was_training)
+    if n_batches == 0:
+        raise ValueError("calibrate() got no batches")
+    seen: set[int] = set()
+    for name, qz in student.act_quantizers():
+        samples = observers[name].samples()
+        if not samples:  # a module the forward never reached: leave it uninitialised, loudly
+            warnings.warn(f"calibration data never reached activation quantizer {qz.name or name!r}", UserWarning)
+            continue
+        init_act_quantizer(qz, samples, act_method)
+        seen.update(samples)
+    return {
+        "n_batches": n_batches,
+        "buckets": sorted(seen),
+        "weight_quantizers": n_weights,
+        "act_quantizers": len(observers),
+    }
