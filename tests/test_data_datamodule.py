@@ -90,7 +90,8 @@ def test_schedule_handed_over_twice_must_agree(shards):
 
 
 def on_the_fly(**kwargs):
-    args = dict(image_shape=[1, 8, 8], num_classes=10, batch_size=5, batches_per_epoch=4, seed=3)
+    args = {"image_shape": [1, 8, 8], "num_classes": 10, "batch_size": 5, "batches_per_epoch": 4,
+            "seed": 3}
     return TrajectoryDataModule(None, **{**args, **kwargs})
 
 

@@ -18,7 +18,7 @@ META = {"model_id": "tiny", "image_shape": [1, 8, 8], "schedule": {"beta_schedul
 
 
 def write(folder, rollout=None, **kwargs):
-    args = dict(num_trajectories=10, trajectories_per_shard=3, meta=META, progress=False)
+    args = {"num_trajectories": 10, "trajectories_per_shard": 3, "meta": META, "progress": False}
     args.update(kwargs)
     return write_trajectory_shards(folder, rollout or SyntheticRollout(seed=0), **args)
 
@@ -72,7 +72,9 @@ def test_same_seed_writes_byte_identical_shards_and_other_seed_differs(tmp_path)
     write(tmp_path / "a", SyntheticRollout(seed=7))
     write(tmp_path / "b", SyntheticRollout(seed=7))
     write(tmp_path / "c", SyntheticRollout(seed=8), meta={**META, "seed": 8})
-    sha = lambda d: [s.sha256 for s in load_manifest(tmp_path / d).shards]  # noqa: E731
+    def sha(name):
+        return [s.sha256 for s in load_manifest(tmp_path / name).shards]
+
     assert sha("a") == sha("b")
     assert sha("a") != sha("c")
 

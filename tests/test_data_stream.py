@@ -65,7 +65,7 @@ def test_same_seed_gives_the_same_batches_and_another_seed_another_order(shards)
     other = [points(b) for b in batches(TrajectoryDataModule(str(shards), batch_size=4, seed=6))]
     assert first == again
     assert first != other
-    assert sorted(sum(first, [])) == sorted(sum(other, []))
+    assert sorted(p for b in first for p in b) == sorted(p for b in other for p in b)
 
 
 def test_ranks_get_disjoint_records_and_equal_batch_counts_on_uneven_shards(shards):
@@ -89,8 +89,10 @@ def test_next_epoch_continues_from_the_stored_position_in_a_new_order(shards):
 @pytest.mark.parametrize("start", [3, 6])
 def test_resumed_iterator_with_workers_continues_the_uninterrupted_sequence(shards, start):
     schedule = MixStepSchedule.from_steps([4, 2], batches_per_phase=3)
-    make = lambda: TrajectoryDataModule(str(shards), batch_size=2, num_workers=2,  # noqa: E731
-                                        mixstep=schedule, batches_per_epoch=10)
+    def make():
+        return TrajectoryDataModule(str(shards), batch_size=2, num_workers=2, mixstep=schedule,
+                                    batches_per_epoch=10)
+
     full = batches(make())
     resumed = batches(make(), start=start)
     assert [b["batch_index"] for b in resumed] == list(range(start, 10))

@@ -86,7 +86,9 @@ class NoiseBatches(IterableDataset):
         phase = self.plan.mixstep_phase(g)
         if phase is not None:
             spec = self.plan.schedule.phases[phase]
-            full = lambda v: torch.full((self.batch_size,), int(v), dtype=torch.long)  # noqa: E731
+            def full(value: int) -> torch.Tensor:
+                return torch.full((self.batch_size,), int(value), dtype=torch.long)
+
             out["phase"] = full(phase)
             out["student_steps"] = full(spec.student_steps)
             out["student_order"] = full(spec.student_order)

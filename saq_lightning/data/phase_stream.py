@@ -71,17 +71,24 @@ class PhaseStream:
             raise ValueError(f"no records of phases {selector} in the assigned shards")
         self.position = 0  # absolute index in the endless stream
         self._cache: tuple[tuple[int, int], list[dict[str, Any]]] | None = None
+        self._groups: tuple[int, list[tuple[list[ShardInfo], int]]] | None = None
 
     def skip(self, n: int) -> None:
         self.position += int(n)
 
-    def _pass_groups(self, pass_index: int) -> list[list[ShardInfo]]:
+    def _pass_groups(self, pass_index: int) -> list[tuple[list[ShardInfo], int]]:
+        """``(shards, record count)`` of every group of a pass (pass 0 keeps the given order)."""
+        if self._groups is not None and self._groups[0] == pass_index:
+            return self._groups[1]
         shards = self.shards
         if pass_index > 0:
             rng = np.random.default_rng([*self.seed_key, pass_index, 0])
             shards = [shards[i] for i in rng.permutation(len(shards))]
         g = self.group_size
-        return [shards[i:i + g] for i in range(0, len(shards), g)]
+        groups = [shards[i:i + g] for i in range(0, len(shards), g)]
+        sized = [(group, sum(s.count_for(self.selector) for s in group)) for group in groups]
+        self._groups = (pass_index, sized)
+        return sized
 
     def _group_records(self, pass_index: int, group_index: int,
                        group: list[ShardInfo]) -> list[dict[str, Any]]:
@@ -106,8 +113,7 @@ class PhaseStream:
         out: list[dict[str, Any]] = []
         while len(out) < n:
             pass_index, offset = divmod(self.position, self.per_pass)
-            for group_index, group in enumerate(self._pass_groups(pass_index)):
-                size = sum(s.count_for(self.selector) for s in group)
+            for group_index, (group, size) in enumerate(self._pass_groups(pass_index)):
                 if offset >= size:
                     offset -= size
                     continue

@@ -62,7 +62,7 @@ def _as_scalar(name: str, value: Any) -> bool | int | float | str:
         return int(value)
     if isinstance(value, numbers.Real):
         return float(value)
-    raise ValueError(f"record field {name!r}: unsupported value of type {type(value).__name__}")
+    raise TypeError(f"record field {name!r}: unsupported value of type {type(value).__name__}")
 
 
 def _check_required(record: Mapping[str, Any]) -> None:
@@ -72,7 +72,7 @@ def _check_required(record: Mapping[str, Any]) -> None:
     for name, kind in REQUIRED_SCALARS.items():
         value = _as_scalar(name, record[name])
         if isinstance(value, (bool, str)):
-            raise ValueError(f"record field {name!r} must be a {kind.__name__}, got {value!r}")
+            raise TypeError(f"record field {name!r} must be a {kind.__name__}, got {value!r}")
         if kind is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(f"record field {name!r} must be an int, got {value!r}")
     if not 1 <= int(record["order"]) <= 3:

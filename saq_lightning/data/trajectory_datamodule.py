@@ -24,8 +24,14 @@ from torch.utils.data import DataLoader
 
 from .batch_plan import BatchPlan, Selector
 from .errors import ManifestError, ManifestMismatchError, ResumeMismatchError, ShardError
-from .manifest import Manifest, ShardInfo, check_expected, diff_values, format_mismatches
-from .manifest import load_manifest
+from .manifest import (
+    Manifest,
+    ShardInfo,
+    check_expected,
+    diff_values,
+    format_mismatches,
+    load_manifest,
+)
 from .mixstep import MixStepSchedule
 from .noise_dataset import NoiseBatches
 from .shard_reader import check_shard_file
@@ -298,8 +304,8 @@ class TrajectoryDataModule(pl.LightningDataModule):
         self.setup("fit")
         rank, world = self._rank_world()
         plan = self._make_plan(world)
-        common = dict(seed=self.seed, rank=rank, world_size=world, num_workers=self.num_workers,
-                      start=self._next_batch)
+        common: dict[str, Any] = {"seed": self.seed, "rank": rank, "world_size": world,
+                                  "num_workers": self.num_workers, "start": self._next_batch}
         if self.on_the_fly:
             dataset: TrajectoryBatches | NoiseBatches = NoiseBatches(
                 plan, self.batch_size, self.image_shape, num_classes=self.num_classes,
