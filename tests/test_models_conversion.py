@@ -12,77 +12,16 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import models_helpers as ref
 import pytest
 import torch
 from safetensors.torch import save_file
 
-import models_helpers as ref
 from saq_lightning.models import CheckpointKeyError, ModelSpec, build_model
 
 TOL = {"rtol": 1e-4, "atol": 1e-4}
 
-KL_F2 = {
-    "target": "ldm.models.autoencoder.AutoencoderKL",
-    "params": {"embed_dim": 4, "ddconfig": {"double_z": True, "z_channels": 4, "resolution": 16, "in_channels": 3,
-                                            "out_ch": 3, "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1,
-                                            "attn_resolutions": [], "dropout": 0.0}},
-}
-VQ_F2 = {
-    "target": "ldm.models.autoencoder.VQModelInterface",
-    "params": {"embed_dim": 3, "n_embed": 16, "ddconfig": {"double_z": False, "z_channels": 3, "resolution": 16,
-                                                           "in_channels": 3, "out_ch": 3, "ch": 32, "ch_mult": [1, 2],
-                                                           "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}},
-}
-TINY_CLIP = {"vocab_size": 100, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-             "num_attention_heads": 2, "max_position_embeddings": 16, "hidden_act": "quick_gelu",
-             "bos_token_id": 98, "eos_token_id": 99, "pad_token_id": 99}
-
-# `model.params` of each paper family, with reduced channel counts (8x8 latents).
-FAMILIES: dict[str, dict[str, Any]] = {
-    # LDM-4 ImageNet (cin256-v2): SpatialTransformer UNet, 1 head, class embedder with a null class, VQ.
-    "imagenet_like": {
-        "linear_start": 0.0015, "linear_end": 0.0195, "timesteps": 1000, "image_size": 8,
-        "conditioning_key": "crossattn",
-        "unet_config": {"params": {"in_channels": 3, "out_channels": 3, "model_channels": 32,
-                                   "attention_resolutions": [2, 1], "num_res_blocks": 1, "channel_mult": [1, 2],
-                                   "num_heads": 1, "use_spatial_transformer": True, "transformer_depth": 1,
-                                   "context_dim": 16}},
-        "first_stage_config": VQ_F2,
-        "cond_stage_config": {"target": "ldm.modules.encoders.modules.ClassEmbedder",
-                              "params": {"n_classes": 11, "embed_dim": 16, "key": "class_label"}},
-    },
-    # LDM-8 LSUN-Churches: AttentionBlock UNet with 2 heads at every level, scale-shift norm,
-    # resblock up/down (one level without attention), KL, scale_by_std, EMA weights in the file.
-    "churches_like": {
-        "linear_start": 0.0015, "linear_end": 0.0155, "timesteps": 1000, "image_size": 8, "scale_by_std": True,
-        "unet_config": {"params": {"in_channels": 4, "out_channels": 4, "model_channels": 32,
-                                   "attention_resolutions": [1, 4], "num_res_blocks": 1, "channel_mult": [1, 2, 2],
-                                   "num_heads": 2, "use_scale_shift_norm": True, "resblock_updown": True}},
-        "first_stage_config": KL_F2,
-        "cond_stage_config": "__is_unconditional__",
-    },
-    # LDM-4 LSUN-Bedrooms: AttentionBlock UNet with 16 channels per head, conv resampling, VQ.
-    "bedrooms_like": {
-        "linear_start": 0.0015, "linear_end": 0.0195, "timesteps": 1000, "image_size": 8, "scale_factor": 1.0,
-        "unet_config": {"params": {"in_channels": 3, "out_channels": 3, "model_channels": 32,
-                                   "attention_resolutions": [2, 4], "num_res_blocks": 1, "channel_mult": [1, 2, 2],
-                                   "num_head_channels": 16}},
-        "first_stage_config": VQ_F2,
-        "cond_stage_config": "__is_unconditional__",
-    },
-    # Stable Diffusion v1: SpatialTransformer UNet (2 heads), KL, CLIP text encoder.
-    "sd_like": {
-        "linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000, "image_size": 8, "scale_factor": 0.18215,
-        "conditioning_key": "crossattn",
-        "unet_config": {"params": {"in_channels": 4, "out_channels": 4, "model_channels": 32,
-                                   "attention_resolutions": [1], "num_res_blocks": 1, "channel_mult": [1, 2],
-                                   "num_heads": 2, "use_spatial_transformer": True, "transformer_depth": 1,
-                                   "context_dim": 32, "legacy": False}},
-        "first_stage_config": KL_F2,
-        "cond_stage_config": {"target": "ldm.modules.encoders.modules.FrozenCLIPEmbedder",
-                              "params": {"max_length": 16}},
-    },
-}
+KL_F2, VQ_F2, TINY_CLIP, FAMILIES = ref.KL_F2, ref.VQ_F2, ref.TINY_CLIP, ref.TINY_LDM_FAMILIES
 
 
 class Original:

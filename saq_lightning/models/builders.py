@@ -9,8 +9,9 @@ without memory (parameter counts, layer policies). Built models are in eval mode
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -95,7 +96,7 @@ class LDMArchitecture:
     null_class: int | None = None
 
     @classmethod
-    def from_spec(cls, spec: ModelSpec, default_params: Mapping[str, Any] | None = None) -> "LDMArchitecture":
+    def from_spec(cls, spec: ModelSpec, default_params: Mapping[str, Any] | None = None) -> LDMArchitecture:
         if spec.ldm is None and default_params is None:
             raise ValueError(f"model spec {spec.name!r} (kind {spec.kind}) needs `ldm:` (the CompVis model.params)")
         params = ldm_config.load_ldm_params(spec.ldm if spec.ldm is not None else default_params)  # type: ignore[arg-type]

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
+from typing_extensions import Self
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
@@ -24,7 +26,7 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 class _InertPickledObject:
     """Stands in for any non-tensor class in a checkpoint: swallows arguments and state."""
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> "_InertPickledObject":
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
         return object.__new__(cls)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -57,8 +59,8 @@ def require_path(path: str | os.PathLike[str] | None, what: str, source: str, fo
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """All tensors of a checkpoint file as a flat ``{key: tensor}`` (CPU).
 
-    Lightning checkpoints (a dict with ``state_dict``) are unwrapped. Raises ``ValueError`` if the
-    file holds no tensor mapping or a value in it is not a tensor.
+    Lightning checkpoints (a dict with ``state_dict``) are unwrapped. Raises ``TypeError`` if the
+    file holds no mapping and ``ValueError`` if a value in it is not a tensor.
     """
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -70,7 +72,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     obj = _torch_load_weights_only(path)
     state = obj.get("state_dict", obj) if isinstance(obj, Mapping) else obj
     if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: expected a state dict (or a Lightning checkpoint), found {type(obj).__name__}")
+        raise TypeError(f"{path}: expected a state dict (or a Lightning checkpoint), found {type(obj).__name__}")
     bad = [k for k, v in state.items() if not isinstance(v, Tensor)]
     if bad:
         raise ValueError(f"{path}: state dict entries that are not tensors: {bad[:8]}")
@@ -81,7 +83,7 @@ def _torch_load_weights_only(path: Path) -> Any:
     unsafe: list[str] = []
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception:  # legacy (non-zip) format: let weights_only decide
+    except (RuntimeError, ValueError, OSError, pickle.UnpicklingError):  # legacy (non-zip) format
         unsafe = []
     placeholders = [(_InertPickledObject, name) for name in unsafe]
     try:

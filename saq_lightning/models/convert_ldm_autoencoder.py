@@ -9,7 +9,8 @@ as an unknown key when the plan is applied.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 

@@ -14,8 +14,9 @@ Anything else raises :class:`.key_accounting.CheckpointKeyError`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor

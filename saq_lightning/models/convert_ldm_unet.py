@@ -8,7 +8,8 @@ embeddings when the config has none, ``id_predictor`` heads, stray buffers) with
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 

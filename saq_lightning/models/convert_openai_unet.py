@@ -16,7 +16,8 @@ keys, so an unexpected or missing key in the checkpoint is reported by
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from torch import Tensor
 

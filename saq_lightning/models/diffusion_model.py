@@ -29,7 +29,8 @@ ImageNet) or the empty prompt.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -90,7 +91,7 @@ class DiffusionModel(nn.Module):
     def is_latent(self) -> bool:
         return self.autoencoder is not None
 
-    def with_unet(self, unet: nn.Module) -> "DiffusionModel":
+    def with_unet(self, unet: nn.Module) -> DiffusionModel:
         """The same model (sharing conditioner, autoencoder, schedule) around another noise network."""
         return DiffusionModel(
             unet,
@@ -126,7 +127,7 @@ class DiffusionModel(nn.Module):
     def eps(
         self,
         x: Tensor,
-        timestep: Tensor | float | int,
+        timestep: Tensor | float,
         cond: Tensor | None = None,
         guidance_scale: float = 1.0,
         null_cond: Tensor | None = None,
@@ -161,7 +162,7 @@ class DiffusionModel(nn.Module):
         """One network evaluation with a (raw or encoded) condition, no guidance: the CFG ``eps_fn``."""
         return self._call_unet(x, self._timesteps(timestep, x), cond)
 
-    def forward(self, x: Tensor, timestep: Tensor | float | int, cond: Tensor | None = None, guidance_scale: float = 1.0) -> Tensor:
+    def forward(self, x: Tensor, timestep: Tensor | float, cond: Tensor | None = None, guidance_scale: float = 1.0) -> Tensor:
         return self.eps(x, timestep, cond, guidance_scale)
 
     def _call_unet(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
@@ -181,7 +182,7 @@ class DiffusionModel(nn.Module):
         return out
 
     @staticmethod
-    def _timesteps(timestep: Tensor | float | int, x: Tensor) -> Tensor:
+    def _timesteps(timestep: Tensor | float, x: Tensor) -> Tensor:
         t = torch.as_tensor(timestep, device=x.device)
         if t.dim() == 0:
             t = t.expand(x.shape[0])

@@ -14,8 +14,8 @@ output came from. The result is an explicit plan that is then audited like a han
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
 
 import torch
 from torch import Tensor

@@ -9,8 +9,9 @@ cannot represent, instead of building a network that silently computes something
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -325,7 +326,7 @@ def autoencoder_class_and_config(params: Mapping[str, Any]) -> tuple[str, dict[s
         config = create_vae_diffusers_config_from_ldm(original, checkpoint={}, scaling_factor=scale)
         config["sample_size"] = dd["resolution"]
         return "AutoencoderKL", config
-    if target.endswith("VQModelInterface") or target.endswith("VQModel"):
+    if target.endswith(("VQModelInterface", "VQModel")):
         if dd.get("double_z", False):
             raise NotImplementedError("VQ first stage with double_z=True")
         if p.get("remap") is not None:

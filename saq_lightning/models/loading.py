@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Mapping
 from itertools import chain
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from . import ldm_config
-from .builders import LDMArchitecture, build_diffusers_module, conditioner_from_block, diffusers_class, finish
+from .builders import (
+    LDMArchitecture,
+    conditioner_from_block,
+    diffusers_class,
+    finish,
+)
 from .checkpoint_files import read_state_dict, require_path
 from .conditioners import ClassEmbedder, TextConditioner
 from .convert_ldm_autoencoder import autoencoder_plan
@@ -85,7 +91,7 @@ def _conditioner_plan(conditioner: nn.Module, source_shapes: Mapping[str, torch.
         plan: Plan = {}
         for key in targets:
             inner = key[len("text_encoder."):]
-            inner = inner[len("text_model."):] if inner.startswith("text_model.") else inner
+            inner = inner.removeprefix("text_model.")
             plan[key] = Rule((f"transformer.text_model.{inner}",))
         return plan
     raise TypeError(f"no checkpoint mapping for {type(conditioner).__name__}")
@@ -106,9 +112,9 @@ def load_compvis_model(spec: ModelSpec, load_weights: bool = True) -> DiffusionM
     parts = split_ldm_state_dict(read_state_dict(path), schedule, use_ema=spec.use_ema)
     report = parts.report
     if arch.unet_class == "UNet2DConditionModel":
-        unet_plan = lambda shapes: crossattn_unet_plan(shapes, arch.unet_config)  # noqa: E731
+        unet_plan = lambda shapes: crossattn_unet_plan(shapes, arch.unet_config)
     else:
-        unet_plan = lambda shapes: openai_unet_plan(arch.params)  # noqa: E731
+        unet_plan = lambda shapes: openai_unet_plan(arch.params)
     unet = _materialize(arch.build_unet, unet_plan, parts.unet, f"{path.name}: UNet", report)
 
     autoencoder = None
