@@ -11,8 +11,8 @@ from torch import Tensor
 
 from saq_lightning.sampling import DiscreteSchedule, GaussianData
 
-LINEAR = dict(beta_schedule="linear", beta_start=1e-4, beta_end=2e-2, num_train_timesteps=1000)
-SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000)
+LINEAR = {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 2e-2, "num_train_timesteps": 1000}
+SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 1000}
 
 
 def gaussian_problem(dim: int = 6, batch: int = 8, seed: int = 0) -> tuple[DiscreteSchedule, GaussianData, Tensor]:

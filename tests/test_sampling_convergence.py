@@ -8,6 +8,8 @@ nominal order.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from sampling_helpers import exact_end, gaussian_problem, loglog_slope, rms
 
@@ -62,4 +64,4 @@ def test_plms_is_second_order_for_the_exponential_integrator():
 @pytest.mark.parametrize("name", SOLVER_NAMES)
 def test_error_falls_as_steps_grow_for_every_solver(name):
     errs = errors(name, [5, 10, 20, 50], spacing="time_quadratic")
-    assert all(a > b for a, b in zip(errs, errs[1:])), errs
+    assert all(a > b for a, b in itertools.pairwise(errs)), errs

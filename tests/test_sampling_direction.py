@@ -7,9 +7,9 @@ import torch
 from sampling_helpers import RecordingModel, gaussian_problem
 
 from saq_lightning.sampling import (
+    SOLVER_NAMES,
     DPMSolver,
     Evaluation,
-    SOLVER_NAMES,
     make_solver,
     sample,
     step_coefficients,
@@ -24,7 +24,7 @@ ORDERS = {"ddim": (1,), "plms": (1, 2, 3, 4), "dpm1": (1, 2, 3), "dpm2": (1, 2, 
 
 def first_order_step(sch, x_s, s, t, eps):
     """DDIM / DPM-Solver-1 written out from the definitions (independent of the solvers)."""
-    a_s, a_t, sig_s, sig_t = sch.alpha(s), sch.alpha(t), sch.sigma(s), sch.sigma(t)
+    a_s, a_t, sig_t = sch.alpha(s), sch.alpha(t), sch.sigma(t)
     h = sch.lambda_(t) - sch.lambda_(s)
     return (a_t / a_s)[:, None] * x_s - (sig_t * torch.expm1(h))[:, None] * eps
 

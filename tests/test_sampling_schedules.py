@@ -8,7 +8,7 @@ from sampling_helpers import LINEAR, SD
 
 from saq_lightning.sampling import DiscreteSchedule, ScheduleError
 
-COSINE = dict(beta_schedule="squaredcos_cap_v2", num_train_timesteps=1000)
+COSINE = {"beta_schedule": "squaredcos_cap_v2", "num_train_timesteps": 1000}
 
 
 @pytest.mark.parametrize("config", [LINEAR, SD, COSINE], ids=["linear", "scaled_linear", "cosine"])

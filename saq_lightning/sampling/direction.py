@@ -12,7 +12,8 @@ multistep ones (DPM-Solver-kM, PLMS) also need the ``order - 1`` previous evalua
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

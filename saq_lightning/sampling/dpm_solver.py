@@ -18,8 +18,9 @@ first-order step with the effective direction ``m0 + c1 D1 + c2 D2`` (``D1 ~ h m
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -22,14 +22,14 @@ DPM-Solver does for discrete models) except for ``"leading"``, whose final point
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from .errors import GridError
-from .schedules import DiscreteSchedule, NoiseSchedule
+from .schedules import NoiseSchedule
 
 SPACINGS = ("time_uniform", "logSNR", "time_quadratic", "leading")
 

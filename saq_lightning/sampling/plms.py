@@ -20,8 +20,9 @@ improved Euler step, ``eps_eff = (e0 + eps(x~_t, t)) / 2`` with ``x~_t`` the DDI
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -160,13 +160,13 @@ class DiscreteSchedule(NoiseSchedule):
         num_train_timesteps: int = 1000,
         trained_betas: Tensor | list[float] | None = None,
         **_ignored: object,
-    ) -> "DiscreteSchedule":
+    ) -> DiscreteSchedule:
         """From a diffusers-style scheduler config (unrelated keys such as ``steps_offset`` are ignored)."""
         if trained_betas is not None:
             return cls(torch.as_tensor(trained_betas, dtype=torch.float64))
         return cls(betas_from_config(beta_schedule, beta_start, beta_end, num_train_timesteps))
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "DiscreteSchedule":
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> DiscreteSchedule:
         """A copy whose knots live on ``device`` in ``dtype`` (default: keep float64)."""
         out = object.__new__(DiscreteSchedule)
         out.num_train_timesteps = self.num_train_timesteps

@@ -7,8 +7,9 @@ Solvers are immutable: a multistep solver's history is passed in by the caller (
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,7 +28,7 @@ class Orders:
 
     @classmethod
     def from_arg(cls, order: int | Tensor, batch_size: int, device: torch.device, allowed: Sequence[int],
-                 solver_name: str) -> "Orders":
+                 solver_name: str) -> Orders:
         """Validate ``order`` (an int or a ``[B]`` integer tensor) against the solver's ``allowed`` orders."""
         if isinstance(order, Tensor):
             if order.is_floating_point() or order.is_complex() or order.dtype == torch.bool:
@@ -61,7 +62,7 @@ class Orders:
     def uniform(self) -> int | None:
         return next(iter(self.values)) if len(self.values) == 1 else None
 
-    def capped(self, cap: int) -> "Orders":
+    def capped(self, cap: int) -> Orders:
         """``min(order, cap)`` per sample."""
         if cap >= self.max:
             return self
