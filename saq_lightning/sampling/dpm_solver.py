@@ -33,8 +33,8 @@ from .exponential import (
     eps_from_x0,
     noise_step,
     phi_ratio,
+    retarget,
     step_coefficients,
-    then,
     x0_from_eps,
 )
 from .predictor import Evaluation, NoisePredictor, evaluate
@@ -122,10 +122,6 @@ class DPMSolver(_DPMSolverBase):
         if len(self.r3) != 2 or not 0.0 < self.r3[0] < self.r3[1] < 1.0:
             raise SolverConfigError(f"r3 must be (r1, r2) with 0 < r1 < r2 < 1, got {self.r3!r}")
 
-    def inner_fractions(self, order: int) -> tuple[float, ...]:
-        """The ``lambda``-fractions of the intermediate points of a step of ``order``."""
-        return {1: (), 2: (self.r2,), 3: tuple(self.r3)}[order]
-
     def step(
         self,
         model: NoisePredictor,
@@ -155,12 +151,12 @@ class DPMSolver(_DPMSolverBase):
         if orders.max >= 2:
             if inner is not None:
                 s1 = inner[:, 0].to(h)
-                c1 = then(c, sch, s1)
+                c1 = retarget(c, sch, s1)
                 r1 = (c1.lambda_t - c.lambda_s) / h
             else:
                 r1 = torch.where(order == 2, torch.full_like(h, self.r2), torch.full_like(h, self.r3[0]))
                 s1 = sch.t_from_lambda(c.lambda_s + r1 * h)
-                c1 = then(c, sch, s1)
+                c1 = retarget(c, sch, s1)
             u1 = self._advance(x_s, c1, m0)
             e1, ev = evaluate_rows(model, u1, s1, cond, orders.rows_at_least(2), b)
             evals.append(ev)
@@ -170,12 +166,12 @@ class DPMSolver(_DPMSolverBase):
             if orders.max >= 3:
                 if inner is not None:
                     s2 = inner[:, 1].to(h)
-                    c2 = then(c, sch, s2)
+                    c2 = retarget(c, sch, s2)
                     r2 = (c2.lambda_t - c.lambda_s) / h
                 else:
                     r2 = torch.full_like(h, self.r3[1])
                     s2 = sch.t_from_lambda(c.lambda_s + r2 * h)
-                    c2 = then(c, sch, s2)
+                    c2 = retarget(c, sch, s2)
                 # second-order step s -> s2 from (m0, m1); its own step is r2 h, on which u1 sits at r1/r2
                 w_u2 = 0.5 if self.solver_type == "midpoint" else bview(phi_ratio(2, self._g(r2 * h)), x_s)
                 u2 = self._advance(x_s, c2, m0 + w_u2 * (m1 - m0) * bview(r2 / r1, x_s))

@@ -76,7 +76,7 @@ def step_coefficients(schedule: NoiseSchedule, s: Tensor, t: Tensor) -> StepCoef
     return StepCoefficients(*schedule.marginals(s), *schedule.marginals(t))
 
 
-def then(c: StepCoefficients, schedule: NoiseSchedule, t: Tensor) -> StepCoefficients:
+def retarget(c: StepCoefficients, schedule: NoiseSchedule, t: Tensor) -> StepCoefficients:
     """The coefficients of the step from ``c``'s start to another end ``t``."""
     return StepCoefficients(c.alpha_s, c.sigma_s, c.lambda_s, *schedule.marginals(t))
 
