@@ -85,6 +85,13 @@ def test_model_yaml_carries_its_training_schedule_and_sampling_defaults(name: st
     assert sampling.items() <= model.sampling_defaults.items()
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_model_yaml_names_a_solver_the_sampling_library_has(name: str) -> None:
+    from saq_lightning.sampling import SOLVER_NAMES
+
+    assert load_model_spec(CONFIGS / name).sampling["solver"] in SOLVER_NAMES
+
+
 def test_imagenet_model_guides_with_null_class_1000() -> None:
     model = build_on_meta("ldm4_imagenet.yaml")
     assert model.null_cond(2, device="cpu").tolist() == [1000, 1000]

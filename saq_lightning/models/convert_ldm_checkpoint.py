@@ -77,6 +77,8 @@ def split_ldm_state_dict(
     report.discard([k for k in EMA_COUNTERS if k in state], "EMA bookkeeping counter")
     if ema:
         by_flat_name = {EMA_PREFIX + ("diffusion_model." + k).replace(".", ""): k for k in unet}
+        if len(by_flat_name) != len(unet):
+            raise CheckpointKeyError("UNet key names collide once dots are removed: EMA keys are ambiguous")
         orphans = set(ema) - set(by_flat_name)
         if orphans:
             raise CheckpointKeyError(f"EMA keys that match no UNet key: {_preview(orphans)}")

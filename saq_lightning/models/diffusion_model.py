@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from .autoencoders import decode_latents, encode_images
+from .key_accounting import ConversionReport
 
 SCHEDULE_KEYS = ("beta_schedule", "beta_start", "beta_end", "num_train_timesteps")
 
@@ -81,6 +82,7 @@ class DiffusionModel(nn.Module):
         self.latent_scale_factor = float(latent_scale_factor)
         self.sampling_defaults: dict[str, Any] = dict(sampling_defaults or {})
         self.name = name
+        self.conversion_report: ConversionReport | None = None  # set when converted from an original checkpoint
 
     # ------------------------------------------------------------------ structure
     @property

@@ -146,7 +146,7 @@ def load_compvis_model(spec: ModelSpec, load_weights: bool = True) -> DiffusionM
 
     scale = _latent_scale(parts.scale_factor, configured_scale, arch.params, path)
     model = finish(unet, schedule, spec, conditioner, autoencoder, scale)
-    model.conversion_report = report  # type: ignore[assignment]
+    model.conversion_report = report
     return model
 
 
