@@ -474,12 +474,13 @@ TINY_CLIP = {"vocab_size": 100, "hidden_size": 32, "intermediate_size": 64, "num
 
 # `model.params` of each paper family, with reduced channel counts (8x8 latents).
 TINY_LDM_FAMILIES: dict[str, dict[str, Any]] = {
-    # LDM-4 ImageNet (cin256-v2): SpatialTransformer UNet, 1 head, class embedder with a null class, VQ.
+    # LDM-4 ImageNet (cin256-v2): SpatialTransformer UNet, 1 head, attention only below the top
+    # level (as the real model), class embedder with a null class, VQ.
     "imagenet_like": {
         "linear_start": 0.0015, "linear_end": 0.0195, "timesteps": 1000, "image_size": 8,
         "conditioning_key": "crossattn",
         "unet_config": {"params": {"in_channels": 3, "out_channels": 3, "model_channels": 32,
-                                   "attention_resolutions": [2, 1], "num_res_blocks": 1, "channel_mult": [1, 2],
+                                   "attention_resolutions": [2], "num_res_blocks": 1, "channel_mult": [1, 2],
                                    "num_heads": 1, "use_spatial_transformer": True, "transformer_depth": 1,
                                    "context_dim": 16}},
         "first_stage_config": VQ_F2,
@@ -487,11 +488,12 @@ TINY_LDM_FAMILIES: dict[str, dict[str, Any]] = {
                               "params": {"n_classes": 11, "embed_dim": 16, "key": "class_label"}},
     },
     # LDM-8 LSUN-Churches: AttentionBlock UNet with 2 heads at every level, scale-shift norm,
-    # resblock up/down (one level without attention), KL, scale_by_std, EMA weights in the file.
+    # resblock up/down, levels without attention in the middle and at the bottom (as the real
+    # model's last level), KL, scale_by_std.
     "churches_like": {
         "linear_start": 0.0015, "linear_end": 0.0155, "timesteps": 1000, "image_size": 8, "scale_by_std": True,
         "unet_config": {"params": {"in_channels": 4, "out_channels": 4, "model_channels": 32,
-                                   "attention_resolutions": [1, 4], "num_res_blocks": 1, "channel_mult": [1, 2, 2],
+                                   "attention_resolutions": [1, 4], "num_res_blocks": 1, "channel_mult": [1, 2, 2, 2],
                                    "num_heads": 2, "use_scale_shift_norm": True, "resblock_updown": True}},
         "first_stage_config": KL_F2,
         "cond_stage_config": "__is_unconditional__",
