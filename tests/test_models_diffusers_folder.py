@@ -34,6 +34,12 @@ def test_bare_unet_folder_without_a_schedule_asks_for_one(tmp_path: Path) -> Non
         build_model(ModelSpec(kind="diffusers_folder", weights=str(tmp_path / "unet")))
 
 
+def test_class_conditional_unet_folder_without_a_null_class_asks_for_one(tmp_path: Path) -> None:
+    make_tiny_unet2d().save_pretrained(tmp_path / "unet")
+    with pytest.raises(ValueError, match="null_class"):
+        build_model(ModelSpec(kind="diffusers_folder", weights=str(tmp_path / "unet"), schedule=DDPM_SCHEDULE))
+
+
 def test_folder_that_is_no_diffusers_folder_raises(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="model_index.json"):

@@ -146,6 +146,10 @@ def conditioner_from_block(
     block = dict(block or {})
     kind = block.get("type", "text" if text_encoder is not None else "none")
     if kind == "none":
+        if getattr(unet.config, "num_class_embeds", None):
+            raise ValueError(
+                "the UNet has a class embedding: set `conditioning: {type: class_labels, null_class: <index>}`"
+            )
         return None
     if kind == "class_labels":
         num = block.get("num_classes", getattr(unet.config, "num_class_embeds", None))
