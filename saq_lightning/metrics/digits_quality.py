@@ -1,0 +1,63 @@
+"""Quality figures of the embedded default: FD in the digits classifier's feature space and the
+classifier's accuracy on class-conditional samples."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+from saq_lightning.metrics.digits_classifier import DigitsClassifier, DigitsFeatureExtractor
+
+
+def digits_fd(
+    classifier: DigitsClassifier, samples: Tensor, reference: Tensor, batch_size: int = 512
+) -> float:
+    """Frechet distance between two sets of ``[N,1,8,8]`` images in ``[-1,1]`` (float64 statistics).
+
+    torchmetrics' FID with the classifier's penultimate layer as the feature extractor.
+    """
+    for name, images in (("samples", samples), ("reference", reference)):
+        if images.ndim != 4 or images.shape[1:] != (1, 8, 8):
+            raise ValueError(f"{name} must have shape [N, 1, 8, 8], got {tuple(images.shape)}")
+        if images.shape[0] < 2:
+            raise ValueError(f"{name}: FD needs at least 2 images, got {images.shape[0]}")
+    device = next(classifier.parameters()).device
+    metric = FrechetInceptionDistance(
+        # set_dtype(float64) converts the feature extractor in place: give it a private copy.
+        feature=DigitsFeatureExtractor(copy.deepcopy(classifier)), normalize=True, input_img_size=(1, 8, 8)
+    ).to(device)
+    metric.set_dtype(torch.float64)
+    for images, real in ((reference, True), (samples, False)):
+        for chunk in images.split(batch_size):
+            metric.update(chunk.to(device, torch.float32), real=real)
+    return float(metric.compute())
+
+
+@torch.no_grad()
+def class_accuracy(classifier: DigitsClassifier, samples: Tensor, labels: Tensor) -> float:
+    """Fraction of samples of class c that the classifier labels c."""
+    device = next(classifier.parameters()).device
+    pred = classifier(samples.to(device, torch.float32)).argmax(1).cpu()
+    return float((pred == labels.cpu()).float().mean())
+
+
+@dataclass
+class DigitsQuality:
+    fd: float
+    class_accuracy: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def digits_quality(
+    classifier: DigitsClassifier, samples: Tensor, labels: Tensor, reference: Tensor
+) -> DigitsQuality:
+    return DigitsQuality(
+        fd=digits_fd(classifier, samples, reference),
+        class_accuracy=class_accuracy(classifier, samples, labels),
+    )
