@@ -112,6 +112,19 @@ class DiffusionModel(nn.Module):
 
         return DiscreteSchedule.from_config(**self.schedule_config)
 
+    def noise_predictor(self, guidance_scale: float = 1.0, schedule=None):
+        """This model as the samplers' noise predictor ``model(x, t_continuous, cond) -> eps``.
+
+        Every call converts its continuous time to the model timestep (``t * N - 1``) and, for
+        ``guidance_scale != 1``, applies classifier-free guidance with this model's null condition.
+        """
+        from saq_lightning.sampling import discrete_model, guided_model
+
+        base = discrete_model(self.conditional_eps, schedule or self.noise_schedule())
+        if guidance_scale == 1.0 or self.conditioner is None:
+            return base
+        return guided_model(base, guidance_scale, lambda n: self.null_cond(n))
+
     # ------------------------------------------------------------------ conditions
     def null_cond(self, batch_size: int, device: torch.device | str | None = None) -> Tensor | None:
         """The raw unconditional input for CFG (null class / empty prompt token ids); ``None`` if unconditional."""

@@ -1,0 +1,1 @@
+"""Pipeline subcommands (see ``saq_lightning.cli.PIPELINE_COMMANDS``)."""
