@@ -107,11 +107,9 @@ def load_digits_teacher(
             raise ValueError(f"{side}: field '{key}' is missing (expected a dict)")
     unet = build_digits_unet(meta["unet_config"])
     state = load_file(str(path), device=str(device))
-    missing, unexpected = unet.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: weights do not match the UNet config in {side}: "
-            f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
-        )
+    try:
+        unet.load_state_dict(state, strict=True)
+    except RuntimeError as err:  # missing/unexpected keys or shape mismatches
+        raise ValueError(f"{path}: weights do not match the UNet config in {side}: {err}") from None
     unet.to(device).eval().requires_grad_(False)
     return unet, meta
