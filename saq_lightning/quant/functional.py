@@ -20,6 +20,7 @@ Gradients (straight-through rounding, LSQ/LSQ+):
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -94,6 +95,81 @@ def fake_quant_forward(x: Tensor, step: Tensor, zero_point: Tensor, qmin: int, q
     return q.sub_(z).mul_(s)
 
 
+class FQRecompute(NamedTuple):
+    """Intermediates of one fake-quantization, kept for its backward."""
+
+    out: Tensor  # (clamp(round(x/s) + z) - z) * s
+    v: Tensor  # x / s
+    t: Tensor  # clamp(round(x/s) + z) - z
+    inside: Tensor  # 1.0 where the code was not clamped, else 0.0 (fp32)
+
+
+def fake_quant_recompute(x: Tensor, step: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> FQRecompute:
+    """Forward value plus the intermediates the gradients need (fp32, one layer's worth)."""
+    z = zero_point.float()
+    s = step.float()
+    v = torch.div(x.float(), s)
+    q = torch.round(v).add_(z)
+    t = q.clamp(qmin, qmax)
+    inside = torch.eq(t, q, out=q)  # as a 0/1 float mask (bool masks cost a conversion per use)
+    t.sub_(z)
+    return FQRecompute(t * s, v, t, inside)
+
+
+def _groups(t: Tensor, ref: Tensor) -> int | None:
+    """Number of leading-dim groups if ``t`` is ``[n, 1, ..., 1]`` with ``n`` in (1, ref.shape[0])."""
+    if t.ndim == ref.ndim and all(d == 1 for d in t.shape[1:]) and t.shape[0] in (1, ref.shape[0]):
+        return t.shape[0]
+    if t.numel() == 1:
+        return 1
+    return None
+
+
+def _group_sum(a: Tensor, shape: torch.Size, n: int | None) -> Tensor:
+    if n is None:
+        return a.sum_to_size(shape)
+    return a.reshape(n, -1).sum(1).view(shape)
+
+
+def _group_dot(a: Tensor, b: Tensor, shape: torch.Size, n: int | None) -> Tensor:
+    if n is None:
+        return (a * b).sum_to_size(shape)
+    return torch.bmm(a.reshape(n, 1, -1), b.reshape(n, -1, 1)).view(shape)
+
+
+def fake_quant_grads(
+    grad: Tensor,
+    rec: FQRecompute,
+    step: Tensor,
+    zero_point: Tensor,
+    grad_factor: float,
+    need_x: bool = True,
+    need_step: bool = True,
+    need_zero_point: bool = True,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients w.r.t. ``x``, ``step``, ``zero_point`` from the intermediates of
+    :func:`fake_quant_recompute` (which this consumes: ``rec.v``/``rec.t`` are overwritten).
+
+    Per element: ``dx = inside``, ``ds = t - v * inside`` (``round(v) - v`` inside, ``qmin/qmax - z``
+    where clamped), ``dz = -s * (not inside)``; step/zero-point gradients are summed to their
+    shapes and scaled by ``grad_factor``.
+    """
+    g = grad.float()
+    gx = g * rec.inside if (need_x or need_zero_point) else None
+    gs = gz = None
+    if need_step:
+        n = _groups(step, g)
+        ds = rec.t.sub_(rec.v.mul_(rec.inside))
+        gs = _group_dot(g, ds, step.shape, n) * grad_factor
+    if need_zero_point:
+        s = step.float()
+        if s.shape == zero_point.shape or s.numel() == 1:  # s is constant within each z group
+            gz = (_group_sum(g - gx, zero_point.shape, _groups(zero_point, g)) * (-grad_factor) * s).reshape(zero_point.shape)
+        else:
+            gz = ((g - gx) * s).sum_to_size(zero_point.shape) * (-grad_factor)
+    return (gx if need_x else None), gs, gz
+
+
 def fake_quant_backward(
     grad: Tensor,
     x: Tensor,
@@ -111,24 +187,8 @@ def fake_quant_backward(
     Step / zero-point gradients are summed down to the (broadcast) shapes of ``step`` /
     ``zero_point`` and multiplied by ``grad_factor``. All returned tensors are fp32.
     """
-    g = grad.float()
-    s = step.float()
-    z = zero_point.float()
-    v = torch.div(x.float(), s)
-    r = torch.round(v)
-    q = r + z
-    below = q < qmin
-    above = q > qmax
-    inside = ~(below | above)
-    gx = g * inside if need_x else None
-    gs = gz = None
-    if need_step:
-        ds = torch.where(inside, r - v, torch.where(below, qmin - z, qmax - z))
-        gs = (g * ds).sum_to_size(step.shape) * grad_factor
-    if need_zero_point:
-        gz = (g * torch.where(inside, torch.zeros_like(s), -s)).sum_to_size(zero_point.shape)
-        gz = gz * grad_factor
-    return gx, gs, gz
+    rec = fake_quant_recompute(x, step, zero_point, qmin, qmax)
+    return fake_quant_grads(grad, rec, step, zero_point, grad_factor, need_x, need_step, need_zero_point)
 
 
 class FakeQuantize(torch.autograd.Function):

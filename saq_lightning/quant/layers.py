@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .functional import dequantize
+from .functional import FakeQuantize, dequantize
 from .fused import FusedSpec, QuantConv2dFunction, QuantLinearFunction
 from .lora import LoRA
 from .quantizers import WeightQuantizer
@@ -57,6 +57,7 @@ class QuantLayer(nn.Module):
         self.quant_weight = True  # toggled by set_quant_state (e.g. during calibration)
         self.quant_act = True
         self.fused = True  # False: plain autograd chain (reference path, same numbers)
+        self._spec_cache: dict[float, FusedSpec] = {}
         self.register_buffer("qweight", None)  # integer codes after load_exported
 
     # -- weight ---------------------------------------------------------------------------------
@@ -86,33 +87,53 @@ class QuantLayer(nn.Module):
         return b.weight.dtype if "weight" in b._parameters else torch.float32
 
     def _spec(self, a_gf: float) -> FusedSpec:
+        """The static description of a call (cached: it only depends on the input's sample size)."""
+        spec = self._spec_cache.get(a_gf)
+        if spec is None:
+            spec = self._spec_cache[a_gf] = self._make_spec(a_gf)
+        return spec
+
+    def _make_spec(self, a_gf: float) -> FusedSpec:
         raise NotImplementedError
 
+    def _lora_scaling(self) -> float:
+        return self.lora.scaling if self.lora is not None else 1.0
+
     def forward(self, x: Tensor) -> Tensor:
-        w = self.merged_weight()
         quant_w = self.quant_weight and not self.integer
         if quant_w and not self.w_quant.is_initialised:
             raise RuntimeError(
                 f"weight quantizer of {self.name!r} is not initialised: run "
                 "saq_lightning.quant.calibrate(student, batches) first"
             )
-        self.a_quant.observe(x)
-        a_s = a_z = None
+        aq, wq = self.a_quant, self.w_quant
+        aq.observe(x)
+        cdt = self._compute_dtype(x)
+        if not self.fused:
+            a_s = a_z = w_s = w_z = None
+            a_gf = 1.0
+            if self.quant_act:
+                a_s, a_z, a_gf = aq.params_for(x)
+            if quant_w:
+                w_s, w_z = wq.effective()
+            return self._unfused(x, self.merged_weight(), a_s, a_z, w_s, w_z, self._spec(a_gf), cdt)
+        a_step = a_zp = a_idx = None
         a_gf = 1.0
         if self.quant_act:
-            a_s, a_z, a_gf = self.a_quant.params_for(x)
-        w_s = w_z = None
-        if quant_w:
-            w_s, w_z = self.w_quant.effective()
-        spec = self._spec(a_gf)
-        cdt = self._compute_dtype(x)
-        if self.fused:
-            return self._function.apply(x, w, self.bias, a_s, a_z, w_s, w_z, spec, cdt)
-        return self._unfused(x, w, a_s, a_z, w_s, w_z, spec, cdt)
+            a_idx, a_gf = aq.bucket_for(x)
+            a_step, a_zp = aq.step, aq.zero_point
+        w_step, w_zp = (wq.step, wq.zero_point) if quant_w else (None, None)
+        if self.integer:
+            W, A, B = self.merged_weight(), None, None
+        else:
+            W = self.base.weight
+            A, B = (self.lora.A, self.lora.B) if self.lora is not None else (None, None)
+        return self._function.apply(
+            x, W, A, B, self.bias, a_step, a_zp, a_idx, w_step, w_zp, self._spec(a_gf), cdt
+        )
 
     def _unfused(self, x, w, a_s, a_z, w_s, w_z, spec: FusedSpec, cdt: torch.dtype) -> Tensor:
-        from .functional import FakeQuantize
-
+        """Reference path: the same numerics as plain autograd ops (keeps more tensors alive)."""
         if a_s is not None:
             x = FakeQuantize.apply(x.float(), a_s, a_z, *spec.a_qrange, spec.a_grad_factor)
         if w_s is not None:
@@ -157,11 +178,11 @@ class QuantConv2d(QuantLayer):
         self._conv = dict(stride=tuple(base.stride), padding=tuple(base.padding),
                           dilation=tuple(base.dilation), groups=base.groups)
 
-    def _spec(self, a_gf: float) -> FusedSpec:
+    def _make_spec(self, a_gf: float) -> FusedSpec:
         return FusedSpec(
             a_qrange=(self.a_quant.qmin, self.a_quant.qmax), a_grad_factor=a_gf,
             w_qrange=(self.w_quant.qmin, self.w_quant.qmax), w_grad_factor=self.w_quant.grad_factor,
-            **self._conv,
+            lora_scaling=self._lora_scaling(), **self._conv,
         )
 
 
@@ -174,10 +195,11 @@ class QuantLinear(QuantLayer):
         check_wrappable(base, kwargs.get("name", ""))
         super().__init__(base, context, **kwargs)
 
-    def _spec(self, a_gf: float) -> FusedSpec:
+    def _make_spec(self, a_gf: float) -> FusedSpec:
         return FusedSpec(
             a_qrange=(self.a_quant.qmin, self.a_quant.qmax), a_grad_factor=a_gf,
             w_qrange=(self.w_quant.qmin, self.w_quant.qmax), w_grad_factor=self.w_quant.grad_factor,
+            lora_scaling=self._lora_scaling(),
         )
 
 

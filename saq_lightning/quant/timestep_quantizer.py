@@ -107,17 +107,24 @@ class TimestepActQuantizer(AffineQuantizer):
             )
         return idx
 
-    def params_for(self, x: Tensor) -> tuple[Tensor, Tensor, float]:
-        """Per-sample ``(step, zero_point)`` broadcastable to ``x`` and the LSQ grad factor."""
+    def _check_initialised(self) -> None:
         if not self._initialised:
             raise RuntimeError(
                 f"activation quantizer {self.name!r} is not initialised: run "
                 "saq_lightning.quant.calibrate(student, batches) first"
             )
-        idx = self.current_bucket(x.shape[0])
+
+    def bucket_for(self, x: Tensor) -> tuple[Tensor, float]:
+        """Per-sample bucket indices for ``x`` (``[B]`` or ``[1]``) and the LSQ grad factor."""
+        self._check_initialised()
+        return self.current_bucket(x.shape[0]), lsq_grad_factor(x[0].numel(), self.qmax)
+
+    def params_for(self, x: Tensor) -> tuple[Tensor, Tensor, float]:
+        """Per-sample ``(step, zero_point)`` broadcastable to ``x`` and the LSQ grad factor
+        (autograd ops; the fused layers gather the same values inside their function)."""
+        idx, gf = self.bucket_for(x)
         s, z = self.effective()
         view = (idx.shape[0],) + (1,) * (x.ndim - 1)
-        gf = lsq_grad_factor(x[0].numel(), self.qmax)
         return s[idx].view(view), z[idx].view(view), gf
 
     def observe(self, x: Tensor) -> None:
