@@ -40,20 +40,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from saq_lightning.quant import calibrate, quantize_model  # noqa: E402
+from saq_lightning.quant import calibrate, quantize_model
 
-UNET_CONFIG = dict(
-    sample_size=32,
-    in_channels=4,
-    out_channels=4,
-    block_out_channels=(64, 128, 256),
-    layers_per_block=2,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=128,
-    attention_head_dim=8,
-    norm_num_groups=32,
-)
+UNET_CONFIG = {
+    "sample_size": 32,
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": (64, 128, 256),
+    "layers_per_block": 2,
+    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    "cross_attention_dim": 128,
+    "attention_head_dim": 8,
+    "norm_num_groups": 32,
+}
 CONTEXT_TOKENS = 8
 
 
@@ -83,7 +83,7 @@ class PeakMemory:
     def __init__(self, device: torch.device) -> None:
         self.device = device
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:  # noqa: PYI034
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.synchronize()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-
 from conftest import make_tiny_unet2d, make_tiny_unet2d_condition
+
 from saq_lightning.quant import QuantizedUNet, calibrate, quantize_model
 
 # DDIM "leading" grids on N = 1000 training steps

@@ -6,9 +6,15 @@ import json
 
 import pytest
 import torch
-
 from conftest import make_tiny_unet2d_condition
-from quant_helpers import calibrated_class_student, calibrated_cond_student, class_batch, cond_batch, perturb_lora
+from quant_helpers import (
+    calibrated_class_student,
+    calibrated_cond_student,
+    class_batch,
+    cond_batch,
+    perturb_lora,
+)
+
 from saq_lightning.quant import (
     export_student,
     load_exported,
@@ -144,3 +150,21 @@ def test_loading_a_state_dict_from_another_policy_or_architecture_fails_clearly(
         load_trainable_state_dict(other_arch, sd)
     after = trainable_state_dict(other_arch)
     assert all(torch.equal(before[k], after[k]) for k in before)  # nothing loaded
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [preset("w8a8", weight_symmetric=True, act_symmetric=True), preset("w4a8", weight_per_channel=False),
+     preset("w4a4", weight_bits=3, act_bits=6)],
+    ids=["w8a8-symmetric", "w4a8-per-tensor", "w3a6"],
+)
+def test_other_quantizer_settings_reload_bit_for_bit(tmp_path, policy):
+    _, student = calibrated_cond_student(policy)
+    perturb_lora(student)
+    folder = export_student(student, tmp_path / "x")
+    layer = json.loads((folder / "manifest.json").read_text())["layers"]["mid_block.resnets.0.conv1"]
+    assert layer["packing"] == {8: "int8", 4: "int4x2", 3: "int4x2"}[policy.weight_bits]
+    reloaded = load_exported(folder)
+    b = cond_batch(b=2, seed=9)
+    with torch.no_grad():
+        assert torch.equal(reloaded(**b).sample, student.eval()(**b).sample)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from conftest import make_tiny_unet2d_condition
 from quant_helpers import calibrated_cond_student, cond_batch, perturb_lora
+from torch import nn
+
 from saq_lightning.quant import (
     LoRA,
     QuantConv2d,
@@ -96,7 +96,7 @@ def test_conv_lora_delta_equals_a_base_shaped_conv_followed_by_a_1x1_conv():
 
 
 def test_lora_is_merged_before_the_weight_quantizer():
-    layer, ctx = _layer(nn.Linear(16, 8))
+    layer, _ = _layer(nn.Linear(16, 8))
     w = layer.base.weight + layer.lora.delta()
     codes = layer.weight_codes()
     s, z = layer.w_quant.effective()

@@ -6,9 +6,9 @@ import json
 import warnings
 
 import pytest
+from conftest import make_tiny_unet2d, make_tiny_unet2d_condition
 from torch import nn
 
-from conftest import make_tiny_unet2d, make_tiny_unet2d_condition
 from saq_lightning.quant import LayerRule, QuantPolicy, preset, quantize_model
 
 FIRST_LAST = {"conv_in", "conv_out", "time_embedding.linear_1", "time_embedding.linear_2"}

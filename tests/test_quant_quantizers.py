@@ -88,7 +88,7 @@ def test_step_gradient_equals_finite_difference_where_clamped():
     s = torch.tensor(0.25, dtype=torch.float32, requires_grad=True)
     FakeQuantize.apply(x, s, z, 0, 15, 1.0).sum().backward()
     eps = 1e-3
-    f = lambda step: fake_quant_forward(x, torch.tensor(step), z, 0, 15).sum().item()  # noqa: E731
+    f = lambda step: fake_quant_forward(x, torch.tensor(step), z, 0, 15).sum().item()
     fd = (f(0.25 + eps) - f(0.25 - eps)) / (2 * eps)
     assert s.grad.item() == pytest.approx(fd, rel=1e-4)  # = 10 * (15 - 2) = 130
     assert s.grad.item() == pytest.approx(130.0, rel=1e-6)

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from quant_helpers import GRID_STEPS, calibrated_cond_student, cond_batch, leading_grid
-from saq_lightning.quant import TimestepActQuantizer, TimestepContext, bucket_index, calibrate, quantize_model
 from conftest import make_tiny_unet2d_condition
+from quant_helpers import GRID_STEPS, calibrated_cond_student, cond_batch, leading_grid
+
+from saq_lightning.quant import (
+    TimestepActQuantizer,
+    TimestepContext,
+    bucket_index,
+    calibrate,
+    quantize_model,
+)
 
 
 @pytest.mark.parametrize("steps", GRID_STEPS)
@@ -115,3 +121,15 @@ def test_calibration_fills_each_bucket_from_its_own_data_and_the_rest_from_the_n
     assert torch.equal(s[:26], s[0].expand(26))  # buckets 0..25 are nearer to 0
     assert torch.equal(s[26:], s[50].expand(74))  # 26..99 nearer to 50 (25 ties to the lower one)
     assert q.calibrated.nonzero().flatten().tolist() == [0, 50]
+
+
+def test_timestep_context_lets_code_call_submodules_directly():
+    _, student = calibrated_cond_student()
+    conv = student.unet.conv_in
+    x = torch.randn(2, 4, 8, 8)
+    with pytest.raises(RuntimeError, match="outside a timestep context"):
+        conv(x)
+    with torch.no_grad(), student.timestep_context(torch.tensor([0, 990])) as idx:
+        y = conv(x)
+    assert idx.tolist() == [0, 99] and y.shape == (2, 16, 8, 8)
+    assert student.context.bucket is None

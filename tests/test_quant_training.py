@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.multiprocessing as mp
+from quant_helpers import (
+    calibrated_class_student,
+    calibrated_cond_student,
+    class_batch,
+    cond_batch,
+    ddp_train_worker,
+)
 
-from quant_helpers import calibrated_class_student, calibrated_cond_student, class_batch, cond_batch, ddp_train_worker
 from saq_lightning.quant import QuantAttnProcessor, param_groups, preset
 
 

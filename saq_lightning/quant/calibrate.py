@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -106,9 +107,7 @@ def init_act_quantizer(
 
 
 def _iter_batches(batches: Batch | Iterable[Batch]) -> Iterator[Batch]:
-    if isinstance(batches, Mapping):
-        yield batches
-    elif isinstance(batches, (tuple, list)) and batches and isinstance(batches[0], Tensor):
+    if isinstance(batches, Mapping) or isinstance(batches, (tuple, list)) and batches and isinstance(batches[0], Tensor):
         yield batches
     else:
         yield from batches  # type: ignore[misc]

@@ -34,7 +34,6 @@ import torch
 from torch import Tensor, nn
 
 from .attention import QuantAttnProcessor
-from .layers import QuantLayer
 from .model import QuantizedUNet, build_student
 from .policy import LayerPlan, QuantPolicy
 from .quantizers import AffineQuantizer

@@ -175,8 +175,8 @@ class QuantConv2d(QuantLayer):
     def __init__(self, base: nn.Conv2d, context: TimestepContext, **kwargs) -> None:
         check_wrappable(base, kwargs.get("name", ""))
         super().__init__(base, context, **kwargs)
-        self._conv = dict(stride=tuple(base.stride), padding=tuple(base.padding),
-                          dilation=tuple(base.dilation), groups=base.groups)
+        self._conv = {"stride": tuple(base.stride), "padding": tuple(base.padding),
+                      "dilation": tuple(base.dilation), "groups": base.groups}
 
     def _make_spec(self, a_gf: float) -> FusedSpec:
         return FusedSpec(
@@ -215,12 +215,11 @@ def check_wrappable(module: nn.Module, name: str = "") -> None:
             f"cannot wrap module{where} of type {type(module).__name__}: quantized layers exist for "
             f"{sorted(WRAPPABLE)}"
         )
-    if isinstance(module, nn.Conv2d):
-        if module.padding_mode != "zeros" or isinstance(module.padding, str):
-            raise TypeError(
-                f"cannot wrap Conv2d{where}: padding={module.padding!r}, padding_mode="
-                f"{module.padding_mode!r} (only numeric zero padding is supported)"
-            )
+    if isinstance(module, nn.Conv2d) and (module.padding_mode != "zeros" or isinstance(module.padding, str)):
+        raise TypeError(
+            f"cannot wrap Conv2d{where}: padding={module.padding!r}, padding_mode="
+            f"{module.padding_mode!r} (only numeric zero padding is supported)"
+        )
 
 
 def wrapper_for(module: nn.Module) -> type[QuantLayer]:

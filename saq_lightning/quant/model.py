@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import copy
 import itertools
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -47,11 +48,11 @@ class QuantizedUNet(nn.Module):
     def num_train_timesteps(self) -> int:
         return self.policy.num_train_timesteps
 
-    def bucket_index(self, timestep: Tensor | float | int, batch_size: int, device: torch.device | None = None) -> Tensor:
+    def bucket_index(self, timestep: Tensor | float, batch_size: int, device: torch.device | None = None) -> Tensor:
         return bucket_index(timestep, self.n_buckets, self.num_train_timesteps, batch_size, device)
 
     @contextmanager
-    def timestep_context(self, timestep: Tensor | float | int, batch_size: int | None = None) -> Iterator[Tensor]:
+    def timestep_context(self, timestep: Tensor | float, batch_size: int | None = None) -> Iterator[Tensor]:
         """Select activation buckets for code that calls submodules directly (e.g. block-wise
         reconstruction). ``forward`` uses it around the UNet call."""
         t = torch.as_tensor(timestep)
@@ -66,7 +67,7 @@ class QuantizedUNet(nn.Module):
             return t.device
         return torch.device("cpu")
 
-    def forward(self, sample: Tensor, timestep: Tensor | float | int, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, sample: Tensor, timestep: Tensor | float, *args: Any, **kwargs: Any) -> Any:
         idx = self.bucket_index(timestep, sample.shape[0], sample.device)
         with self.context.active(idx):
             return self.unet(sample, timestep, *args, **kwargs)
@@ -93,7 +94,7 @@ class QuantizedUNet(nn.Module):
 
 
 def quantize_model(
-    unet: nn.Module, policy: "QuantPolicy | str | Mapping[str, Any]" = "w4a4", *, warn: bool = True
+    unet: nn.Module, policy: QuantPolicy | str | Mapping[str, Any] = "w4a4", *, warn: bool = True
 ) -> tuple[QuantizedUNet, QuantReport]:
     """Build the quantized student of ``unet`` according to ``policy``.
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from torch import nn
 
@@ -119,7 +120,7 @@ class QuantPolicy:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "QuantPolicy":
+    def from_dict(cls, d: Mapping[str, Any]) -> QuantPolicy:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -140,7 +141,7 @@ def preset(name: str, **overrides: Any) -> QuantPolicy:
     return QuantPolicy(**{"name": name, "weight_bits": w, "act_bits": a, **overrides})
 
 
-def as_policy(policy: "QuantPolicy | str | Mapping[str, Any]") -> QuantPolicy:
+def as_policy(policy: QuantPolicy | str | Mapping[str, Any]) -> QuantPolicy:
     """Accept a policy, a preset name or a plain dict (e.g. from YAML/JSON)."""
     if isinstance(policy, QuantPolicy):
         policy.validate()

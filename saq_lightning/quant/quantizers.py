@@ -71,7 +71,7 @@ class AffineQuantizer(nn.Module):
             self.initialised.fill_(True)
         self._initialised = True
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: D401
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "spec"
         if key in state_dict and not torch.equal(state_dict[key].to(self.spec), self.spec):
             got = state_dict[key].tolist()

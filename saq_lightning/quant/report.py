@@ -72,7 +72,7 @@ def _count(module) -> int:
     return sum(p.numel() for p in module.parameters()) if module is not None else 0
 
 
-def build_report(student: "QuantizedUNet", policy: "QuantPolicy", resolution: "Resolution") -> QuantReport:
+def build_report(student: QuantizedUNet, policy: QuantPolicy, resolution: Resolution) -> QuantReport:
     from .attention import QuantAttnProcessor
 
     rows: list[ReportRow] = []

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
 _QUANT_BUFFERS = ("initialised", "spec", "calibrated")
 
 
-class set_quant_state:  # noqa: N801 - used like a function
+class set_quant_state:
     """Switch weight / activation quantization of all layers (``None`` = leave as is).
 
     Applies immediately; used as a context manager it restores the previous state on exit::
@@ -42,7 +42,7 @@ class set_quant_state:  # noqa: N801 - used like a function
                 self._saved.append((m, "quant_act", m.quant_act))
                 m.quant_act = act
 
-    def __enter__(self) -> "set_quant_state":
+    def __enter__(self) -> set_quant_state:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc) -> None:
@@ -50,7 +50,7 @@ class set_quant_state:  # noqa: N801 - used like a function
             setattr(m, attr, value)
 
 
-def trainable_state_dict(student: "QuantizedUNet | nn.Module") -> dict[str, Tensor]:
+def trainable_state_dict(student: QuantizedUNet | nn.Module) -> dict[str, Tensor]:
     """Only what training changes: trainable parameters plus quantizer state buffers.
 
     Small (LoRA + quantizer tables), keys relative to ``student``; the frozen teacher weights it
@@ -69,7 +69,7 @@ def trainable_state_dict(student: "QuantizedUNet | nn.Module") -> dict[str, Tens
     return out
 
 
-def load_trainable_state_dict(student: "QuantizedUNet | nn.Module", state_dict: dict[str, Tensor]) -> None:
+def load_trainable_state_dict(student: QuantizedUNet | nn.Module, state_dict: dict[str, Tensor]) -> None:
     """Load a :func:`trainable_state_dict`; raise ``ValueError`` if it is from another
     architecture or policy (different keys, shapes or quantizer bit specs). Nothing is changed
     when it raises."""

@@ -14,8 +14,8 @@ Bucket map: ``bucket = floor(timestep * n_buckets / N)``, clamped to ``[0, n_buc
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -25,7 +25,7 @@ from .quantizers import AffineQuantizer
 
 
 def bucket_index(
-    timestep: Tensor | float | int,
+    timestep: Tensor | float,
     n_buckets: int,
     num_train_timesteps: int = 1000,
     batch_size: int | None = None,
