@@ -50,6 +50,18 @@ def test_frechet_distance_agrees_with_scipy_sqrtm_formula_on_random_covariances(
     assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-8)
 
 
+@pytest.mark.parametrize("kept", [(True, True), (True, False), (False, True)], ids=["both", "first", "second"])
+def test_low_rank_frechet_distance_equals_the_full_covariance_route(kept):
+    # fewer samples than dimensions: the statistics keep a basis and the n x n route is exact
+    x, y = feature_stats(gaussian(20, 64, seed=17)), feature_stats(gaussian(30, 64, 0.2, 1.3, seed=18))
+    assert x.basis is not None and y.basis is not None
+    full = frechet_distance(FeatureStats(x.mu, x.sigma, x.n), FeatureStats(y.mu, y.sigma, y.n))
+    low = frechet_distance(x if kept[0] else FeatureStats(x.mu, x.sigma, x.n),
+                           y if kept[1] else FeatureStats(y.mu, y.sigma, y.n))
+    # the full route takes square roots of ~1e-15 rounding eigenvalues of singular matrices: 1e-8 relative
+    assert low == pytest.approx(full, rel=1e-7)
+
+
 def test_running_statistics_over_batches_equal_numpy_mean_and_unbiased_covariance():
     x = gaussian(100, 5, seed=4)
     acc = StatsAccumulator()
@@ -58,6 +70,7 @@ def test_running_statistics_over_batches_equal_numpy_mean_and_unbiased_covarianc
     s = acc.stats()
     np.testing.assert_allclose(s.mu, x.mean(0).numpy(), atol=1e-12)
     np.testing.assert_allclose(s.sigma, np.cov(x.numpy(), rowvar=False), atol=1e-12)
+    assert s.basis is None  # more samples than dimensions: no rows kept
 
 
 def test_statistics_of_a_single_sample_are_refused():
