@@ -21,7 +21,7 @@ N = 12  # images per set
 class _RandomInit(FeatureExtractorInceptionV3):
     """torch-fidelity's network keeping its random initialisation (ignores the state dict it loads)."""
 
-    def load_state_dict(self, state_dict, strict=True, assign=False):  # noqa: ARG002
+    def load_state_dict(self, state_dict, strict=True, assign=False):
         return None
 
 
