@@ -1,0 +1,117 @@
+"""``python -m saq_lightning sample``: N samples of the FP model or a quantized student, written in
+the ADM format (``samples.npz``) with a PNG grid; resumable, and spread over ranks under torchrun.
+
+    python -m saq_lightning sample --out runs/samples/fp                     # digits teacher
+    python -m saq_lightning sample --out runs/samples/w4a4 --student runs/w4a4/last.ckpt --steps 10
+    torchrun --nproc_per_node 8 -m saq_lightning sample --model configs/models/ldm4_imagenet.yaml \\
+        --num_samples 50000 --steps 20 --guidance_scale 1.5 --out runs/samples/ldm4_fp
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from jsonargparse import auto_cli
+
+from saq_lightning.metrics.evaluation import read_prompt_file, resolve_device
+from saq_lightning.metrics.sample_generation import SamplerSetting
+from saq_lightning.metrics.sampling_run import make_plan, run_sampling
+from saq_lightning.metrics.students import describe_student, load_sampling_model
+from saq_lightning.models import ModelSpec
+
+DEFAULTS = SamplerSetting()
+
+
+def _setting(defaults: dict, conditional: bool, solver: str | None, steps: int | None, spacing: str | None,
+             guidance_scale: float | None, order: int | None, eta: float | None) -> SamplerSetting:
+    def pick(value, key, fallback):
+        return value if value is not None else defaults.get(key, fallback)
+
+    guidance = pick(guidance_scale, "guidance_scale", DEFAULTS.guidance_scale if conditional else 1.0)
+    return SamplerSetting(
+        solver=pick(solver, "solver", DEFAULTS.solver), steps=int(pick(steps, "steps", DEFAULTS.steps)),
+        spacing=pick(spacing, "spacing", DEFAULTS.spacing), guidance_scale=float(guidance), order=order,
+        eta=float(pick(eta, "eta", 0.0)),
+    )
+
+
+def _init_distributed() -> None:
+    """Join the process group that torchrun describes (``WORLD_SIZE`` > 1), if not done yet."""
+    if dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+
+
+def sample(
+    out: str,
+    model: ModelSpec | None = None,
+    student: str | None = None,
+    num_samples: int = 1000,
+    solver: str | None = None,
+    steps: int | None = None,
+    spacing: str | None = None,
+    guidance_scale: float | None = None,
+    order: int | None = None,
+    eta: float | None = None,
+    prompts: str | None = None,
+    seed: int = 0,
+    batch_size: int = 250,
+    device: str = "auto",
+    grid_size: int = 100,
+    overwrite: bool = False,
+    keep_parts: bool = False,
+) -> str:
+    """Sample a model into an ADM-format .npz (arr_0 uint8 NHWC, arr_1 labels) plus grid.png.
+
+    Unset sampler options come from the model spec's ``sampling:`` block, then from
+    ddim / 50 steps / time_uniform / CFG 2 (1 for unconditional models).
+
+    Args:
+        out: output folder (samples.npz, samples.json, grid.png; parts/ while running).
+        model: model spec (a configs/models/*.yaml file or inline fields); default: the digits teacher.
+        student: None for the FP model; a training checkpoint (.ckpt); an integer export folder;
+            or naive:<policy> (e.g. naive:w4a4, calibrated post-training quantization).
+        num_samples: number of samples (labels cycle through the classes: 50000 on ImageNet = 50 per class).
+        solver: ddim, plms, dpm1|2|3, dpm2m|3m, dpm++2s|2m|3m, ...
+        steps: solver steps.
+        spacing: time_uniform, logSNR, time_quadratic or leading.
+        guidance_scale: classifier-free guidance scale.
+        order: override of the solver's order (e.g. dpm3 with order 1 is DPM-Solver-1).
+        eta: DDIM noise (ddim only).
+        prompts: text file, one prompt per line, cycled over the samples (text-to-image models).
+        seed: seed of the per-sample initial noise (sample i depends on (seed, i) only).
+        batch_size: samples per model call and per chunk file (part of the run's identity).
+        device: auto (cuda:LOCAL_RANK if available), cpu, cuda, ...
+        grid_size: samples shown in grid.png (0: none).
+        overwrite: discard chunks or samples of a different run in ``out``.
+        keep_parts: keep the per-chunk files after merging.
+    """
+    model = model if model is not None else ModelSpec(kind="digits")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _init_distributed()
+    if device == "auto" and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    dev = resolve_device(device)
+    net = load_sampling_model(model, student, dev)
+    setting = _setting(net.sampling_defaults, net.conditioner is not None, solver, steps, spacing,
+                       guidance_scale, order, eta)
+    prompt_list = read_prompt_file(prompts) if prompts else None
+    identity = {"model": json.loads(json.dumps(vars(model), default=str)), "student": describe_student(student)}
+    plan = make_plan(net, num_samples, setting, seed, batch_size, prompt_list, identity)
+    info = {"model": model.name or model.kind, "student": student or "fp", "device": str(dev)}
+    path = run_sampling(net, out, plan, overwrite=overwrite, grid_size=grid_size, keep_parts=keep_parts, info=info)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(f"wrote {path} ({num_samples} samples, {setting.label()}) and {Path(out) / 'grid.png'}")
+    return str(path)
+
+
+def main(args: list[str]) -> None:
+    auto_cli(sample, args=args, as_positional=False)

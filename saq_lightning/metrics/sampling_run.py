@@ -1,0 +1,283 @@
+"""A resumable, multi-rank sampling run that ends in an ADM ``.npz`` plus a PNG grid.
+
+Layout of ``out``::
+
+    samples.npz     arr_0 uint8 [N, H, W, C], arr_1 int64 labels (class-conditional), prompts (text)
+    samples.json    the run's settings, counts, timing
+    grid.png        the first ``grid_size`` samples
+    parts/          while running: run.json (the run's fingerprint) and chunk_XXXXXX.npz files
+
+Chunk ``c`` holds samples ``[c * B, (c + 1) * B)`` (``B`` = batch size) and belongs to rank
+``c % world_size`` (``torch.distributed`` when initialised, e.g. under ``torchrun``). A chunk file
+appears atomically when its batch is done, so an interrupted run restarted with the same settings
+only samples the missing chunks; other settings in the same folder are an error (or, with
+``overwrite``, a fresh start). Rank 0 merges the chunks in index order, streaming, and removes
+``parts/`` unless ``keep_parts``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from saq_lightning.models.diffusion_model import DiffusionModel
+
+from .grids import save_grid
+from .npz_format import write_samples_npz
+from .sample_generation import (
+    SamplerSetting,
+    balanced_labels,
+    condition_classes,
+    generate_images,
+    initial_noise,
+    is_text_model,
+    sample_seed,
+)
+
+log = logging.getLogger(__name__)
+
+RUN_FORMAT = "saq_lightning.sampling_run/1"
+SAMPLES_FILE = "samples.npz"
+META_FILE = "samples.json"
+GRID_FILE = "grid.png"
+PARTS = "parts"
+
+
+class RunMismatchError(RuntimeError):
+    """The output folder holds (part of) a run with other settings."""
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """What a run produces; its fingerprint decides whether existing chunks can be reused."""
+
+    num_samples: int
+    setting: SamplerSetting
+    seed: int
+    batch_size: int
+    sample_shape: tuple[int, ...]
+    classes: list[int] | None
+    prompts: list[str] | None
+    identity: dict[str, Any]  # model and student description (anything that changes the output)
+
+    def fingerprint(self) -> dict[str, Any]:
+        prompts_sha = None
+        if self.prompts is not None:
+            prompts_sha = hashlib.sha256("\n".join(self.prompts).encode()).hexdigest()
+        return {
+            "format": RUN_FORMAT,
+            "num_samples": self.num_samples,
+            "setting": self.setting.as_dict(),
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "sample_shape": list(self.sample_shape),
+            "num_classes": None if self.classes is None else len(self.classes),
+            "prompts_sha256": prompts_sha,
+            "identity": self.identity,
+        }
+
+    @property
+    def num_chunks(self) -> int:
+        return -(-self.num_samples // self.batch_size)
+
+    def chunk_indices(self, chunk: int) -> range:
+        return range(chunk * self.batch_size, min((chunk + 1) * self.batch_size, self.num_samples))
+
+    def labels(self, indices: Sequence[int]) -> torch.Tensor | None:
+        return None if self.classes is None else balanced_labels(indices, self.classes)
+
+    def prompt_list(self, indices: Sequence[int]) -> list[str] | None:
+        return None if self.prompts is None else [self.prompts[i % len(self.prompts)] for i in indices]
+
+
+def make_plan(
+    model: DiffusionModel,
+    num_samples: int,
+    setting: SamplerSetting,
+    seed: int = 0,
+    batch_size: int = 100,
+    prompts: Sequence[str] | None = None,
+    identity: dict[str, Any] | None = None,
+) -> SamplingPlan:
+    """Check the request against the model (conditioning, counts) and fix what will be sampled."""
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
+    if is_text_model(model):
+        if not prompts:
+            raise ValueError(f"{model.name or 'this model'} is text-to-image: give prompts (--prompts <file>)")
+    elif prompts:
+        raise ValueError(f"{model.name or 'this model'} is not text-conditioned; prompts are not used")
+    if setting.guidance_scale != 1.0 and model.conditioner is None:
+        raise ValueError("classifier-free guidance needs a conditional model (guidance_scale must be 1)")
+    return SamplingPlan(num_samples, setting, seed, batch_size, tuple(model.sample_shape),
+                        condition_classes(model), list(prompts) if prompts else None, dict(identity or {}))
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _chunk_path(parts: Path, chunk: int) -> Path:
+    return parts / f"chunk_{chunk:06d}.npz"
+
+
+def _chunk_ok(path: Path, plan: SamplingPlan, chunk: int, image_shape: tuple[int, ...] | None) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            images, index = data["arr_0"], data["index"]
+    except Exception:  # noqa: BLE001 - any unreadable chunk is simply redone
+        log.warning("chunk file %s is unreadable; sampling it again", path)
+        return False
+    want = plan.chunk_indices(chunk)
+    ok = images.dtype == np.uint8 and images.ndim == 4 and list(index) == list(want)
+    if ok and image_shape is not None:
+        ok = tuple(images.shape[1:]) == tuple(image_shape)
+    if not ok:
+        log.warning("chunk file %s does not match the run; sampling it again", path)
+    return ok
+
+
+def _write_chunk(path: Path, images: np.ndarray, indices: range) -> None:
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp.npz")
+    np.savez(tmp, arr_0=images, index=np.asarray(list(indices), dtype=np.int64))
+    os.replace(tmp, path)
+
+
+def _prepare_parts(out: Path, plan: SamplingPlan, overwrite: bool, rank: int) -> Path:
+    parts = out / PARTS
+    fingerprint = plan.fingerprint()
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        run_file = parts / "run.json"
+        done = out / META_FILE
+        if done.is_file() and (out / SAMPLES_FILE).is_file() and not overwrite:
+            previous = json.loads(done.read_text()).get("fingerprint")
+            if previous != fingerprint:
+                raise RunMismatchError(
+                    f"{out} already holds samples of another run ({done}); use another folder or --overwrite true"
+                )
+        if run_file.is_file():
+            previous = json.loads(run_file.read_text())
+            if previous != fingerprint:
+                if not overwrite:
+                    raise RunMismatchError(
+                        f"{parts} holds chunks of a run with other settings (see {run_file}); "
+                        "use another --out folder, or --overwrite true to discard them"
+                    )
+                shutil.rmtree(parts)
+        elif parts.exists() and overwrite:
+            shutil.rmtree(parts)
+        parts.mkdir(parents=True, exist_ok=True)
+        run_file.write_text(json.dumps(fingerprint, indent=2) + "\n")
+    _barrier()
+    return parts
+
+
+def run_sampling(
+    model: DiffusionModel,
+    out: str | os.PathLike,
+    plan: SamplingPlan,
+    *,
+    overwrite: bool = False,
+    grid_size: int = 100,
+    keep_parts: bool = False,
+    info: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Sample ``plan`` with ``model`` (already on its device) into ``out``; returns the ``.npz`` path.
+
+    Every rank calls this; rank 0 merges. Already finished runs with the same fingerprint return at
+    once.
+    """
+    out = Path(out)
+    rank, world = _rank_world()
+    fingerprint = plan.fingerprint()
+    final = out / SAMPLES_FILE
+    meta_file = out / META_FILE
+    finished = final.is_file() and meta_file.is_file() and not overwrite
+    if finished and json.loads(meta_file.read_text()).get("fingerprint") == fingerprint:
+        return final
+    parts = _prepare_parts(out, plan, overwrite, rank)
+    mine = [c for c in range(plan.num_chunks) if c % world == rank]
+    t0, sampled = time.perf_counter(), 0
+    image_shape = None
+    for k, chunk in enumerate(mine):
+        path = _chunk_path(parts, chunk)
+        if _chunk_ok(path, plan, chunk, image_shape):
+            continue
+        idx = plan.chunk_indices(chunk)
+        cond = plan.labels(idx)
+        if plan.prompts is not None:
+            cond = model.conditioner.tokenize(plan.prompt_list(idx))
+        generator = None
+        if plan.setting.eta:
+            device = next(model.parameters()).device
+            generator = torch.Generator(device=device).manual_seed(sample_seed(plan.seed, -1 - chunk))
+        images = generate_images(model, initial_noise(idx, plan.sample_shape, plan.seed), cond, plan.setting,
+                                 generator)
+        arr = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        image_shape = arr.shape[1:]
+        _write_chunk(path, arr, idx)
+        sampled += len(idx)
+        if progress:
+            log.info("rank %d: chunk %d (%d/%d of this rank)", rank, chunk, k + 1, len(mine))
+    seconds = time.perf_counter() - t0
+    _barrier()
+    if rank == 0:
+        _merge(out, parts, plan, fingerprint, grid_size, keep_parts,
+               {**(info or {}), "seconds_rank0": round(seconds, 3), "sampled_rank0": sampled, "world_size": world})
+    _barrier()
+    return final
+
+
+def _merge(out: Path, parts: Path, plan: SamplingPlan, fingerprint: dict[str, Any], grid_size: int,
+           keep_parts: bool, info: dict[str, Any]) -> None:
+    missing = [c for c in range(plan.num_chunks) if not _chunk_ok(_chunk_path(parts, c), plan, c, None)]
+    if missing:
+        raise RuntimeError(f"chunks {missing[:5]} of {plan.num_chunks} are missing in {parts}; run again to resume")
+
+    def chunks():
+        for c in range(plan.num_chunks):
+            with np.load(_chunk_path(parts, c), allow_pickle=False) as data:
+                yield data["arr_0"]
+
+    all_idx = range(plan.num_samples)
+    labels = plan.labels(all_idx)
+    write_samples_npz(out / SAMPLES_FILE, chunks(), plan.num_samples,
+                      labels=None if labels is None else labels.numpy(), prompts=plan.prompt_list(all_idx))
+    if grid_size > 0:
+        head, got = [], 0
+        for arr in chunks():
+            head.append(arr[: grid_size - got])
+            got += head[-1].shape[0]
+            if got >= grid_size:
+                break
+        nrow = 10 if plan.classes is None else min(len(plan.classes), 10)
+        save_grid(np.concatenate(head), out / GRID_FILE, nrow=nrow)
+    meta = {"fingerprint": fingerprint, "settings": {**plan.setting.as_dict(), "label": plan.setting.label()},
+            "num_samples": plan.num_samples, "seed": plan.seed, **info}
+    (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    if not keep_parts:
+        shutil.rmtree(parts)

@@ -1,0 +1,127 @@
+"""The model a sampling or diagnostics command runs: the FP teacher or a quantized student.
+
+``student`` (a string, as on the command line):
+
+* ``None`` / ``"fp"`` - the full-precision model of the spec;
+* a folder with ``manifest.json`` - an integer export (``saq_lightning.quant.export_student``),
+  plugged into the spec's model (schedule, conditioner, autoencoder);
+* a ``.ckpt`` file - a fake-quant training checkpoint, loaded by
+  ``saq_lightning.lightning.student_loading.load_student`` (the checkpoint names its teacher);
+* ``"naive:<policy>"`` (e.g. ``naive:w4a4``) - plain post-training quantization of the spec's
+  UNet with that policy preset, calibrated on FP sampling trajectories: the baseline every
+  trained student is compared with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saq_lightning.models import ModelSpec, build_model
+from saq_lightning.models.diffusion_model import DiffusionModel
+from saq_lightning.sampling import make_solver, sample, time_grid
+
+from .sample_generation import balanced_labels, condition_classes, guided_predictor, initial_noise
+
+NAIVE_PREFIX = "naive:"
+
+
+def describe_student(student: str | None) -> dict[str, Any]:
+    """What identifies a student's outputs (path, size and modification time of its files)."""
+    if student in (None, "", "fp"):
+        return {"kind": "fp"}
+    if student.startswith(NAIVE_PREFIX):
+        return {"kind": "naive", "policy": student[len(NAIVE_PREFIX):]}
+    path = Path(student).expanduser()
+    files = sorted(path.rglob("*")) if path.is_dir() else [path]
+    stamp = [[str(p.relative_to(path) if path.is_dir() else p.name), p.stat().st_size, p.stat().st_mtime_ns]
+             for p in files if p.is_file()]
+    return {"kind": "export" if path.is_dir() else "checkpoint", "path": str(path.resolve()), "files": stamp}
+
+
+def load_sampling_model(
+    spec: ModelSpec, student: str | None = None, device: str | torch.device = "cpu", calibration_samples: int = 64,
+    calibration_seed: int = 12345, teacher: DiffusionModel | None = None, calibration_method: str | None = None,
+) -> DiffusionModel:
+    """The model to sample (frozen, eval mode, on ``device``); see the module docstring.
+
+    ``teacher``: the FP model of ``spec`` if already built (naive and export students reuse it and
+    share its frozen tensors). ``calibration_*``: how a naive student is calibrated
+    (``calibration_method``: ``lp`` or ``minmax``; default the policy's).
+    """
+    if student in (None, "", "fp"):
+        return teacher if teacher is not None else build_model(spec).to(device)
+    if student.startswith(NAIVE_PREFIX):
+        base = teacher if teacher is not None else build_model(spec).to(device)
+        return naive_student(base, student[len(NAIVE_PREFIX):], calibration_samples, calibration_seed,
+                             calibration_method)
+    path = Path(student).expanduser()
+    if path.is_dir():
+        if not (path / "manifest.json").is_file():
+            raise FileNotFoundError(f"{path} is not an integer export (no manifest.json); see quant.export_student")
+        from saq_lightning.quant import load_exported
+
+        base = teacher if teacher is not None else build_model(spec)
+        unet = load_exported(path, device="cpu")
+        return base.with_unet(unet).to(device).eval()
+    if path.is_file():
+        try:
+            from saq_lightning.lightning.student_loading import load_student
+        except ImportError as err:
+            raise RuntimeError(
+                f"cannot load the training checkpoint {path}: saq_lightning.lightning.student_loading is not "
+                f"available in this installation ({err})"
+            ) from err
+        return load_student(str(path), map_location="cpu").to(device).eval()
+    raise FileNotFoundError(
+        f"student {student!r} not found: give a training checkpoint (.ckpt), an export folder (with "
+        f"manifest.json), 'naive:<policy>' or nothing for the FP model"
+    )
+
+
+@torch.no_grad()
+def naive_student(
+    teacher: DiffusionModel, policy: str = "w4a4", calibration_samples: int = 64, seed: int = 12345,
+    method: str | None = None,
+) -> DiffusionModel:
+    """``teacher`` with its UNet quantized by ``policy`` and calibrated (weight ranges and
+    activation ranges per timestep bucket, by ``method`` or the policy's) on the states of FP
+    trajectories under the model's default sampler."""
+    from saq_lightning.quant import calibrate, quantize_model
+
+    student, _ = quantize_model(teacher.unet, policy, warn=False)
+    calibrate(student, calibration_batches(teacher, calibration_samples, seed), act_method=method,
+              weight_method=method)
+    return teacher.with_unet(student.eval())
+
+
+@torch.no_grad()
+def calibration_batches(teacher: DiffusionModel, n: int = 64, seed: int = 12345) -> list[dict[str, torch.Tensor]]:
+    """UNet call arguments at every state of ``n`` FP trajectories (DDIM, the model's default
+    steps and guidance); conditional models get the conditional and the null condition."""
+    defaults = teacher.sampling_defaults
+    steps, scale = int(defaults.get("steps", 20)), float(defaults.get("guidance_scale", 1.0))
+    schedule = teacher.noise_schedule()
+    device = next(teacher.parameters()).device
+    classes = condition_classes(teacher)
+    idx = range(n)
+    cond = balanced_labels(idx, classes).to(device) if classes is not None else None
+    if teacher.conditioner is not None and cond is None:
+        raise ValueError("naive students of text models need prompts for calibration: calibrate them yourself")
+    encoded = teacher.prepare_cond(cond) if cond is not None else None
+    grid = time_grid(schedule, steps, "time_uniform")
+    res = sample(guided_predictor(teacher, scale, schedule), initial_noise(idx, teacher.sample_shape, seed).to(device),
+                 grid, make_solver("ddim", schedule), cond=encoded, return_trajectory=True)
+    batches = []
+    for state, t in zip(res.trajectory.states[:-1], res.trajectory.times[:-1]):
+        timestep = schedule.model_timestep(t).expand(n).to(device)
+        batch: dict[str, torch.Tensor] = {"sample": state, "timestep": timestep}
+        if teacher.conditioner is not None:
+            null = teacher.prepare_cond(teacher.null_cond(n, device=device))
+            batch["sample"] = torch.cat([state, state])
+            batch["timestep"] = torch.cat([timestep, timestep])
+            batch[teacher.conditioner.unet_argument] = teacher.conditioner(torch.cat([encoded, null]))
+        batches.append(batch)
+    return batches
