@@ -34,6 +34,18 @@ PIPELINE_COMMANDS: dict[str, PipelineCommand] = {
         "saq_lightning.commands.demo:main",
         "run the embedded digits default end to end and print its quality figures",
     ),
+    "sample": PipelineCommand(
+        "saq_lightning.commands.sample:main",
+        "N samples (FP or quantized student) -> ADM .npz + PNG grid; resumable, multi-rank",
+    ),
+    "evaluate": PipelineCommand(
+        "saq_lightning.commands.evaluate:main",
+        "FID/sFID/IS/KID/precision-recall/CLIP score (digits: FD, accuracy) of a sample .npz",
+    ),
+    "diagnose": PipelineCommand(
+        "saq_lightning.commands.diagnose:main",
+        "trajectory diagnostics: student vs FP distance per step at orders 1-3, flow straightness",
+    ),
 }
 
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
