@@ -18,7 +18,7 @@ student / FP. Peak memory = resident model tensors + the step's transient peak:
   (RSS then tracks live tensors; timing runs without that setting).
 
     .venv/bin/python benchmarks/quant_overhead.py [--device cpu|cuda] [--autocast bf16]
-        [--batch 4] [--repeats 5] [--out benchmarks/results/quant_overhead_cpu.json]
+        [--batch 4] [--repeats 5] [--threads 1] [--out benchmarks/results/quant_overhead_cpu.json]
 
 Prints a table, writes JSON; the last line is ``time_ratio=... mem_ratio=...``.
 """
@@ -259,13 +259,17 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None, help="default: 4 on CPU, 32 on CUDA")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="intra-op threads (default: 1 on CPU, where other jobs share the cores and "
+                         "OpenMP spin-waits make multi-threaded timings erratic; torch's default on CUDA)")
     ap.add_argument("--autocast", choices=["none", "bf16"], default="none")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/quant_overhead_<device>.json)")
     ap.add_argument("--memory-worker", choices=["fp", "student"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.batch is None:
         args.batch = 32 if args.device.startswith("cuda") else 4
+    if args.threads is None:
+        args.threads = 0 if args.device.startswith("cuda") else 1
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_worker:  # internal: one CPU memory measurement in a fresh process
