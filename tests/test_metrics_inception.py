@@ -15,7 +15,7 @@ from saq_lightning.metrics.evaluation import EvaluationSettings, evaluate_sample
 from saq_lightning.metrics.inception import INCEPTION_URL, InceptionExtractor
 from saq_lightning.metrics.reference_stats import InceptionReference
 
-N = 12  # images per set
+N = 8  # images per set
 
 
 class _RandomInit(FeatureExtractorInceptionV3):

@@ -15,18 +15,8 @@ from saq_lightning.data.digits import digits_split
 from saq_lightning.metrics.digits_classifier import load_digits_classifier
 from saq_lightning.metrics.digits_eval import SamplerSetting, sample_class_balanced
 from saq_lightning.metrics.digits_quality import digits_fd, digits_quality
+from saq_lightning.metrics.grids import save_grid
 from saq_lightning.models import ModelSpec, build_model
-
-
-def save_grid(images: torch.Tensor, path: Path, nrow: int = 10) -> None:
-    """A PNG grid of ``[N,1,H,W]`` images in ``[-1, 1]``."""
-    from PIL import Image
-
-    n = (images.shape[0] // nrow) * nrow
-    x = ((images[:n].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[:, 0]
-    h, w = x.shape[1:]
-    grid = x.reshape(-1, nrow, h, w).permute(0, 2, 1, 3).reshape(-1, nrow * w)
-    Image.fromarray(grid.numpy()).resize((nrow * w * 4, grid.shape[0] * 4), Image.NEAREST).save(path)
 
 
 def teacher_report(
