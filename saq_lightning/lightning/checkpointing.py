@@ -1,0 +1,66 @@
+"""What an SA-QLoRA checkpoint holds, and the checks that it fits the run that loads it.
+
+A checkpoint's ``state_dict`` holds only the student's trainable state (LoRA, quantizer
+parameters and their state buffers, keys ``student.*``): the frozen teacher weights come from
+their original files on every start. ``checkpoint["saq"]`` records what the state belongs to:
+the teacher spec and the full quantization policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor, nn
+
+from saq_lightning.data.manifest import diff_values, format_mismatches
+from saq_lightning.quant import trainable_state_dict
+
+FORMAT = "saq_lightning/sa-qlora-student"
+VERSION = 1
+STUDENT_PREFIX = "student."
+#: spec fields that may legitimately differ between runs of one model (files move, sampling
+#: defaults are informational)
+PORTABLE_SPEC_FIELDS = ("weights", "weights_source", "tokenizer", "sampling")
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint belongs to another teacher architecture or quantization policy."""
+
+
+def student_state_dict(student: nn.Module) -> dict[str, Tensor]:
+    """The student's trainable state with the LightningModule's key prefix."""
+    return {STUDENT_PREFIX + k: v for k, v in trainable_state_dict(student).items()}
+
+
+def split_student_state(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The ``student.*`` entries of a checkpoint's state dict, prefix removed."""
+    return {k[len(STUDENT_PREFIX):]: v for k, v in state_dict.items() if k.startswith(STUDENT_PREFIX)}
+
+
+def identity(teacher_spec: Mapping[str, Any], policy: Mapping[str, Any]) -> dict[str, Any]:
+    """``checkpoint["saq"]``: the format, the teacher spec and the quantization policy."""
+    return {"format": FORMAT, "version": VERSION, "teacher": dict(teacher_spec), "policy": dict(policy)}
+
+
+def _comparable(spec: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in spec.items() if k not in PORTABLE_SPEC_FIELDS}
+
+
+def check_identity(saved: Mapping[str, Any] | None, now: Mapping[str, Any], source: str) -> None:
+    """Raise :class:`CheckpointMismatchError` if ``saved`` is not an SA-QLoRA checkpoint of the same
+    teacher architecture and policy (the fields that differ are listed)."""
+    if not saved or saved.get("format") != FORMAT:
+        raise CheckpointMismatchError(
+            f"{source}: not an SA-QLoRA student checkpoint (no 'saq' entry of format {FORMAT!r}); "
+            f"was it written by another LightningModule?")
+    if int(saved.get("version", -1)) != VERSION:
+        raise CheckpointMismatchError(f"{source}: checkpoint version {saved.get('version')!r}, "
+                                      f"this code reads version {VERSION}")
+    mismatches = diff_values(_comparable(saved["teacher"]), _comparable(now["teacher"]), "teacher",
+                             subset=False)
+    mismatches += diff_values(saved["policy"], now["policy"], "policy", subset=False)
+    if mismatches:
+        raise CheckpointMismatchError(format_mismatches(
+            f"{source}: the checkpoint's student was built for another teacher or quantization "
+            f"policy (expected = checkpoint, found = this run)", mismatches))

@@ -1,0 +1,174 @@
+"""Teacher trajectories -> WebDataset shards (the library behind ``python -m saq_lightning generate``).
+
+Layout: phase ``p`` of the mixstep schedule owns ``trajectories_per_phase[p]`` consecutive
+trajectory indices (a multiple of ``trajectories_per_shard``, so every shard holds one phase).
+Trajectory ``i`` starts from ``x_T = noise(seed, i)`` with condition ``cond(seed, i)`` and is the
+teacher's order-k rollout over the phase's grid; every step is one record (``x_s``, ``s``, ``t``,
+``order``, ``steps``, ``phase``, ``cond`` and, unless disabled, the target ``eps_eff``).
+
+A shard's records are a pure function of the seed and its trajectory indices (the rollout batch
+is part of the manifest), which is what makes the shard writer's resume and multi-rank
+splitting safe.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from saq_lightning.data.errors import ManifestMismatchError
+from saq_lightning.data.manifest import Manifest, diff_values, format_mismatches
+from saq_lightning.data.mixstep import MixStepPhase, MixStepSchedule
+from saq_lightning.data.shard_writer import WriteReport, write_trajectory_shards
+from saq_lightning.data.trajectory_records import trajectory_records
+
+from .conditions import ConditionSource, noise_for
+from .settings import GenerationSettings
+from .teacher_flow import TeacherFlow
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .module import SAQLightningModule
+
+GENERATOR = "saq_lightning.generate/1"
+#: manifest meta fields a training run must agree with (the rest describes how data was made)
+CHECKED_META = ("model_id", "teacher", "schedule", "image_shape", "teacher_solver", "spacing",
+                "guidance_scale", "conditions")
+
+
+@dataclass(frozen=True)
+class PhaseLayout:
+    """Which trajectory indices belong to which phase (consecutive blocks)."""
+
+    counts: tuple[int, ...]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+    def phase_of(self, traj: int) -> int:
+        if not 0 <= traj < self.total:
+            raise IndexError(f"trajectory {traj} outside 0..{self.total - 1}")
+        ends = [sum(self.counts[: p + 1]) for p in range(len(self.counts))]
+        return bisect.bisect_right(ends, traj)
+
+
+def trajectory_meta(
+    module: SAQLightningModule, schedule: MixStepSchedule, settings: GenerationSettings | None = None
+) -> dict[str, Any]:
+    """The manifest ``meta`` of ``module``'s trajectories under ``schedule``."""
+    settings = settings or module.generation
+    meta = module.expected_trajectory_meta()
+    meta.update({
+        "phases": schedule.to_dict()["phases"],
+        "seed": settings.seed,
+        "trajectories_per_phase": settings.per_phase(schedule.num_phases),
+        "rollout_batch_size": settings.rollout_batch_size or settings.trajectories_per_shard,
+        "targets": "eps_eff" if settings.store_targets else None,
+        "generator": GENERATOR,
+    })
+    return meta
+
+
+def check_trajectory_meta(found: Mapping[str, Any], expected: Mapping[str, Any], source: str) -> None:
+    """Raise :class:`ManifestMismatchError` naming every checked field that differs."""
+    mismatches = []
+    for key in CHECKED_META:
+        if key in expected:
+            mismatches += diff_values(expected[key], found.get(key, "<missing>"), key, subset=False)
+    if mismatches:
+        raise ManifestMismatchError(
+            format_mismatches(f"{source}: the trajectories were made for another configuration "
+                              f"(expected = this run, found = manifest); regenerate them with "
+                              f"`generate` and this config, or point data.shards elsewhere",
+                              mismatches), mismatches)
+
+
+class TrajectoryRollout:
+    """``rollout_fn`` for :func:`write_trajectory_shards`: records of the asked trajectories."""
+
+    def __init__(
+        self,
+        flow: TeacherFlow,
+        phases: Sequence[MixStepPhase],
+        layout: PhaseLayout,
+        conditions: ConditionSource,
+        seed: int,
+        store_targets: bool = True,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.flow = flow
+        self.phases = list(phases)
+        self.layout = layout
+        self.conditions = conditions
+        self.seed = int(seed)
+        self.store_targets = store_targets
+        self.device = torch.device(device)
+
+    def __call__(self, traj_indices: list[int]) -> list[dict[str, Any]]:
+        by_phase: dict[int, list[int]] = {}
+        for i in traj_indices:
+            by_phase.setdefault(self.layout.phase_of(int(i)), []).append(int(i))
+        records: list[dict[str, Any]] = []
+        model = self.flow.model
+        dtype = next(model.unet.parameters()).dtype
+        for p, idx in sorted(by_phase.items()):
+            x_T = noise_for(self.seed, idx, model.sample_shape, self.device, dtype)
+            cond = self.conditions(idx, device=self.device)
+            traj = self.flow.rollout(x_T, cond, self.phases[p])
+            recs = trajectory_records(traj, idx, phase=p, cond=cond)
+            if not self.store_targets:
+                for r in recs:
+                    r.pop("eps_eff", None)
+            records += recs
+        return records
+
+
+def generate_trajectories(
+    module: SAQLightningModule,
+    schedule: MixStepSchedule,
+    folder: str | Path,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> WriteReport:
+    """Write (or finish writing) this rank's shards of ``module``'s teacher trajectories.
+
+    Rerunning the same command resumes: finished shards are verified and kept, half-written ones
+    redone. A folder made under another configuration is refused (nothing is overwritten).
+    """
+    settings = module.generation
+    counts = settings.per_phase(schedule.num_phases)
+    schedule.check_buckets(module.policy.n_buckets)
+    if device is not None:
+        module.to(device)
+    device = next(module.teacher.unet.parameters()).device
+    rollout = TrajectoryRollout(module.flow, schedule.phases, PhaseLayout(tuple(counts)),
+                                module.conditions, settings.seed, settings.store_targets, device)
+    return write_trajectory_shards(
+        folder, rollout,
+        num_trajectories=sum(counts),
+        trajectories_per_shard=settings.trajectories_per_shard,
+        meta=trajectory_meta(module, schedule, settings),
+        storage_dtype=settings.storage_dtype,
+        rollout_batch_size=settings.rollout_batch_size,
+        rank=rank, world_size=world_size, progress=progress,
+    )
+
+
+def manifest_phases(manifest: Manifest) -> list[MixStepPhase] | None:
+    """The phases a trajectory folder was made for (``None`` if its meta has none)."""
+    phases = manifest.meta.get("phases")
+    if phases is None:
+        return None
+    return [MixStepPhase(**dict(p)) for p in phases]
+
+
+def phases_dicts(phases: Sequence[MixStepPhase]) -> list[dict[str, Any]]:
+    return [asdict(p) for p in phases]

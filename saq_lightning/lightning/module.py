@@ -1,0 +1,440 @@
+"""``SAQLightningModule``: SA-QLoRA training of a quantized student against a frozen FP teacher.
+
+Per training step, for points ``x_s`` on the teacher's order-k trajectories:
+
+    pred   = student eps(x_s, s, c)                    (one first-order direction, CFG if set)
+    target = eps_eff of the teacher's order-k step s -> t    (alignment: mixed_order)
+           | teacher eps(x_s, s, c)                          (alignment: same_input, EfficientDM)
+    loss   = w_mse * MSE(pred, target) + w_cos * (1 - cos(pred, target))
+
+Targets come from the shards (``eps_eff`` written by ``generate``) or are computed online by the
+same solver code; in the on-the-fly mode the teacher rolls trajectories out inside the step.
+
+What is where:
+
+* the teacher (``self.teacher``, a :class:`~saq_lightning.models.DiffusionModel`) is built from its
+  spec on every start, frozen and in eval mode; it has no optimizer state and is not in
+  checkpoints;
+* the student (``self.student``, a :class:`~saq_lightning.quant.QuantizedUNet`) shares the
+  teacher's frozen weights; only LoRA and quantizer parameters train;
+* the quantizers are calibrated once, on teacher-trajectory states of every timestep bucket,
+  before the optimizer is built (never on resume: the state comes from the checkpoint);
+* checkpoints hold the student's trainable state plus ``checkpoint["saq"]`` (teacher spec and
+  policy), checked on load.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+
+from saq_lightning.data.mixstep import MixStepPhase, MixStepSchedule
+from saq_lightning.models import DiffusionModel, ModelSpec, build_model
+from saq_lightning.quant import (
+    QuantPolicy,
+    calibrate,
+    load_trainable_state_dict,
+    preset,
+    quantize_model,
+    trainable_state_dict,
+)
+from saq_lightning.sampling import sample
+from saq_lightning.sampling.predictor import select_batch
+
+from .calibration import calibration_batches
+from .checkpointing import check_identity, identity, split_student_state, student_state_dict
+from .conditions import ConditionSource, noise_for
+from .generation import check_trajectory_meta, manifest_phases
+from .mota import group_means, mota_terms
+from .optim import build_optimizer, grad_total_norm, learning_rates
+from .settings import (
+    CalibrationSettings,
+    GenerationSettings,
+    LossSettings,
+    OptimizerSettings,
+    TeacherSettings,
+)
+from .teacher_flow import TeacherFlow
+
+log = logging.getLogger(__name__)
+
+Alignment = Literal["mixed_order", "same_input"]
+TargetSource = Literal["auto", "shard", "online"]
+Spacing = Literal["time_uniform", "logSNR", "time_quadratic", "leading"]
+
+
+def resolve_policy(policy: str | dict[str, Any] | QuantPolicy) -> QuantPolicy:
+    """A preset name (``w4a4``), a dict of policy fields, or ``{preset: w4a8, <overrides>}``."""
+    if isinstance(policy, QuantPolicy):
+        return policy
+    if isinstance(policy, str):
+        return preset(policy)
+    fields = dict(policy)
+    name = fields.pop("preset", None)
+    return preset(name, **fields) if name is not None else QuantPolicy.from_dict(fields)
+
+
+class _Plain:
+    """Holds objects that must not be registered as submodules (views of registered ones)."""
+
+    def __init__(self, **items: Any) -> None:
+        self.__dict__.update(items)
+
+
+class SAQLightningModule(L.LightningModule):
+    """SA-QLoRA: a LoRA + fake-quantized student aligned to a frozen FP teacher.
+
+    Args:
+        teacher: the FP model's spec (``configs/models/*.yaml``); default the digits teacher.
+        policy: quantization policy: a preset (``w8a8``, ``w4a8``, ``w4a4``), a dict of
+            ``QuantPolicy`` fields, or ``{preset: ..., <field overrides>}``.
+        alignment: ``mixed_order`` (target ``eps_eff`` of the teacher's order-k step; SA-QLoRA) or
+            ``same_input`` (the teacher's ``eps`` at ``x_s``; the EfficientDM baseline).
+        targets: where ``mixed_order`` targets come from: ``shard`` (``eps_eff`` in the shards;
+            an error if absent), ``online`` (computed by the teacher every step), ``auto``
+            (shards when they have them).
+        teacher_solver: singlestep solver family of the teacher (``dpm`` or ``dpm++``).
+        spacing: time grid of every phase (``time_uniform``, ``logSNR``, ...).
+        guidance_scale: classifier-free guidance of the teacher rollouts and of both sides of the
+            loss (1 = none; the paper trains ImageNet at 2.0).
+        loss, optimizer, calibration, generation: see :mod:`.settings`.
+        online_points_per_batch: on-the-fly mode: trajectory points trained on per batch
+            (default: as many as initial noises in the batch), drawn from the rollouts.
+        max_nonfinite_steps: a NaN/Inf loss or gradient skips the step; after this many skipped
+            steps training stops with an error (the last checkpoint stays the last good one).
+    """
+
+    def __init__(
+        self,
+        teacher: ModelSpec | None = None,
+        policy: str | dict[str, Any] = "w4a4",
+        alignment: Alignment = "mixed_order",
+        targets: TargetSource = "auto",
+        teacher_solver: Literal["dpm", "dpm++"] = "dpm",
+        spacing: Spacing = "time_uniform",
+        guidance_scale: float = 1.0,
+        loss: LossSettings | None = None,
+        optimizer: OptimizerSettings | None = None,
+        calibration: CalibrationSettings | None = None,
+        generation: GenerationSettings | None = None,
+        online_points_per_batch: int | None = None,
+        max_nonfinite_steps: int = 10,
+    ) -> None:
+        super().__init__()
+        if alignment not in ("mixed_order", "same_input"):
+            raise ValueError(f"alignment must be 'mixed_order' or 'same_input', got {alignment!r}")
+        if targets not in ("auto", "shard", "online"):
+            raise ValueError(f"targets must be 'auto', 'shard' or 'online', got {targets!r}")
+        if targets == "shard" and alignment != "mixed_order":
+            raise ValueError("targets='shard' reads eps_eff, the mixed_order target; same_input "
+                             "targets are the teacher's eps at x_s, computed online")
+        if online_points_per_batch is not None and online_points_per_batch < 1:
+            raise ValueError(f"online_points_per_batch must be >= 1, got {online_points_per_batch}")
+        if max_nonfinite_steps < 0:
+            raise ValueError(f"max_nonfinite_steps must be >= 0, got {max_nonfinite_steps}")
+        spec = _as_spec(teacher)
+        self.policy = resolve_policy(policy)
+        self.teacher_settings = TeacherSettings(teacher_solver, spacing, float(guidance_scale))
+        self.loss_settings = _as(loss, LossSettings)
+        self.optimizer_settings = _as(optimizer, OptimizerSettings)
+        self.calibration_settings = _as(calibration, CalibrationSettings)
+        self.generation = _as(generation, GenerationSettings)
+        self.alignment = alignment
+        self.target_source = targets
+        self.online_points_per_batch = online_points_per_batch
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self.save_hyperparameters({
+            "teacher": asdict(spec),
+            "policy": self.policy.to_dict(),
+            "alignment": alignment,
+            "targets": targets,
+            "teacher_solver": teacher_solver,
+            "spacing": spacing,
+            "guidance_scale": float(guidance_scale),
+            "loss": asdict(self.loss_settings),
+            "optimizer": asdict(self.optimizer_settings),
+            "calibration": asdict(self.calibration_settings),
+            "generation": asdict(self.generation),
+            "online_points_per_batch": online_points_per_batch,
+            "max_nonfinite_steps": max_nonfinite_steps,
+        })
+        self.teacher_spec = spec
+        self.teacher: DiffusionModel = build_model(spec)  # frozen, eval mode
+        self.student, self.quant_report = quantize_model(self.teacher.unet, self.policy)
+        self._views = _Plain(student_model=self.teacher.with_unet(self.student), conditions=None)
+        self.flow = TeacherFlow(self.teacher, self.teacher_settings)
+        self.strict_loading = False  # checkpoints hold the student's trainable state only
+        self.phases: list[MixStepPhase] | None = None
+        self.active_phase: tuple[int, MixStepPhase] | None = None
+        self.skipped_nonfinite_batch = False
+        self.restored_from_checkpoint = False
+
+    # ------------------------------------------------------------------ views
+    @property
+    def student_model(self) -> DiffusionModel:
+        """The teacher's DiffusionModel around the quantized student (sampling, evaluation)."""
+        return self._views.student_model
+
+    @property
+    def conditions(self) -> ConditionSource:
+        """Conditions by trajectory index (reads ``generation.prompts`` on first use)."""
+        if self._views.conditions is None:
+            g = self.generation
+            self._views.conditions = ConditionSource(self.teacher, g.seed, g.num_classes, g.prompts)
+        return self._views.conditions
+
+    def train(self, mode: bool = True) -> SAQLightningModule:
+        super().train(mode)
+        self.teacher.eval()  # the frozen teacher never leaves eval mode
+        return self
+
+    def expected_trajectory_meta(self) -> dict[str, Any]:
+        """Manifest facts that trajectories for this run must have (see ``generate``)."""
+        spec = self.teacher_spec
+        return {
+            "model_id": spec.name or spec.kind,
+            "teacher": {"kind": spec.kind, "name": spec.name},
+            "schedule": dict(self.teacher.schedule_config),
+            "image_shape": list(self.teacher.sample_shape),
+            "teacher_solver": self.teacher_settings.solver,
+            "spacing": self.teacher_settings.spacing,
+            "guidance_scale": self.teacher_settings.guidance_scale,
+            "conditions": self.conditions.describe(),
+        }
+
+    # ------------------------------------------------------------------ set-up
+    def configure_callbacks(self):
+        from saq_lightning.callbacks.nonfinite import NonFiniteGuard
+
+        return [NonFiniteGuard(self.max_nonfinite_steps)]
+
+    def _mixstep_schedule(self) -> MixStepSchedule | None:
+        from saq_lightning.callbacks.mixstep import MixStepCallback
+
+        for cb in self.trainer.callbacks:
+            if isinstance(cb, MixStepCallback):
+                return cb.schedule
+        return getattr(self.trainer.datamodule, "mixstep", None)
+
+    def setup(self, stage: str) -> None:
+        if stage != "fit":
+            return
+        schedule = self._mixstep_schedule()
+        if schedule is not None:
+            self.phases = list(schedule.phases)
+        dm = self.trainer.datamodule
+        manifest = getattr(dm, "manifest", None)
+        if manifest is not None:
+            check_trajectory_meta(manifest.meta, self.expected_trajectory_meta(),
+                                  source=f"{getattr(dm, 'shards', '?')}/manifest.json")
+            if self.phases is None:
+                self.phases = manifest_phases(manifest)
+            if self.target_source == "shard" and "eps_eff" not in manifest.fields:
+                raise ValueError(f"targets='shard' but the shards in {dm.shards} hold no eps_eff "
+                                 f"(generated with generation.store_targets=false); use "
+                                 f"targets='online' or regenerate them")
+        if getattr(dm, "on_the_fly", False):
+            shape = list(getattr(dm, "image_shape", None) or [])
+            if shape != list(self.teacher.sample_shape):
+                raise ValueError(f"on-the-fly data streams noise of shape {shape}, the teacher "
+                                 f"takes {list(self.teacher.sample_shape)} (data.image_shape)")
+            if schedule is None:
+                raise ValueError("the on-the-fly mode rolls out the phases of a mixstep schedule: "
+                                 "add a MixStepCallback to trainer.callbacks")
+            if self.target_source == "shard":
+                raise ValueError("targets='shard' needs trajectory shards (data.shards)")
+        if self.phases is not None:
+            MixStepSchedule(tuple(self.phases)).check_buckets(self.policy.n_buckets)
+
+    @torch.no_grad()
+    def calibrate_student(self) -> dict[str, Any]:
+        """Initialise every quantizer from teacher-trajectory states of every timestep bucket."""
+        batches = calibration_batches(self.flow, self.calibration_settings, self.conditions,
+                                      self.policy.n_buckets, self.device,
+                                      next(self.teacher.unet.parameters()).dtype)
+        info = calibrate(self.student, batches, seed=self.calibration_settings.seed,
+                         max_values_per_bucket=self.calibration_settings.max_values_per_bucket)
+        self._broadcast_student_state()
+        log.info("calibrated the student on %d batches (%d buckets)", info["n_batches"],
+                 len(info["buckets"]))
+        return info
+
+    def _broadcast_student_state(self) -> None:
+        """Make every rank hold rank 0's calibration (it is deterministic; this makes it certain)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        for tensor in trainable_state_dict(self.student).values():
+            if tensor.is_floating_point():
+                torch.distributed.broadcast(tensor, src=0)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        if not self.restored_from_checkpoint:
+            self.calibrate_student()
+        optimizer, scheduler = build_optimizer(self.student, self.optimizer_settings,
+                                               self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ mixstep
+    def on_mixstep_phase(self, index: int, phase: MixStepPhase) -> None:
+        """Called by ``MixStepCallback`` when the phase changes."""
+        self.active_phase = (index, phase)
+
+    # ------------------------------------------------------------------ the step
+    def training_points(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """``x_s, s, t, order, cond, phase`` (and ``eps_eff`` when known) of a batch.
+
+        Records mode: the batch itself. On-the-fly mode (``x_T`` in the batch): the teacher rolls
+        the batch's noises out over its phase and ``online_points_per_batch`` of the trajectory
+        points are drawn (seeded by the batch index).
+        """
+        if "x_T" not in batch:
+            points = {k: batch[k] for k in ("x_s", "s", "t", "order", "phase")}
+            points["cond"] = batch.get("cond")
+            points["eps_eff"] = batch.get("eps_eff")
+            return points
+        if "student_steps" not in batch:
+            raise ValueError("an on-the-fly batch without phase fields: the data module needs the "
+                             "mixstep schedule (add a MixStepCallback)")
+        phase_index = int(batch["phase"][0])
+        phase = MixStepPhase(int(batch["student_steps"][0]), int(batch["student_order"][0]),
+                             int(batch["teacher_order"][0]), int(batch["teacher_steps"][0]))
+        x_T = batch["x_T"]
+        cond = batch.get("cond")
+        if cond is None:
+            cond = self.conditions(batch["index"].tolist(), device=x_T.device)
+        traj = self.flow.rollout(x_T, cond, phase)
+        rows = traj.points()
+        n_rows, b = rows.x_s.shape[0], x_T.shape[0]
+        k = min(self.online_points_per_batch or b, n_rows)
+        seed = np.random.SeedSequence([self.generation.seed, 3, int(batch["batch_index"])])
+        gen = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
+        pick = torch.randperm(n_rows, generator=gen)[:k].to(x_T.device)
+        return {
+            "x_s": rows.x_s[pick], "s": rows.s[pick], "t": rows.t[pick], "order": rows.order[pick],
+            "phase": torch.full((k,), phase_index, dtype=torch.long, device=x_T.device),
+            "cond": select_batch(cond, pick % b, b) if cond is not None else None,
+            "eps_eff": rows.eps_eff[pick],
+        }
+
+    def alignment_targets(self, points: dict[str, Any]) -> Tensor:
+        """The loss target of every point (no gradient)."""
+        x_s, s, t, cond = points["x_s"], points["s"], points["t"], points["cond"]
+        if self.alignment == "same_input":
+            return self.flow.step_targets(x_s, s, t, 1, cond)
+        if points.get("eps_eff") is not None and self.target_source != "online":
+            return points["eps_eff"]
+        if self.target_source == "shard":
+            raise ValueError("targets='shard' but the batch holds no eps_eff")
+        return self.flow.targets(x_s, s, t, points["order"], cond, points["phase"], self.phases)
+
+    def student_direction(self, x_s: Tensor, s: Tensor, cond: Any) -> Tensor:
+        """The student's first-order direction at ``(x_s, s)``, guided like the teacher."""
+        return self.flow.predictor(self.student_model)(x_s, s, cond)
+
+    def _finite_everywhere(self, loss: Tensor) -> bool:
+        finite = bool(torch.isfinite(loss.detach()).all())
+        return bool(self.trainer.strategy.reduce_boolean_decision(finite, all=True))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        with torch.no_grad():
+            points = self.training_points(batch)
+            target = self.alignment_targets(points)
+        pred = self.student_direction(points["x_s"], points["s"], points["cond"])
+        w = self.loss_settings
+        terms = mota_terms(pred, target, w.w_mse, w.w_cos)
+        loss = terms.loss.mean()
+        bs = int(points["x_s"].shape[0])
+        self.skipped_nonfinite_batch = not self._finite_everywhere(loss)
+        if self.skipped_nonfinite_batch:
+            log.warning("step %d: non-finite loss %s, skipping the optimizer step", self.global_step,
+                        loss.detach().item())
+            return self._null_loss()
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/mse", terms.mse.mean(), batch_size=bs)
+        self.log("train/cos_loss", (1.0 - terms.cos).mean(), batch_size=bs)
+        per_sample = terms.loss.detach()
+        for k, v in group_means(per_sample, points["order"]).items():
+            self.log(f"train/loss_order{k}", v, batch_size=bs)
+        for p, v in group_means(per_sample, points["phase"]).items():
+            self.log(f"train/loss_phase{p}", v, batch_size=bs)
+        if self.trainer.optimizers:
+            for kind, lr in learning_rates(self.trainer.optimizers[0]).items():
+                self.log(f"lr/{kind}", lr, batch_size=bs)
+        return loss
+
+    def _null_loss(self) -> Tensor:
+        """A zero loss that reaches every trainable parameter but not the non-finite graph.
+
+        Returning ``None`` is not allowed under DDP; this keeps every rank's backward (and its
+        all-reduce) in step, and :class:`~saq_lightning.callbacks.nonfinite.NonFiniteGuard` drops
+        the (zero) gradients so that the optimizer does not move the weights at all.
+        """
+        return sum(p.sum() * 0.0 for p in self.student.parameters() if p.requires_grad)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        norm = grad_total_norm(p for p in self.student.parameters() if p.requires_grad)
+        if norm is not None:
+            self.log("train/grad_norm", norm)
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample_comparison(
+        self, num_samples: int, seed: int = 0, phase: MixStepPhase | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Teacher (order-k, teacher grid) and student (student order and grid) samples from the
+        same noises, decoded to images in ``[-1, 1]``: what the sample-grid callback shows."""
+        if phase is None:
+            phase = self.active_phase[1] if self.active_phase else (self.phases or [None])[0]
+        if phase is None:
+            steps = int(self.teacher.sampling_defaults.get("steps", 10))
+            phase = MixStepPhase(steps, 1, 2)
+        idx = range(num_samples)
+        dtype = next(self.teacher.unet.parameters()).dtype
+        x_T = noise_for(seed, idx, self.teacher.sample_shape, self.device, dtype)
+        cond = self.conditions(idx, device=self.device)
+        was_training = self.student.training
+        self.student.eval()
+        try:
+            teacher = sample(self.flow.predictor(), x_T, self.flow.grid(int(phase.teacher_steps)),
+                             self.flow.solver, cond=cond, order=int(phase.teacher_order))
+            student = sample(self.flow.predictor(self.student_model), x_T,
+                             self.flow.grid(int(phase.student_steps)), self.flow.solver, cond=cond,
+                             order=int(phase.student_order))
+        finally:
+            self.student.train(was_training)
+        return self.teacher.decode(teacher).float(), self.teacher.decode(student).float()
+
+    # ------------------------------------------------------------------ checkpoints
+    def _identity(self) -> dict[str, Any]:
+        return identity(self.hparams["teacher"], self.hparams["policy"])
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = student_state_dict(self.student)
+        checkpoint["saq"] = self._identity()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_identity(checkpoint.get("saq"), self._identity(), "checkpoint")
+        load_trainable_state_dict(self.student, split_student_state(checkpoint["state_dict"]))
+        self.restored_from_checkpoint = True
+
+
+def _as_spec(teacher: ModelSpec | dict[str, Any] | None) -> ModelSpec:
+    if teacher is None:
+        return ModelSpec(kind="digits", name="digits")
+    if isinstance(teacher, ModelSpec):
+        return teacher
+    return ModelSpec(**dict(teacher))
+
+
+def _as(value: Any, cls: type) -> Any:
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    return cls(**dict(value))

@@ -1,0 +1,160 @@
+"""Plain-data settings of an SA-QLoRA run (YAML blocks under ``model.init_args``).
+
+Dataclasses so that LightningCLI/jsonargparse type-check them and ``dataclasses.asdict`` turns them
+into the plain dicts that ``save_hyperparameters`` stores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+STORAGE_DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass
+class LossSettings:
+    """MOTA loss weights: ``w_mse * MSE + w_cos * (1 - cos)``."""
+
+    w_mse: float = 1.0
+    w_cos: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.w_mse < 0 or self.w_cos < 0 or self.w_mse + self.w_cos == 0:
+            raise ValueError(f"loss weights must be >= 0 and not both 0, got w_mse={self.w_mse}, "
+                             f"w_cos={self.w_cos}")
+
+
+@dataclass
+class OptimizerSettings:
+    """AdamW over the quant core's parameter groups, with warm-up and linear decay.
+
+    ``lr`` is the LoRA rate (of the layer with the mean weight step when ``lora_lr_mode`` is
+    ``weight_step``); ``weight_step_lr`` and ``act_lr`` are the weight-quantizer and
+    activation-table rates. Every rate follows the same schedule: linear warm-up over
+    ``warmup_steps``, then (``decay: linear``) a linear decay to ``final_lr_factor`` times the
+    initial rate at the last optimizer step (``trainer.max_steps``).
+    """
+
+    lr: float = 5e-4
+    weight_step_lr: float = 1e-6
+    act_lr: float = 5e-4
+    lora_lr_mode: Literal["weight_step", "constant"] = "weight_step"
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    decay: Literal["linear", "constant"] = "linear"
+    final_lr_factor: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        for name in ("lr", "weight_step_lr", "act_lr", "weight_decay", "eps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"optimizer.{name} must be >= 0, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"optimizer.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.final_lr_factor <= 1.0:
+            raise ValueError(f"optimizer.final_lr_factor must be in [0, 1], got {self.final_lr_factor}")
+        if self.decay not in ("linear", "constant"):
+            raise ValueError(f"optimizer.decay must be 'linear' or 'constant', got {self.decay!r}")
+
+
+@dataclass
+class CalibrationSettings:
+    """How the student's quantizers are initialised before the first training step.
+
+    The FP teacher is rolled out with ``solver`` over ``steps`` steps (default: one per
+    activation timestep bucket, so every bucket sees real trajectory states) from
+    ``num_samples`` seeded initial noises; the student is run over those states (and their
+    null-condition copies when training uses CFG) and each bucket's activation range is set from
+    its own data. Done once at the start of a run, never on resume.
+    """
+
+    num_samples: int = 64
+    steps: int | None = None
+    solver: str = "ddim"
+    batch_size: int = 256
+    max_values_per_bucket: int = 2048
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("num_samples", "batch_size", "max_values_per_bucket"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"calibration.{name} must be >= 1, got {getattr(self, name)}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"calibration.steps must be >= 1, got {self.steps}")
+
+
+@dataclass
+class GenerationSettings:
+    """How ``generate`` writes teacher trajectories (also what ``fit`` expects of the shards).
+
+    Trajectories are laid out phase by phase: phase ``p`` gets ``trajectories_per_phase[p]``
+    consecutive trajectory indices (one int: the same for every phase), each a multiple of
+    ``trajectories_per_shard`` so that every shard holds one phase. Trajectory ``i``'s initial
+    noise and condition are a pure function of ``(seed, i)``.
+
+    ``store_targets``: write ``eps_eff`` (the teacher's effective direction) with every point;
+    without it ``fit`` computes the targets online. ``prompts``: text models only, a file with
+    one prompt per line (trajectory ``i`` uses line ``i % lines``). ``num_classes``: class models
+    only, the number of real classes (default: the conditioner's, without the null class).
+    """
+
+    trajectories_per_phase: int | list[int] = 256
+    trajectories_per_shard: int = 64
+    rollout_batch_size: int | None = None
+    storage_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    store_targets: bool = True
+    seed: int = 0
+    prompts: str | None = None
+    num_classes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.trajectories_per_shard < 1:
+            raise ValueError(f"generation.trajectories_per_shard must be >= 1, got "
+                             f"{self.trajectories_per_shard}")
+        if self.rollout_batch_size is not None and self.rollout_batch_size < 1:
+            raise ValueError(f"generation.rollout_batch_size must be >= 1, got {self.rollout_batch_size}")
+        if self.storage_dtype not in STORAGE_DTYPES:
+            raise ValueError(f"generation.storage_dtype must be one of {STORAGE_DTYPES}, got "
+                             f"{self.storage_dtype!r}")
+        if self.seed < 0:
+            raise ValueError(f"generation.seed must be >= 0, got {self.seed}")
+
+    def per_phase(self, num_phases: int) -> list[int]:
+        """Trajectories of every phase; each a positive multiple of ``trajectories_per_shard``."""
+        counts = self.trajectories_per_phase
+        counts = [counts] * num_phases if isinstance(counts, int) else list(counts)
+        if len(counts) != num_phases:
+            raise ValueError(f"generation.trajectories_per_phase lists {len(counts)} counts for "
+                             f"{num_phases} phases")
+        for p, n in enumerate(counts):
+            if n < 1 or n % self.trajectories_per_shard:
+                raise ValueError(
+                    f"generation.trajectories_per_phase[{p}] = {n} must be a positive multiple of "
+                    f"trajectories_per_shard = {self.trajectories_per_shard} (one phase per shard)")
+        return counts
+
+
+@dataclass
+class TeacherSettings:
+    """How the FP teacher's trajectories and targets are computed (shared by generate and fit).
+
+    ``solver``: the singlestep solver family whose order-k step defines the target
+    (``dpm``: DPM-Solver-k, ``dpm++``: DPM-Solver++(kS)); singlestep solvers make ``eps_eff`` a
+    pure function of the point, so targets can be computed online or cached in shards and agree.
+    ``spacing``: the time grid of every phase (``time_uniform``, ``logSNR``, ``time_quadratic``,
+    ``leading``). ``guidance_scale``: classifier-free guidance of the teacher rollout *and* of both
+    sides of the loss (1 = none).
+    """
+
+    solver: Literal["dpm", "dpm++"] = "dpm"
+    spacing: Literal["time_uniform", "logSNR", "time_quadratic", "leading"] = "time_uniform"
+    guidance_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.solver not in ("dpm", "dpm++"):
+            raise ValueError(f"teacher solver family must be 'dpm' or 'dpm++', got {self.solver!r}")
+        if self.guidance_scale <= 0:
+            raise ValueError(f"guidance_scale must be > 0, got {self.guidance_scale}")

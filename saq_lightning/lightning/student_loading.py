@@ -1,0 +1,59 @@
+"""``load_student(checkpoint)``: a trained SA-QLoRA student as a ready-to-sample ``DiffusionModel``.
+
+The checkpoint holds only the student's trainable state and ``checkpoint["saq"]`` (teacher spec,
+quantization policy). The teacher is rebuilt from its spec (weights from their original file),
+quantized with the same policy, and the trained state is loaded into that student; the result
+is the teacher's ``DiffusionModel`` with the student plugged in via ``with_unet``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from saq_lightning.models import DiffusionModel, ModelSpec, build_model
+from saq_lightning.quant import QuantPolicy, load_trainable_state_dict, quantize_model
+
+from .checkpointing import FORMAT, CheckpointMismatchError, split_student_state
+
+
+def load_student(
+    checkpoint: str | Path,
+    map_location: str | torch.device = "cpu",
+    *,
+    teacher_weights: str | None = None,
+) -> DiffusionModel:
+    """The quantized, trained student of an SA-QLoRA checkpoint (``last.ckpt`` etc.), in eval mode.
+
+    Args:
+        checkpoint: a checkpoint written by ``SAQLightningModule`` (``fit``).
+        map_location: device for the model.
+        teacher_weights: another location of the teacher's weights than the one recorded in the
+            checkpoint (the file moved).
+
+    Raises:
+        FileNotFoundError: the checkpoint (or the teacher's weights) does not exist.
+        CheckpointMismatchError: the file is not an SA-QLoRA student checkpoint.
+    """
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"student checkpoint {path} does not exist")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    saq = ckpt.get("saq") if isinstance(ckpt, dict) else None
+    if not saq or saq.get("format") != FORMAT or "state_dict" not in ckpt:
+        raise CheckpointMismatchError(
+            f"{path}: not an SA-QLoRA student checkpoint (no 'saq' entry of format {FORMAT!r}); "
+            f"expected a checkpoint written by SAQLightningModule")
+    spec = ModelSpec(**saq["teacher"])
+    if teacher_weights is not None:
+        spec.weights = teacher_weights
+    policy = QuantPolicy.from_dict(saq["policy"])
+    teacher = build_model(spec)
+    student, _ = quantize_model(teacher.unet, policy, warn=False)
+    try:
+        load_trainable_state_dict(student, split_student_state(ckpt["state_dict"]))
+    except ValueError as err:
+        raise CheckpointMismatchError(f"{path}: {err}") from err
+    model = teacher.with_unet(student).to(map_location)
+    return model.eval()

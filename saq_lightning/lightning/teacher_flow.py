@@ -1,0 +1,153 @@
+"""The frozen FP teacher as the source of trajectories and of alignment targets.
+
+One object answers both questions the training system asks of the teacher, with the same solver,
+grid and guidance, so that targets cached in shards (``generate``) and targets computed online
+(``fit``) are the same numbers:
+
+* :meth:`TeacherFlow.rollout`: the teacher's order-k trajectory over a mixstep phase's grid,
+  as a :class:`~saq_lightning.sampling.Trajectory` on the *student's* grid (when the teacher
+  takes ``m = teacher_steps / student_steps`` steps per student step, every m-th state is kept
+  and ``eps_eff`` is that of the composite step);
+* :meth:`TeacherFlow.targets`: ``eps_eff`` of the teacher's order-k step ``s -> t`` at given points
+  (singlestep solvers make it a pure function of the point; with ``m > 1`` the m teacher
+  substeps are taken on the phase's teacher grid).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from saq_lightning.data.mixstep import MixStepPhase
+from saq_lightning.models import DiffusionModel
+from saq_lightning.sampling import (
+    GridError,
+    Trajectory,
+    eps_eff_from_states,
+    make_solver,
+    sample,
+    step_coefficients,
+    step_with_direction,
+    time_grid,
+)
+from saq_lightning.sampling.predictor import select_batch
+
+from .settings import TeacherSettings
+
+#: the singlestep solver of each family; a per-sample ``order`` (1..3) selects DPM-Solver-k
+FAMILY_SOLVERS = {"dpm": "dpm3", "dpm++": "dpm++3s"}
+#: how close (in continuous time) a point's ``s``/``t`` must be to the phase's teacher grid
+GRID_TOLERANCE = 1e-5
+
+
+class TeacherFlow:
+    """Trajectories and targets of ``model`` (the frozen teacher) under ``settings``."""
+
+    def __init__(self, model: DiffusionModel, settings: TeacherSettings) -> None:
+        self.model = model
+        self.settings = settings
+        self.schedule = model.noise_schedule()
+        self.solver = make_solver(FAMILY_SOLVERS[settings.solver], self.schedule)
+
+    # ------------------------------------------------------------------ building blocks
+    def predictor(self, model: DiffusionModel | None = None) -> Any:
+        """``model`` (default: the teacher) as a noise predictor, with the run's guidance."""
+        return (model or self.model).noise_predictor(self.settings.guidance_scale, self.schedule)
+
+    def grid(self, steps: int) -> Tensor:
+        """The run's time grid of ``steps`` steps (float64, CPU)."""
+        return time_grid(self.schedule, steps, self.settings.spacing)
+
+    def solver_for(self, name: str | None = None):
+        """The teacher's solver (``None``) or another one by name (e.g. ``ddim`` for calibration)."""
+        return self.solver if name is None else make_solver(name, self.schedule)
+
+    # ------------------------------------------------------------------ trajectories
+    @torch.no_grad()
+    def rollout(self, x_T: Tensor, cond: Any, phase: MixStepPhase) -> Trajectory:
+        """The teacher's ``phase.teacher_order`` trajectory from ``x_T``, on the student grid.
+
+        ``states[j]`` is the point ``x_s`` of student step ``j`` (``times[j] -> times[j + 1]``),
+        ``eps_eff[j]`` its target, ``orders[j]`` the teacher order used.
+        """
+        grid = self.grid(int(phase.teacher_steps))
+        res = sample(self.predictor(), x_T, grid, self.solver, cond=cond,
+                     order=int(phase.teacher_order), return_trajectory=True)
+        traj = res.trajectory
+        m = int(phase.teacher_steps) // int(phase.student_steps)
+        if m == 1:
+            return Trajectory(traj.states, traj.times, traj.orders, traj.eps_eff, ())
+        states, times = traj.states[::m], traj.times[::m]
+        b = x_T.shape[0]
+        eps = torch.stack([
+            eps_eff_from_states(states[j], states[j + 1],
+                                step_coefficients(self.schedule, times[j].expand(b),
+                                                  times[j + 1].expand(b)))
+            for j in range(times.numel() - 1)
+        ])
+        orders = traj.orders.reshape(-1, m, b).amin(dim=1)
+        return Trajectory(states, times, orders, eps, ())
+
+    # ------------------------------------------------------------------ targets at points
+    @torch.no_grad()
+    def step_targets(self, x_s: Tensor, s: Tensor, t: Tensor, order: Tensor | int, cond: Any) -> Tensor:
+        """``eps_eff`` of one teacher step ``s -> t`` of the given per-sample order at ``x_s``.
+
+        Order 1 is the same-input target: the teacher's (guided) ``eps(x_s, s)``.
+        """
+        return step_with_direction(self.predictor(), x_s, s, t, self.solver, order=order,
+                                   cond=cond).eps_eff
+
+    @torch.no_grad()
+    def substep_targets(
+        self, x_s: Tensor, s: Tensor, t: Tensor, order: Tensor | int, cond: Any, phase: MixStepPhase
+    ) -> Tensor:
+        """``eps_eff`` of the ``m = teacher_steps / student_steps`` teacher steps from ``s`` to ``t``
+        on ``phase``'s teacher grid (``m = 1``: :meth:`step_targets`)."""
+        m = int(phase.teacher_steps) // int(phase.student_steps)
+        if m == 1:
+            return self.step_targets(x_s, s, t, order, cond)
+        grid = self.grid(int(phase.teacher_steps)).to(device=s.device, dtype=s.dtype)
+        idx = (grid[None, :] - s[:, None]).abs().argmin(dim=1)
+        end = (idx + m).clamp(max=grid.numel() - 1)
+        off = ((grid[idx] - s).abs() > GRID_TOLERANCE) | ((grid[end] - t).abs() > GRID_TOLERANCE)
+        off |= (idx % m != 0) | (idx + m > grid.numel() - 1)
+        if bool(off.any()):
+            i = int(torch.nonzero(off)[0])
+            raise GridError(
+                f"point with s={float(s[i]):.6g}, t={float(t[i]):.6g} is not a student step of the "
+                f"phase {phase} on the {self.settings.spacing} grid of {phase.teacher_steps} "
+                f"teacher steps: the data was made with another grid")
+        x = x_s
+        for j in range(m):
+            x = step_with_direction(self.predictor(), x, grid[idx + j], grid[idx + j + 1],
+                                    self.solver, order=order, cond=cond).x_t
+        return eps_eff_from_states(x_s, x, step_coefficients(self.schedule, s, t))
+
+    @torch.no_grad()
+    def targets(
+        self,
+        x_s: Tensor,
+        s: Tensor,
+        t: Tensor,
+        order: Tensor,
+        cond: Any,
+        phase_index: Tensor | None = None,
+        phases: Sequence[MixStepPhase] | None = None,
+    ) -> Tensor:
+        """Mixed-order targets of a batch of points; rows may belong to different phases."""
+        if phases is None or phase_index is None or all(
+                p.teacher_steps == p.student_steps for p in phases):
+            return self.step_targets(x_s, s, t, order, cond)
+        out = torch.empty_like(x_s)
+        b = x_s.shape[0]
+        for p in torch.unique(phase_index).tolist():
+            if not 0 <= p < len(phases):
+                raise ValueError(f"batch holds phase {p}, the run has {len(phases)} phases")
+            rows = torch.nonzero(phase_index == p).flatten()
+            out[rows] = self.substep_targets(x_s[rows], s[rows], t[rows], order[rows],
+                                             select_batch(cond, rows, b), phases[p])
+        return out
