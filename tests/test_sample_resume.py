@@ -4,6 +4,7 @@ unconditional layout, and two gloo ranks producing the single-process result."""
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -106,7 +107,8 @@ def test_prompts_for_a_class_model_are_refused(digits):
 
 def _rank_main(rank: int, model: DiffusionModel, out: str, store: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))
     try:
         run_sampling(model, out, make_plan(model, 30, SETTING, seed=3, batch_size=10), grid_size=0)
     finally:
@@ -118,3 +120,11 @@ def test_two_gloo_ranks_produce_the_single_process_samples(digits, reference, tm
     mp.start_processes(_rank_main, args=(digits, str(tmp_path / "out"), str(tmp_path / "store")), nprocs=2,
                        start_method="fork")
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "samples.npz")["arr_0"], reference)
+
+
+def test_a_foreign_run_stops_every_rank_instead_of_hanging_at_a_barrier(digits, tmp_path):
+    (tmp_path / "out" / "parts").mkdir(parents=True)
+    (tmp_path / "out" / "parts" / "run.json").write_text('{"format": "something else"}')
+    with pytest.raises(mp.ProcessRaisedException, match="holds chunks of a run with other settings"):
+        mp.start_processes(_rank_main, args=(digits, str(tmp_path / "out"), str(tmp_path / "store")), nprocs=2,
+                           start_method="fork")

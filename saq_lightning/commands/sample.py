@@ -40,14 +40,16 @@ def _setting(defaults: dict, conditional: bool, solver: str | None, steps: int |
     )
 
 
-def _init_distributed() -> None:
-    """Join the process group that torchrun describes (``WORLD_SIZE`` > 1), if not done yet."""
+def _init_distributed() -> bool:
+    """Join the process group that torchrun describes (``WORLD_SIZE`` > 1) unless one exists;
+    returns whether this call created it."""
     if dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return
+        return False
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend)
+    return True
 
 
 def sample(
@@ -96,21 +98,26 @@ def sample(
     """
     model = model if model is not None else ModelSpec(kind="digits")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    _init_distributed()
-    if device == "auto" and torch.cuda.is_available():
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    dev = resolve_device(device)
-    net = load_sampling_model(model, student, dev)
-    setting = _setting(net.sampling_defaults, net.conditioner is not None, solver, steps, spacing,
-                       guidance_scale, order, eta)
-    prompt_list = read_prompt_file(prompts) if prompts else None
-    identity = {"model": json.loads(json.dumps(vars(model), default=str)), "student": describe_student(student)}
-    plan = make_plan(net, num_samples, setting, seed, batch_size, prompt_list, identity)
-    info = {"model": model.name or model.kind, "student": student or "fp", "device": str(dev)}
-    path = run_sampling(net, out, plan, overwrite=overwrite, grid_size=grid_size, keep_parts=keep_parts, info=info)
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        print(f"wrote {path} ({num_samples} samples, {setting.label()}) and {Path(out) / 'grid.png'}")
-    return str(path)
+    created = _init_distributed()
+    try:
+        if device == "auto" and torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        dev = resolve_device(device)
+        net = load_sampling_model(model, student, dev)
+        setting = _setting(net.sampling_defaults, net.conditioner is not None, solver, steps, spacing,
+                           guidance_scale, order, eta)
+        prompt_list = read_prompt_file(prompts) if prompts else None
+        identity = {"model": json.loads(json.dumps(vars(model), default=str)), "student": describe_student(student)}
+        plan = make_plan(net, num_samples, setting, seed, batch_size, prompt_list, identity)
+        info = {"model": model.name or model.kind, "student": student or "fp", "device": str(dev)}
+        path = run_sampling(net, out, plan, overwrite=overwrite, grid_size=grid_size, keep_parts=keep_parts,
+                            info=info)
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            print(f"wrote {path} ({num_samples} samples, {setting.label()}) and {Path(out) / 'grid.png'}")
+        return str(path)
+    finally:
+        if created:
+            dist.destroy_process_group()
 
 
 def main(args: list[str]) -> None:

@@ -165,32 +165,36 @@ def _write_chunk(path: Path, images: np.ndarray, indices: range) -> None:
     os.replace(tmp, path)
 
 
+def _check_folder(out: Path, fingerprint: dict[str, Any], overwrite: bool) -> bool:
+    """Read-only checks every rank makes alike (so that an error stops all of them, not only
+    rank 0 with the others waiting at a barrier); returns whether ``parts/`` must be cleared."""
+    run_file = out / PARTS / "run.json"
+    done = out / META_FILE
+    finished = done.is_file() and (out / SAMPLES_FILE).is_file() and not overwrite
+    if finished and json.loads(done.read_text()).get("fingerprint") != fingerprint:
+        raise RunMismatchError(
+            f"{out} already holds samples of another run ({done}); use another folder or --overwrite true"
+        )
+    if run_file.is_file() and json.loads(run_file.read_text()) != fingerprint:
+        if not overwrite:
+            raise RunMismatchError(
+                f"{out / PARTS} holds chunks of a run with other settings (see {run_file}); "
+                "use another --out folder, or --overwrite true to discard them"
+            )
+        return True
+    return overwrite and (out / PARTS).exists() and not run_file.is_file()
+
+
 def _prepare_parts(out: Path, plan: SamplingPlan, overwrite: bool, rank: int) -> Path:
     parts = out / PARTS
     fingerprint = plan.fingerprint()
+    clear = _check_folder(out, fingerprint, overwrite)
+    _barrier()  # every rank has read the folder before rank 0 changes it
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        run_file = parts / "run.json"
-        done = out / META_FILE
-        if done.is_file() and (out / SAMPLES_FILE).is_file() and not overwrite:
-            previous = json.loads(done.read_text()).get("fingerprint")
-            if previous != fingerprint:
-                raise RunMismatchError(
-                    f"{out} already holds samples of another run ({done}); use another folder or --overwrite true"
-                )
-        if run_file.is_file():
-            previous = json.loads(run_file.read_text())
-            if previous != fingerprint:
-                if not overwrite:
-                    raise RunMismatchError(
-                        f"{parts} holds chunks of a run with other settings (see {run_file}); "
-                        "use another --out folder, or --overwrite true to discard them"
-                    )
-                shutil.rmtree(parts)
-        elif parts.exists() and overwrite:
+        if clear:
             shutil.rmtree(parts)
         parts.mkdir(parents=True, exist_ok=True)
-        run_file.write_text(json.dumps(fingerprint, indent=2) + "\n")
+        (parts / "run.json").write_text(json.dumps(fingerprint, indent=2) + "\n")
     _barrier()
     return parts
 
