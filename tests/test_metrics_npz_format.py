@@ -88,3 +88,11 @@ def test_missing_images_array_and_missing_file_are_clear(tmp_path):
         read_samples_npz(tmp_path / "s.npz")
     with pytest.raises(FileNotFoundError, match="sample file .*nope.npz not found"):
         read_samples_npz(tmp_path / "nope.npz")
+
+
+def test_compressed_archives_are_read_too(tmp_path):
+    x = images(5)
+    np.savez_compressed(tmp_path / "s.npz", arr_0=x, arr_1=np.arange(5))
+    f = read_samples_npz(tmp_path / "s.npz")
+    np.testing.assert_array_equal(np.concatenate(list(f.batches(2))), x)
+    assert f.labels.tolist() == [0, 1, 2, 3, 4]
