@@ -82,6 +82,7 @@ def tiny_trainer(root: Path, max_steps: int, callbacks: list | None = None,
     kwargs.setdefault("logger", False)
     kwargs.setdefault("enable_checkpointing", any(isinstance(c, pl.callbacks.ModelCheckpoint)
                                                   for c in cbs))
-    return pl.Trainer(default_root_dir=root, max_steps=max_steps, accelerator="cpu", devices=1,
+    kwargs.setdefault("devices", 1)
+    return pl.Trainer(default_root_dir=root, max_steps=max_steps, accelerator="cpu",
                       enable_progress_bar=False, enable_model_summary=False, callbacks=cbs,
                       log_every_n_steps=1, **kwargs)

@@ -71,18 +71,18 @@ class NonFiniteGuard(Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         skipped = bool(getattr(pl_module, "skipped_nonfinite_batch", False)) or self._grads_dropped
-        if skipped:
+        if skipped:  # the step counter has already moved on: this batch was step global_step - 1
             self.skipped += 1
-            self.skipped_steps.append(int(trainer.global_step))
+            self.skipped_steps.append(int(trainer.global_step) - 1)
         pl_module.log("train/skipped_nonfinite", float(self.skipped), on_step=True, on_epoch=False)
         if self.skipped > self.max_skipped:
             last = _last_checkpoint(trainer)
             where = (f"the last good checkpoint is {last}" if last else
                      "no checkpoint was written before")
             raise NonFiniteLossError(
-                f"stopped at optimizer step {trainer.global_step}: {self.skipped} steps had a "
+                f"stopped after {trainer.global_step} optimizer steps: {self.skipped} steps had a "
                 f"non-finite (NaN/Inf) loss or gradient (limit max_nonfinite_steps="
-                f"{self.max_skipped}; skipped at steps {self.skipped_steps[-10:]}); {where}. "
+                f"{self.max_skipped}; skipped steps {self.skipped_steps[-10:]}); {where}. "
                 f"Lower the learning rates, check the data, or use precision 32-true.")
 
     def state_dict(self) -> dict[str, Any]:

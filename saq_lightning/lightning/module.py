@@ -108,6 +108,8 @@ class SAQLightningModule(L.LightningModule):
             (default: as many as initial noises in the batch), drawn from the rollouts.
         max_nonfinite_steps: a NaN/Inf loss or gradient skips the step; after this many skipped
             steps training stops with an error (the last checkpoint stays the last good one).
+        seed: seeds the LoRA initialisation (independent of the global RNG: a run is a function
+            of its config) and the on-the-fly choice of trajectory points.
     """
 
     def __init__(
@@ -125,6 +127,7 @@ class SAQLightningModule(L.LightningModule):
         generation: GenerationSettings | None = None,
         online_points_per_batch: int | None = None,
         max_nonfinite_steps: int = 10,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if alignment not in ("mixed_order", "same_input"):
@@ -163,10 +166,14 @@ class SAQLightningModule(L.LightningModule):
             "generation": asdict(self.generation),
             "online_points_per_batch": online_points_per_batch,
             "max_nonfinite_steps": max_nonfinite_steps,
+            "seed": seed,
         })
         self.teacher_spec = spec
         self.teacher: DiffusionModel = build_model(spec)  # frozen, eval mode
-        self.student, self.quant_report = quantize_model(self.teacher.unet, self.policy)
+        self.seed = int(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.student, self.quant_report = quantize_model(self.teacher.unet, self.policy)
         self._views = _Plain(student_model=self.teacher.with_unet(self.student), conditions=None)
         self.flow = TeacherFlow(self.teacher, self.teacher_settings)
         self.strict_loading = False  # checkpoints hold the student's trainable state only
@@ -312,7 +319,7 @@ class SAQLightningModule(L.LightningModule):
         rows = traj.points()
         n_rows, b = rows.x_s.shape[0], x_T.shape[0]
         k = min(self.online_points_per_batch or b, n_rows)
-        seed = np.random.SeedSequence([self.generation.seed, 3, int(batch["batch_index"])])
+        seed = np.random.SeedSequence([self.seed, 3, int(batch["batch_index"])])
         gen = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
         pick = torch.randperm(n_rows, generator=gen)[:k].to(x_T.device)
         return {
