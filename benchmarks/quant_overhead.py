@@ -17,10 +17,15 @@ student / FP. Peak memory = resident model tensors + the step's transient peak:
   process per model with glibc's mmap threshold lowered so that freed tensors go back to the OS
   (RSS then tracks live tensors; timing runs without that setting).
 
-    .venv/bin/python benchmarks/quant_overhead.py [--device cpu|cuda] [--autocast bf16]
-        [--batch 4] [--repeats 5] [--threads 1] [--out benchmarks/results/quant_overhead_cpu.json]
+``--cuda-graph`` also times both steps captured in CUDA graphs: eager PyTorch pays a fixed CPU
+cost per op, and a quantized layer launches dozens of small ops where the FP layer launches one,
+so eager GPU timings of a model this size mostly measure launch overhead.
 
-Prints a table, writes JSON; the last line is ``time_ratio=... mem_ratio=...``.
+    .venv/bin/python benchmarks/quant_overhead.py [--device cpu|cuda] [--autocast bf16]
+        [--batch 4] [--repeats 5] [--threads 1] [--cuda-graph] [--out ...json]
+
+Prints a table, writes JSON (default ``benchmarks/results/quant_overhead_<device>.json``); the
+last line is ``time_ratio=... mem_ratio=...`` (plus ``time_ratio_cuda_graph=...`` with graphs).
 """
 
 from __future__ import annotations
@@ -133,7 +138,8 @@ def make_batch(batch: int, device: torch.device) -> dict[str, torch.Tensor]:
 def train_step(model, params, batch, target, autocast: torch.dtype | None) -> None:
     for p in params:
         p.grad = None
-    with torch.autocast(batch["sample"].device.type, dtype=autocast, enabled=autocast is not None):
+    # no autocast weight cache: a CUDA graph must not capture cached casts
+    with torch.autocast(batch["sample"].device.type, dtype=autocast, enabled=autocast is not None, cache_enabled=False):
         out = model(**batch).sample
     loss = (out.float() - target).square().mean()
     loss.backward()
@@ -207,6 +213,44 @@ def memory_in_subprocess(args: argparse.Namespace, which: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def cuda_graph_times(steps: dict, clear, repeats: int) -> dict:
+    """Step times with each training step (forward + loss + backward) captured in a CUDA graph.
+
+    Eager PyTorch pays a fixed CPU cost per launched op; a quantized layer launches dozens of
+    small ops where the FP layer launches one, so at small sizes eager timings measure launch
+    overhead. Replaying a captured graph measures the GPU work alone.
+    """
+    try:
+        graphs = {}
+        for name, step in steps.items():
+            clear()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    step()
+            torch.cuda.current_stream().wait_stream(side)
+            clear()
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                step()
+            graphs[name] = g
+        times: dict[str, list[float]] = {k: [] for k in graphs}
+        for g in graphs.values():
+            g.replay()
+        for _ in range(repeats):
+            for k, g in graphs.items():
+                times[k].append(timed(g.replay, torch.device("cuda")))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        print(f"  cuda graph: fp {med['fp']:.4f} s   student {med['student']:.4f} s", flush=True)
+        del graphs
+        return {"time_s": {k: {"median": med[k], "all": v} for k, v in times.items()},
+                "time_ratio": med["student"] / med["fp"]}
+    except Exception as e:  # noqa: BLE001 - report, do not lose the eager results
+        print(f"  cuda graph capture failed: {type(e).__name__}: {e}", flush=True)
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     unet, student, report, steps, clear = build(args, device)
@@ -219,6 +263,9 @@ def run(args: argparse.Namespace) -> dict:
             times[k].append(timed(steps[k], device))
         print(f"  fp {times['fp'][-1]:.3f} s   student {times['student'][-1]:.3f} s", flush=True)
     n_params = sum(p.numel() for p in unet.parameters())
+    graph = None
+    if args.cuda_graph:
+        graph = cuda_graph_times(steps, clear, args.repeats)
     clear()
     if device.type == "cuda":
         del unet, student, steps, clear
@@ -250,6 +297,7 @@ def run(args: argparse.Namespace) -> dict:
         "memory": peaks,
         "time_ratio": med["student"] / med["fp"],
         "mem_ratio": peaks["student"]["peak_bytes"] / peaks["fp"]["peak_bytes"],
+        "cuda_graph": graph,
     }
 
 
@@ -264,10 +312,13 @@ def main() -> None:
                          "OpenMP spin-waits make multi-threaded timings erratic; torch's default on CUDA)")
     ap.add_argument("--autocast", choices=["none", "bf16"], default="none")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/quant_overhead_<device>.json)")
+    ap.add_argument("--cuda-graph", action="store_true", help="also time graph-captured steps (CUDA only)")
     ap.add_argument("--memory-worker", choices=["fp", "student"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.batch is None:
         args.batch = 32 if args.device.startswith("cuda") else 4
+    if args.cuda_graph and not args.device.startswith("cuda"):
+        raise SystemExit("--cuda-graph needs --device cuda")
     if args.threads is None:
         args.threads = 0 if args.device.startswith("cuda") else 1
     if args.threads:
@@ -288,7 +339,10 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     print(f"wrote {out}")
-    print(f"time_ratio={res['time_ratio']:.2f} mem_ratio={res['mem_ratio']:.2f}")
+    summary = f"time_ratio={res['time_ratio']:.2f} mem_ratio={res['mem_ratio']:.2f}"
+    if res["cuda_graph"] and "time_ratio" in res["cuda_graph"]:
+        summary += f" time_ratio_cuda_graph={res['cuda_graph']['time_ratio']:.2f}"
+    print(summary)
 
 
 if __name__ == "__main__":
