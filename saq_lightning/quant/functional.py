@@ -87,12 +87,12 @@ def dequantize(codes: Tensor, step: Tensor, zero_point: Tensor) -> Tensor:
 
 
 def fake_quant_forward(x: Tensor, step: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
-    """``(clamp(round(x/s) + z) - z) * s`` in fp32 (in-place on one temporary)."""
+    """``(clamp(round(x/s) + z) - z) * s`` in fp32, written as ``clamp(round(x/s), qmin-z, qmax-z) * s``
+    (the same numbers for an integer ``z``; four passes over ``x``, in place on one temporary)."""
     z = zero_point.float()
     s = step.float()
     q = torch.div(x.float(), s)
-    q.round_().add_(z).clamp_(qmin, qmax)
-    return q.sub_(z).mul_(s)
+    return q.round_().clamp_(qmin - z, qmax - z).mul_(s)
 
 
 class FQRecompute(NamedTuple):
@@ -109,10 +109,9 @@ def fake_quant_recompute(x: Tensor, step: Tensor, zero_point: Tensor, qmin: int,
     z = zero_point.float()
     s = step.float()
     v = torch.div(x.float(), s)
-    q = torch.round(v).add_(z)
-    t = q.clamp(qmin, qmax)
-    inside = torch.eq(t, q, out=q)  # as a 0/1 float mask (bool masks cost a conversion per use)
-    t.sub_(z)
+    r = torch.round(v)
+    t = torch.clamp(r, qmin - z, qmax - z)
+    inside = torch.eq(t, r, out=r)  # as a 0/1 float mask (bool masks cost a conversion per use)
     return FQRecompute(t * s, v, t, inside)
 
 

@@ -106,6 +106,7 @@ class _FusedBase(torch.autograd.Function):
 
     @classmethod
     def _forward(cls, ctx, x, W, A, B, bias, a_step, a_zp, a_idx, w_step, w_zp, spec, cdt):
+        a_s = a_z = w_s = w_z = None
         with _no_autocast(x.device.type):
             w = merge_lora(W, A, B, spec.lora_scaling)
             if w_step is not None:
@@ -117,14 +118,15 @@ class _FusedBase(torch.autograd.Function):
             else:
                 xq = x
             out = cls._op(xq.to(cdt), w.to(cdt), None if bias is None else bias.to(cdt), spec)
-        ctx.save_for_backward(x, W, A, B, bias, a_step, a_zp, a_idx, w_step, w_zp)
+        # the effective (step, zero point) rows are tiny: keep them instead of recomputing
+        ctx.save_for_backward(x, W, A, B, bias, a_step, a_zp, a_idx, w_step, w_zp, a_s, a_z, w_s, w_z)
         ctx.spec = spec
         ctx.cdt = cdt
         return out
 
     @classmethod
     def _backward(cls, ctx, grad_out):
-        x, W, A, B, bias, a_step, a_zp, a_idx, w_step, w_zp = ctx.saved_tensors
+        x, W, A, B, bias, a_step, a_zp, a_idx, w_step, w_zp, a_s, a_z, w_s, w_z = ctx.saved_tensors
         spec: FusedSpec = ctx.spec
         cdt = ctx.cdt
         n_x, n_W, n_A, n_B, n_b, n_as, n_az, _, n_ws, n_wz = ctx.needs_input_grad[:10]
@@ -133,13 +135,8 @@ class _FusedBase(torch.autograd.Function):
         need_b = bias is not None and n_b
         with _no_autocast(grad_out.device.type):
             w = merge_lora(W, A, B, spec.lora_scaling)
-            w_rec = x_rec = None
-            if w_step is not None:
-                w_s, w_z = _table_params(w_step, w_zp, spec.w_qrange, None, w.ndim)
-                w_rec = fake_quant_recompute(w, w_s, w_z, *spec.w_qrange)
-            if a_step is not None:
-                a_s, a_z = _table_params(a_step, a_zp, spec.a_qrange, a_idx, x.ndim)
-                x_rec = fake_quant_recompute(x, a_s, a_z, *spec.a_qrange)
+            w_rec = None if w_s is None else fake_quant_recompute(w, w_s, w_z, *spec.w_qrange)
+            x_rec = None if a_s is None else fake_quant_recompute(x, a_s, a_z, *spec.a_qrange)
             xq = (x if x_rec is None else x_rec.out).to(cdt)
             wq = (w if w_rec is None else w_rec.out).to(cdt)
             del w
