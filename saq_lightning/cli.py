@@ -34,6 +34,10 @@ PIPELINE_COMMANDS: dict[str, PipelineCommand] = {
         "saq_lightning.commands.demo:main",
         "run the embedded digits default end to end and print its quality figures",
     ),
+    "generate": PipelineCommand(
+        "saq_lightning.commands.generate:main",
+        "teacher trajectories of the mixstep phases -> WebDataset shards + manifest (fit config)",
+    ),
     "sample": PipelineCommand(
         "saq_lightning.commands.sample:main",
         "N samples (FP or quantized student) -> ADM .npz + PNG grid; resumable, multi-rank",

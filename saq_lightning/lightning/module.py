@@ -152,7 +152,10 @@ class SAQLightningModule(L.LightningModule):
         self.target_source = targets
         self.online_points_per_batch = online_points_per_batch
         self.max_nonfinite_steps = max_nonfinite_steps
+        # Plain types only. ``_class_path`` is how LightningCLI's ``--ckpt_path <file>`` re-parses
+        # these as this class's init args (``load_from_checkpoint`` ignores it).
         self.save_hyperparameters({
+            "_class_path": f"{type(self).__module__}.{type(self).__qualname__}",
             "teacher": asdict(spec),
             "policy": self.policy.to_dict(),
             "alignment": alignment,
@@ -419,7 +422,7 @@ class SAQLightningModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def _identity(self) -> dict[str, Any]:
-        return identity(self.hparams["teacher"], self.hparams["policy"])
+        return identity(asdict(self.teacher_spec), self.policy.to_dict())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = student_state_dict(self.student)
@@ -436,7 +439,8 @@ def _as_spec(teacher: ModelSpec | dict[str, Any] | None) -> ModelSpec:
         return ModelSpec(kind="digits", name="digits")
     if isinstance(teacher, ModelSpec):
         return teacher
-    return ModelSpec(**dict(teacher))
+    # jsonargparse marks fields read from a nested file with ``__path__``
+    return ModelSpec(**{k: v for k, v in dict(teacher).items() if not k.startswith("__")})
 
 
 def _as(value: Any, cls: type) -> Any:
