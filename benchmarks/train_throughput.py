@@ -81,9 +81,8 @@ def module_for(root: Path, order: int, targets: str, device: str):
                      schedule=SCHEDULE, conditioning={"type": "class_labels", "null_class": 10})
     return SAQLightningModule(
         teacher=spec, policy="w4a4", targets=targets, guidance_scale=2.0,
-        calibration={"num_samples": 4, "max_values_per_bucket": 256, "batch_size": 128},
-        generation={"trajectories_per_phase": 8, "trajectories_per_shard": 1,
-                    "rollout_batch_size": 1})
+        calibration={"num_samples": 2, "steps": 20, "max_values_per_bucket": 256, "batch_size": 128},
+        generation={"trajectories_per_phase": 16, "trajectories_per_shard": 4})
 
 
 def schedule_for(order: int):
@@ -153,8 +152,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--steps", type=int, default=8, help="timed optimizer steps per configuration")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=10, help="timed optimizer steps per configuration")
+    p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--orders", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
