@@ -290,6 +290,10 @@ class SAQLightningModule(L.LightningModule):
                                                self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_fit_start(self) -> None:
+        # Lightning keeps module modes as they are; the student was copied from the (eval) teacher
+        self.train()
+
     # ------------------------------------------------------------------ mixstep
     def on_mixstep_phase(self, index: int, phase: MixStepPhase) -> None:
         """Called by ``MixStepCallback`` when the phase changes."""
