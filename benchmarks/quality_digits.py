@@ -139,16 +139,22 @@ def main() -> None:
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
-    header = "| row | " + " | ".join(f"DPM-{k} @{n}" for k in (1, 2, 3) for n in (5, 10, 20)) + " |"
-    lines = [header, "|---|" + "---:|" * 9]
+    """One line per (row, solver); a column per step count; cells ``FD / accuracy / deviation``."""
+    steps = sorted({r["steps"] for r in results})
+    lines = ["| row | solver | " + " | ".join(f"{n} steps" for n in steps) + " |",
+             "|---|---|" + "---:|" * len(steps)]
+    cell = {(r["row"], r["solver"], r["steps"]): r for r in results}
     for name in dict.fromkeys(r["row"] for r in results):
-        cells = []
-        for k in (1, 2, 3):
-            for n in (5, 10, 20):
-                r = next(x for x in results if x["row"] == name and x["solver"] == f"dpm{k}" and x["steps"] == n)
+        for solver in dict.fromkeys(r["solver"] for r in results if r["row"] == name):
+            cells = []
+            for n in steps:
+                r = cell.get((name, solver, n))
+                if r is None:
+                    cells.append("")
+                    continue
                 dev = "" if r["final_deviation"] in (None, 0.0) else f" / {r['final_deviation']:.3f}"
-                cells.append(f"{r['fd']:.3f} / {r['class_accuracy']:.0%}{dev}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+                cells.append(f"{r['fd']:.3f} / {r['class_accuracy']:.1%}{dev}")
+            lines.append(f"| {name} | DPM-Solver-{solver[-1]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -164,6 +170,7 @@ def write_outputs(out: Path, results: list[dict[str, Any]], args: argparse.Names
                   seconds: float, console: Console) -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     payload = {"commit": commit, "samples": args.samples, "max_steps": args.max_steps,
+               "torch_threads": torch.get_num_threads(),
                "guidance_scale": guidance, "seconds": seconds, "results": results}
     md = (f"Cells: FD / class accuracy / final-step RMS deviation from FP (same solver and steps); "
           f"{args.samples} class-balanced samples, CFG {guidance:g}, {args.max_steps} training steps per "
@@ -174,7 +181,7 @@ def write_outputs(out: Path, results: list[dict[str, Any]], args: argparse.Names
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "quality_digits.json").write_text(json.dumps(payload, indent=2) + "\n")
         (folder / "quality_digits.md").write_text(md)
-    console.print(md)
+    print(md, flush=True)  # plain print: rich would wrap the table's lines
     print(headline(results))
 
 
