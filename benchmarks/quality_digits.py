@@ -115,6 +115,7 @@ def main() -> None:
     real, _ = digits_split("all")
     settings = [SamplerSetting(f"dpm{k}", n, "time_uniform", guidance) for k in (1, 2, 3) for n in (5, 10, 20)]
     rows = [r for r in ROWS if args.rows is None or r.name in args.rows]
+    commit = source_commit()  # now: the tree may change while the benchmark runs
     t_start = time.perf_counter()
     fp_final: dict[str, torch.Tensor] = {}
     results: list[dict[str, Any]] = []
@@ -135,7 +136,7 @@ def main() -> None:
                             "sample_seconds": time.perf_counter() - t0})
             console.print(f"  {key:8s} FD {q.fd:7.3f}  acc {q.class_accuracy:6.1%}  dev "
                           f"{deviation if deviation is not None else float('nan'):.4f}")
-    write_outputs(out, results, args, guidance, time.perf_counter() - t_start, console)
+    write_outputs(out, results, args, guidance, commit, time.perf_counter() - t_start)
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
@@ -166,9 +167,16 @@ def headline(results: list[dict[str, Any]]) -> str:
     return "fd_ratio " + " ".join(parts)
 
 
+def source_commit() -> str:
+    """The checked-out commit, ``+dirty`` when tracked files differ from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def write_outputs(out: Path, results: list[dict[str, Any]], args: argparse.Namespace, guidance: float,
-                  seconds: float, console: Console) -> None:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+                  commit: str, seconds: float) -> None:
     payload = {"commit": commit, "samples": args.samples, "max_steps": args.max_steps,
                "torch_threads": torch.get_num_threads(),
                "guidance_scale": guidance, "seconds": seconds, "results": results}
