@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_training_helpers import (
@@ -29,6 +29,18 @@ from saq_lightning.quant import trainable_state_dict
 STEPS = 24
 
 
+class ModeRecorder(Callback):
+    """Which of the student's and the teacher's modules are in train mode at each training batch."""
+
+    def __init__(self) -> None:
+        self.student: list[bool] = []
+        self.teacher: list[bool] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.student.append(all(m.training for m in pl_module.student.modules()))
+        self.teacher.append(any(m.training for m in pl_module.teacher.modules()))
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("fit")
@@ -37,14 +49,23 @@ def run(tmp_path_factory):
     module = tiny_module(spec)
     module.calibrate_student()  # what configure_optimizers does again (deterministically) in fit
     before = dataset_loss(module, shards)
-    recorder = LossRecorder()
+    module.eval()  # as after an evaluation (or load_run): fit must still train the student in train mode
+    recorder, modes = LossRecorder(), ModeRecorder()
     ckpt = ModelCheckpoint(dirpath=root / "ckpt", save_last=True, save_top_k=0, every_n_train_steps=8)
     logger = TensorBoardLogger(str(root), name="tb", version=0)
-    trainer = tiny_trainer(root, STEPS, [recorder, ckpt, SampleGridCallback(every_n_steps=12, num_samples=2)],
+    trainer = tiny_trainer(root, STEPS, [recorder, modes, ckpt, SampleGridCallback(every_n_steps=12, num_samples=2)],
                            logger=logger)
     trainer.fit(module, datamodule=tiny_datamodule(shards))
-    return {"root": root, "module": module, "losses": recorder.losses, "spec": spec,
+    return {"root": root, "module": module, "losses": recorder.losses, "spec": spec, "modes": modes,
             "before": before, "after": dataset_loss(module, shards)}
+
+
+def test_every_step_trains_the_student_in_train_mode_and_keeps_the_teacher_in_eval_mode(run):
+    # the sample-grid callback (step 12) switches the student to eval and back in between
+    modes = run["modes"]
+    assert len(modes.student) == STEPS
+    assert all(modes.student), "some student module was in eval mode during a training step"
+    assert not any(modes.teacher), "a teacher module left eval mode"
 
 
 @torch.no_grad()
