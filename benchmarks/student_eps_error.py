@@ -1,7 +1,8 @@
 """Where the quality benchmark's students are accurate: guided-eps error on the FP sampler's queries.
 
-Replays every network call the FP digits teacher makes while sampling with ``--solver`` at
-``--steps`` (CFG from the training config) through each W4A4 student of a finished
+Replays every guided evaluation the FP digits teacher makes while sampling with ``--solver`` at
+``--steps`` (CFG from the training config; the sampler's own record, ``return_trajectory``) through
+each W4A4 student of a finished
 ``benchmarks/quality_digits.py`` run, and reports the relative error of the guided prediction
 ``||eps_student - eps_FP|| / ||eps_FP||`` per queried timestep, split into the points of the
 first-order grid (the only timesteps a fixed-grid student is trained at) and the intermediate
@@ -28,13 +29,13 @@ from typing import Any
 
 import torch
 import yaml
-from torch import Tensor
 
 from saq_lightning.commands.generate import load_run
 from saq_lightning.lightning.student_loading import load_student
-from saq_lightning.metrics.digits_eval import sample_class_balanced
-from saq_lightning.metrics.sample_generation import SamplerSetting
+from saq_lightning.metrics.sample_generation import balanced_labels, guided_predictor
 from saq_lightning.models.diffusion_model import DiffusionModel
+from saq_lightning.sampling import Trajectory, make_solver, sample, time_grid
+from saq_lightning.sampling.predictor import select_batch
 
 TRAINED = {"same_input": "w4a4_same_input", "mixed_order": "w4a4_mixed_order",
            "mixstep": "w4a4_mixed_order_mixstep"}
@@ -57,30 +58,16 @@ def load_students(run: Path) -> tuple[DiffusionModel, dict[str, DiffusionModel],
     return module.teacher.eval(), students, guidance
 
 
-def recorded_calls(teacher: DiffusionModel, setting: SamplerSetting, n: int) -> list[tuple[Tensor, ...]]:
-    """Every ``conditional_eps(x, timestep, cond)`` call (with its output) of sampling ``n`` images."""
-    calls: list[tuple[Tensor, ...]] = []
-    network = teacher.conditional_eps
-
-    def recording(x: Tensor, timestep: Tensor, cond: Any) -> Tensor:
-        eps = network(x, timestep, cond)
-        calls.append((x, timestep, cond, eps))
-        return eps
-
-    teacher.conditional_eps = recording  # an instance attribute: the predictor is built per call
-    try:
-        sample_class_balanced(teacher, n, setting)
-    finally:
-        del teacher.conditional_eps
-    return calls
-
-
-def guided(eps: Tensor, scale: float) -> Tensor:
-    """The CFG combination of a batched ``[conditional; unconditional]`` call (scale 1: as is)."""
-    if scale == 1.0:
-        return eps
-    eps_c, eps_u = eps.chunk(2)
-    return eps_u + scale * (eps_c - eps_u)
+def fp_evaluations(teacher: DiffusionModel, solver: str, steps: int, scale: float, n: int,
+                   seed: int = 0) -> tuple[Trajectory, Any]:
+    """The FP model's trajectory (with every guided evaluation) from the quality benchmark's x_T
+    and labels (``sample_class_balanced``'s), and the encoded conditions."""
+    schedule = teacher.noise_schedule()
+    x_T = torch.randn((n, *teacher.sample_shape), generator=torch.Generator().manual_seed(seed))
+    cond = teacher.prepare_cond(balanced_labels(range(n), range(10)))
+    result = sample(guided_predictor(teacher, scale, schedule), x_T, time_grid(schedule, steps, "time_uniform"),
+                    make_solver(solver, schedule), cond=cond, return_trajectory=True)
+    return result.trajectory, cond
 
 
 @torch.no_grad()
@@ -92,18 +79,18 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200)
     args = parser.parse_args()
     teacher, students, scale = load_students(Path(args.run))
-    grid_calls = recorded_calls(teacher, SamplerSetting("dpm1", args.steps, "time_uniform", scale), 10)
-    grid = {round(float(t.flatten()[0])) for _, t, _, _ in grid_calls}
-    calls = recorded_calls(teacher, SamplerSetting(args.solver, args.steps, "time_uniform", scale), args.samples)
+    trajectory, cond = fp_evaluations(teacher, args.solver, args.steps, scale, args.samples)
+    predictors = {n: guided_predictor(m, scale) for n, m in students.items()}
     rows = []
-    print(f"{'timestep':>8s} {'point':>6s} " + " ".join(f"{n:>12s}" for n in students))
-    for x, timestep, cond, eps in calls:
-        target = guided(eps, scale)
-        t = round(float(timestep.flatten()[0]))
-        errors = {n: float((guided(m.conditional_eps(x, timestep, cond), scale) - target).norm() / target.norm())
-                  for n, m in students.items()}
-        rows.append({"timestep": t, "point": "grid" if t in grid else "mid", "relative_error": errors})
-        print(f"{t:8d} {rows[-1]['point']:>6s} " + " ".join(f"{v:12.4f}" for v in errors.values()))
+    print(f"{'t':>8s} {'point':>6s} " + " ".join(f"{n:>12s}" for n in students))
+    for ev in trajectory.evaluations:
+        # a step evaluates at its grid time; a higher-order solver adds points between grid times
+        on_grid = bool(ev.t[0] == trajectory.times[ev.step].to(ev.t))
+        c = select_batch(cond, ev.index, args.samples)
+        errors = {n: float((p(ev.x, ev.t, c) - ev.eps).norm() / ev.eps.norm()) for n, p in predictors.items()}
+        rows.append({"t": float(ev.t[0]), "step": ev.step, "point": "grid" if on_grid else "mid",
+                     "relative_error": errors})
+        print(f"{rows[-1]['t']:8.4f} {rows[-1]['point']:>6s} " + " ".join(f"{v:12.4f}" for v in errors.values()))
     means = {kind: {n: statistics.mean(r["relative_error"][n] for r in rows if r["point"] == kind) for n in students}
              for kind in ("grid", "mid") if any(r["point"] == kind for r in rows)}
     payload = {"run": args.run, "solver": args.solver, "steps": args.steps, "samples": args.samples,
