@@ -32,7 +32,8 @@ import yaml
 
 from saq_lightning.commands.generate import load_run
 from saq_lightning.lightning.student_loading import load_student
-from saq_lightning.metrics.sample_generation import balanced_labels, guided_predictor
+from saq_lightning.metrics.digits_eval import class_balanced_inputs
+from saq_lightning.metrics.sample_generation import guided_predictor
 from saq_lightning.models.diffusion_model import DiffusionModel
 from saq_lightning.sampling import Trajectory, make_solver, sample, time_grid
 from saq_lightning.sampling.predictor import select_batch
@@ -61,10 +62,10 @@ def load_students(run: Path) -> tuple[DiffusionModel, dict[str, DiffusionModel],
 def fp_evaluations(teacher: DiffusionModel, solver: str, steps: int, scale: float, n: int,
                    seed: int = 0) -> tuple[Trajectory, Any]:
     """The FP model's trajectory (with every guided evaluation) from the quality benchmark's x_T
-    and labels (``sample_class_balanced``'s), and the encoded conditions."""
+    and labels, and the encoded conditions."""
     schedule = teacher.noise_schedule()
-    x_T = torch.randn((n, *teacher.sample_shape), generator=torch.Generator().manual_seed(seed))
-    cond = teacher.prepare_cond(balanced_labels(range(n), range(10)))
+    x_T, labels = class_balanced_inputs(teacher, n, seed)
+    cond = teacher.prepare_cond(labels)
     result = sample(guided_predictor(teacher, scale, schedule), x_T, time_grid(schedule, steps, "time_uniform"),
                     make_solver(solver, schedule), cond=cond, return_trajectory=True)
     return result.trajectory, cond

@@ -8,14 +8,16 @@ from torch import Tensor
 from saq_lightning.data.digits import digits_split
 from saq_lightning.metrics.digits_classifier import DigitsClassifier
 from saq_lightning.metrics.digits_quality import DigitsQuality, digits_quality
-from saq_lightning.metrics.sample_generation import SamplerSetting, generate_images
+from saq_lightning.metrics.sample_generation import SamplerSetting, balanced_labels, generate_images
 from saq_lightning.models.diffusion_model import DiffusionModel
 
-__all__ = ["SamplerSetting", "balanced_labels", "evaluate_digits_model", "sample_class_balanced"]
+__all__ = ["SamplerSetting", "class_balanced_inputs", "evaluate_digits_model", "sample_class_balanced"]
 
 
-def balanced_labels(n: int, num_classes: int = 10) -> Tensor:
-    return torch.arange(n) % num_classes
+def class_balanced_inputs(model: DiffusionModel, n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """``x_T`` of ``n`` samples from one seeded generator, and labels ``i % 10``."""
+    x_T = torch.randn((n, *model.sample_shape), generator=torch.Generator().manual_seed(seed))
+    return x_T, balanced_labels(range(n), range(10))
 
 
 @torch.no_grad()
@@ -25,16 +27,14 @@ def sample_class_balanced(
     setting: SamplerSetting,
     seed: int = 0,
     batch_size: int = 500,
-    device: str | torch.device = "cpu",
 ) -> tuple[Tensor, Tensor]:
-    """``n`` samples (labels ``i % 10``) from the same seeded ``x_T`` for every model and setting.
+    """``n`` samples (labels ``i % 10``) from the same seeded ``x_T`` for every model and setting,
+    on the model's device.
 
     (One generator for all ``n``; the ``sample`` command seeds every sample on its own instead, so
-    that its samples do not depend on how they are split over batches and ranks.) Sampling runs on
-    the model's device; ``device`` is kept for callers of the earlier signature.
+    that its samples do not depend on how they are split over batches and ranks.)
     """
-    labels = balanced_labels(n)
-    x_T = torch.randn((n, *model.sample_shape), generator=torch.Generator().manual_seed(seed))
+    x_T, labels = class_balanced_inputs(model, n, seed)
     out = [generate_images(model, xb, yb, setting) for xb, yb in zip(x_T.split(batch_size), labels.split(batch_size))]
     return torch.cat(out), labels
 
