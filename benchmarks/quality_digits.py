@@ -33,8 +33,8 @@ from saq_lightning.commands.generate import load_run
 from saq_lightning.data.digits import digits_split
 from saq_lightning.lightning.student_loading import load_student
 from saq_lightning.metrics.digits_classifier import load_digits_classifier
-from saq_lightning.metrics.digits_quality import digits_quality
 from saq_lightning.metrics.digits_eval import sample_class_balanced
+from saq_lightning.metrics.digits_quality import digits_quality
 from saq_lightning.metrics.sample_generation import SamplerSetting
 
 FIXED_10 = [{"student_steps": 10, "student_order": 1, "teacher_order": 2}]
@@ -169,8 +169,9 @@ def headline(results: list[dict[str, Any]]) -> str:
 
 def source_commit() -> str:
     """The checked-out commit, ``+dirty`` when tracked files differ from it."""
+    # not in a git checkout: "unknown", not an error
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["git", *args], check=False, capture_output=True, text=True).stdout.strip()
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
     return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 

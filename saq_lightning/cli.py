@@ -10,10 +10,9 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from dataclasses import dataclass
-from typing import Callable
-
 from argparse import RawDescriptionHelpFormatter
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningCLI
