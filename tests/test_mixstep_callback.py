@@ -112,5 +112,5 @@ def test_checkpoint_from_another_schedule_is_refused_naming_the_difference():
 
 
 def test_phases_the_bucket_table_cannot_serve_are_refused():
-    with pytest.raises(ValueError, match=r"phase 1 \(student_steps=30\).*100 activation-quantizer"):
-        MixStepCallback([MixStepPhase(50), MixStepPhase(30)], n_buckets=100)
+    with pytest.raises(ValueError, match=r"phase 1 \(student_steps=130\).*100 activation-quantizer"):
+        MixStepCallback([MixStepPhase(50), MixStepPhase(130)], n_buckets=100)

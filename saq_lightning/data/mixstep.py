@@ -63,16 +63,6 @@ class MixStepPhase:
         return int(self.teacher_steps) * self.teacher_order
 
 
-def servable_step_counts(n_buckets: int) -> list[int]:
-    """Step counts whose grid the activation quantizers' ``n_buckets`` timestep buckets serve.
-
-    A grid of ``N`` steps is served when ``N`` divides ``n_buckets``: step ``i`` then maps to
-    bucket ``i * n_buckets / N``, and the per-bucket step sizes are shared across phases.
-    """
-    _positive_int("n_buckets", n_buckets)
-    return [n for n in range(1, n_buckets + 1) if n_buckets % n == 0]
-
-
 @dataclass(frozen=True)
 class MixStepSchedule:
     """Phases and how batches walk through them; see the module docstring for the modes."""
@@ -135,15 +125,17 @@ class MixStepSchedule:
         return self.phases[self.phase_at(batch_index, batches_per_epoch)]
 
     def check_buckets(self, n_buckets: int) -> None:
-        """Raise if a phase's student grid cannot be served by ``n_buckets`` timestep buckets."""
-        servable = servable_step_counts(n_buckets)
-        bad = [(i, p.student_steps) for i, p in enumerate(self.phases)
-               if p.student_steps not in servable]
+        """Raise if a phase has more student steps than ``n_buckets`` timestep buckets.
+
+        Necessary, not sufficient: which grids share buckets depends on their spacing, which the
+        student's bucket map (:mod:`saq_lightning.quant.bucket_map`) checks when it is built.
+        """
+        _positive_int("n_buckets", n_buckets)
+        bad = [(i, p.student_steps) for i, p in enumerate(self.phases) if p.student_steps > n_buckets]
         if bad:
             listed = ", ".join(f"phase {i} (student_steps={n})" for i, n in bad)
-            raise ValueError(f"{listed}: not servable by {n_buckets} activation-quantizer timestep "
-                             f"buckets; a grid of N steps needs N to divide {n_buckets} "
-                             f"(servable: {servable})")
+            raise ValueError(f"{listed}: more steps than the {n_buckets} activation-quantizer "
+                             f"timestep buckets; distinct steps need distinct buckets")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

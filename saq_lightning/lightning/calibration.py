@@ -1,7 +1,9 @@
 """Calibration data for the student: real teacher-trajectory states at every timestep bucket.
 
-The teacher is rolled out over a time-uniform grid of ``steps`` steps (default: one step per
-activation bucket, so that grid state ``i`` falls into bucket ``n_buckets - 1 - i``). Every state
+The teacher is rolled out over the student's finest trained grid (``spacing``, ``steps``: every
+state is a trained grid point, so every bucket of nested grids gets its own data), or, for a
+student not bound to grids, a time-uniform grid of one step per activation bucket (grid state
+``i`` falls into bucket ``n_buckets - 1 - i``); ``settings.steps`` overrides the step count. Every state
 becomes a student call ``{"sample", "timestep", <condition argument>}``; with classifier-free
 guidance the null-condition copy is added too, since the guided student sees both.
 """
@@ -28,11 +30,14 @@ def calibration_batches(
     n_buckets: int,
     device: torch.device | str,
     dtype: torch.dtype = torch.float32,
+    *,
+    spacing: str | None = None,
+    steps: int | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Student call arguments over teacher trajectories (generated lazily, chunk by chunk)."""
     model = flow.model
-    steps = settings.steps or n_buckets
-    grid = time_grid(flow.schedule, steps, "time_uniform")
+    steps = settings.steps or (steps if spacing is not None else None) or n_buckets
+    grid = time_grid(flow.schedule, steps, spacing or "time_uniform")
     solver = make_solver(settings.solver, flow.schedule)
     guided = flow.settings.guidance_scale != 1.0 and model.conditioner is not None
     chunk = max(1, min(settings.num_samples, settings.batch_size))

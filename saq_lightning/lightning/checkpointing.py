@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from saq_lightning.data.manifest import diff_values, format_mismatches
 from saq_lightning.quant import trainable_state_dict
+from saq_lightning.quant.bucket_map import BucketMap
 
 FORMAT = "saq_lightning/sa-qlora-student"
 VERSION = 1
@@ -64,3 +65,21 @@ def check_identity(saved: Mapping[str, Any] | None, now: Mapping[str, Any], sour
         raise CheckpointMismatchError(format_mismatches(
             f"{source}: the checkpoint's student was built for another teacher or quantization "
             f"policy (expected = checkpoint, found = this run)", mismatches))
+
+
+def restore_bucket_map(student: Any, saved: Mapping[str, Any], source: str) -> None:
+    """Give ``student`` the bucket map recorded in ``checkpoint["saq"]`` (none recorded: an older
+    checkpoint, the grid-free value rule stays). A run whose own grids give another map is refused:
+    the trained activation buckets would change meaning."""
+    d = saved.get("bucket_map")
+    if not d or not d.get("grids"):
+        return
+    loaded = BucketMap.from_dict(d)
+    now = student.bucket_map
+    if now.trained and not now.same_as(loaded):
+        raise CheckpointMismatchError(
+            f"{source}: the checkpoint's student was trained on the grids "
+            f"{[(g.spacing, g.steps) for g in loaded.grids]}, whose timestep-bucket tables differ "
+            f"from this run's {[(g.spacing, g.steps) for g in now.grids]}; use the same phases "
+            f"and spacing to resume")
+    student.set_bucket_map(loaded)

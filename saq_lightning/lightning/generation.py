@@ -146,6 +146,7 @@ def generate_trajectories(
     settings = module.generation
     counts = settings.per_phase(schedule.num_phases)
     schedule.check_buckets(module.policy.n_buckets)
+    module.bind_bucket_map(schedule.phases)  # a grid the buckets cannot serve fails here, not in fit
     if device is not None:
         module.to(device)
     device = next(module.teacher.unet.parameters()).device

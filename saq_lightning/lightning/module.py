@@ -47,8 +47,15 @@ from saq_lightning.quant import (
 from saq_lightning.sampling import sample
 from saq_lightning.sampling.predictor import select_batch
 
+from .buckets import bucket_map_for
 from .calibration import calibration_batches
-from .checkpointing import check_identity, identity, split_student_state, student_state_dict
+from .checkpointing import (
+    check_identity,
+    identity,
+    restore_bucket_map,
+    split_student_state,
+    student_state_dict,
+)
 from .conditions import ConditionSource, noise_for
 from .generation import check_trajectory_meta, manifest_phases
 from .mota import group_means, mota_terms
@@ -261,13 +268,22 @@ class SAQLightningModule(L.LightningModule):
                 raise ValueError("targets='shard' needs trajectory shards (data.shards)")
         if self.phases is not None:
             MixStepSchedule(tuple(self.phases)).check_buckets(self.policy.n_buckets)
+            self.bind_bucket_map(self.phases)
+
+    def bind_bucket_map(self, phases: list[MixStepPhase] | tuple[MixStepPhase, ...]) -> None:
+        """Give the student the step-to-bucket tables of ``phases``' grids (raises on collisions)."""
+        self.student.set_bucket_map(bucket_map_for(self.flow.schedule, self.teacher_settings.spacing,
+                                                   phases, self.policy.n_buckets))
 
     @torch.no_grad()
     def calibrate_student(self) -> dict[str, Any]:
         """Initialise every quantizer from teacher-trajectory states of every timestep bucket."""
+        bmap = self.student.bucket_map
         batches = calibration_batches(self.flow, self.calibration_settings, self.conditions,
                                       self.policy.n_buckets, self.device,
-                                      next(self.teacher.unet.parameters()).dtype)
+                                      next(self.teacher.unet.parameters()).dtype,
+                                      spacing=self.teacher_settings.spacing if bmap.trained else None,
+                                      steps=max((g.steps for g in bmap.grids), default=None))
         info = calibrate(self.student, batches, seed=self.calibration_settings.seed,
                          max_values_per_bucket=self.calibration_settings.max_values_per_bucket)
         self._broadcast_student_state()
@@ -431,9 +447,11 @@ class SAQLightningModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = student_state_dict(self.student)
         checkpoint["saq"] = self._identity()
+        checkpoint["saq"]["bucket_map"] = self.student.bucket_map.to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_identity(checkpoint.get("saq"), self._identity(), "checkpoint")
+        restore_bucket_map(self.student, checkpoint["saq"], "checkpoint")
         load_trainable_state_dict(self.student, split_student_state(checkpoint["state_dict"]))
         self.restored_from_checkpoint = True
 

@@ -15,7 +15,7 @@ import torch
 from saq_lightning.models import DiffusionModel, ModelSpec, build_model
 from saq_lightning.quant import QuantPolicy, load_trainable_state_dict, quantize_model
 
-from .checkpointing import FORMAT, CheckpointMismatchError, split_student_state
+from .checkpointing import FORMAT, CheckpointMismatchError, restore_bucket_map, split_student_state
 
 
 def load_student(
@@ -55,5 +55,6 @@ def load_student(
         load_trainable_state_dict(student, split_student_state(ckpt["state_dict"]))
     except ValueError as err:
         raise CheckpointMismatchError(f"{path}: {err}") from err
+    restore_bucket_map(student, saq, str(path))
     model = teacher.with_unet(student).to(map_location)
     return model.eval()

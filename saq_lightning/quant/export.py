@@ -168,6 +168,7 @@ def export_student(student: QuantizedUNet, folder: str | os.PathLike, *, overwri
         "policy": student.policy.to_dict(),
         "model": {"class": type(student.unet).__name__, "config": _model_config(student.unet)},
         "n_buckets": student.n_buckets,
+        "bucket_map": student.bucket_map.to_dict(),
         "num_train_timesteps": student.num_train_timesteps,
         "layers": layers,
         "attention": attention,
@@ -271,4 +272,5 @@ def load_exported(
         extra, lack = sorted(set(tensors) - expected), sorted(expected - set(tensors))
         raise ValueError(f"export does not fit this model: unexpected {extra[:3]}, missing {lack[:3]}")
     student.unet.load_state_dict(tensors, strict=False)
+    student.set_extra_state({"bucket_map": manifest.get("bucket_map")})
     return student.eval()

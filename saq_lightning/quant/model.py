@@ -19,17 +19,21 @@ import torch
 from torch import Tensor, nn
 
 from .attention import QuantAttnProcessor, is_diffusers_attention
+from .bucket_map import BucketMap
 from .layers import QuantLayer, wrapper_for
 from .policy import LayerPlan, QuantPolicy, as_policy, resolve_policy
 from .report import QuantReport, build_report
-from .timestep_quantizer import TimestepActQuantizer, TimestepContext, bucket_index
+from .timestep_quantizer import TimestepActQuantizer, TimestepContext
 
 
 class QuantizedUNet(nn.Module):
     """Wraps a (module-swapped) diffusers UNet; same ``forward`` signature as the UNet.
 
     ``forward(sample, timestep, *args, **kwargs)`` maps ``timestep`` (model-timestep scale,
-    ``0..N-1``, per sample or scalar) to per-sample activation buckets for this call only.
+    ``0..N-1``, per sample or scalar) to per-sample activation buckets for this call only, through
+    the student's :class:`~saq_lightning.quant.bucket_map.BucketMap` (``bucket_map``; set by
+    :meth:`set_bucket_map` from the trained grids, part of ``state_dict`` as extra state, of
+    checkpoints and of exports; default: the grid-free value rule).
     Unknown attributes (``config``, ``dtype``, ...) are looked up on the wrapped UNet.
     """
 
@@ -38,6 +42,27 @@ class QuantizedUNet(nn.Module):
         self.unet = unet
         self.policy = policy
         self.context = context
+        self.bucket_map = BucketMap.uniform(policy.n_buckets, policy.num_train_timesteps)
+
+    def set_bucket_map(self, bucket_map: BucketMap) -> None:
+        """Bind the student to the step-to-bucket tables of its trained grids."""
+        if (bucket_map.n_buckets, bucket_map.num_train_timesteps) != (
+                self.n_buckets, self.num_train_timesteps):
+            raise ValueError(
+                f"bucket map for n_buckets={bucket_map.n_buckets}, num_train_timesteps="
+                f"{bucket_map.num_train_timesteps}; the student has n_buckets={self.n_buckets}, "
+                f"num_train_timesteps={self.num_train_timesteps}")
+        self.bucket_map = bucket_map
+
+    def get_extra_state(self) -> dict:
+        return {"bucket_map": self.bucket_map.to_dict()}
+
+    def set_extra_state(self, state: dict) -> None:
+        d = state.get("bucket_map") if isinstance(state, dict) else None
+        if d is not None and d.get("grids"):
+            self.set_bucket_map(BucketMap.from_dict(d))
+        else:
+            self.bucket_map = BucketMap.uniform(self.n_buckets, self.num_train_timesteps)
 
     # -- time -----------------------------------------------------------------------------------
     @property
@@ -49,7 +74,13 @@ class QuantizedUNet(nn.Module):
         return self.policy.num_train_timesteps
 
     def bucket_index(self, timestep: Tensor | float, batch_size: int, device: torch.device | None = None) -> Tensor:
-        return bucket_index(timestep, self.n_buckets, self.num_train_timesteps, batch_size, device)
+        """Per-sample buckets ``[batch_size]`` of model timesteps (scalar or ``[batch_size]``)."""
+        t = torch.as_tensor(timestep, device=device).reshape(-1)
+        if t.numel() != batch_size:
+            if t.numel() != 1:
+                raise ValueError(f"got {t.numel()} timesteps for a batch of {batch_size}")
+            t = t.expand(batch_size)
+        return self.bucket_map.lookup(t)
 
     @contextmanager
     def timestep_context(self, timestep: Tensor | float, batch_size: int | None = None) -> Iterator[Tensor]:

@@ -6,10 +6,10 @@ uses comes from the model timestep passed with the student's call: the student w
 per-sample bucket indices into a :class:`TimestepContext` for the duration of that call only.
 There is no step counter anywhere.
 
-Bucket map: ``bucket = floor(timestep * n_buckets / N)``, clamped to ``[0, n_buckets - 1]``
-(``timestep`` on the training scale ``0..N-1``). With ``n_buckets = 100`` and ``N = 1000`` the
-100/50/20/10-step DDIM grids land on buckets ``t // 10``: every coarser grid is a subset of the
-100-step table; float timesteps (DPM-Solver grids) map the same way.
+Which bucket a timestep gets is the student's :class:`~saq_lightning.quant.bucket_map.BucketMap`
+(explicit per-grid tables once the student is bound to its trained grids). :func:`bucket_index`
+here is the grid-free value rule ``floor(timestep * n_buckets / N)`` (timesteps within 1e-3 of an
+integer rounded to it first), which is also the map of a student never bound to grids.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ def bucket_index(
         if t.numel() != 1:
             raise ValueError(f"got {t.numel()} timesteps for a batch of {batch_size}")
         t = t.expand(batch_size)
-    # fp32 is exact here for integer timesteps (t * n_buckets < 2**24); no float64 (MPS lacks it)
-    idx = torch.div(t.float() * n_buckets, num_train_timesteps, rounding_mode="floor")
-    return idx.clamp_(0, n_buckets - 1).long()
+    from .bucket_map import BucketMap
+
+    return BucketMap.uniform(n_buckets, num_train_timesteps).lookup(t)
 
 
 class TimestepContext:

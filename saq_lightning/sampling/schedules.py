@@ -200,8 +200,17 @@ class DiscreteSchedule(NoiseSchedule):
         return _interp(la, lk.flip(0), tk.flip(0))
 
     def model_timestep(self, t: Tensor | float) -> Tensor:
-        """The model's timestep input for continuous ``t``: ``t * N - 1`` (training index scale)."""
-        return _as_time(t) * self.num_train_timesteps - 1.0
+        """The model's timestep input for continuous ``t``: ``t * N - 1`` (training index scale).
+
+        Results within a few units of rounding of an integer *are* that integer: in float32
+        ``t = 511/1000`` gives ``509.99997`` otherwise, and integer timesteps (the knots of every
+        ``leading`` grid) must reach the model, and its timestep buckets, exactly.
+        """
+        t = _as_time(t)
+        ts = t * self.num_train_timesteps - 1.0
+        tol = 8.0 * torch.finfo(ts.dtype).eps * self.num_train_timesteps
+        near = ts.round()
+        return torch.where((ts - near).abs() <= tol, near, ts)
 
     def t_from_model_timestep(self, timestep: Tensor | float) -> Tensor:
         """Inverse of :meth:`model_timestep`: ``(timestep + 1) / N``."""
