@@ -54,3 +54,11 @@ class RecordingModel:
     def __call__(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
         self.calls.append((x.shape[0], t.detach().clone()))
         return self.inner(x, t, cond)
+
+
+def lone_step_options(name: str, spacing: str | None = None) -> dict[str, Any]:
+    """Options that tell a singlestep DPM-Solver where intermediate points of a lone step go (no
+    grid to read a spacing from): ``spacing`` when given, else the lambda-fractions 1/2, 1/3, 2/3."""
+    if name not in ("dpm1", "dpm2", "dpm3", "dpm++1", "dpm++2s", "dpm++3s"):
+        return {}
+    return {"spacing": spacing} if spacing else {"intermediate": "lambda"}

@@ -133,3 +133,35 @@ def test_singlestep_dpm_solver_matches_dpmsolversinglestepscheduler(setup, algor
     solver = DPMSolver(sch, order=order, algorithm=algorithm, solver_type=solver_type)
     out = sample(discrete_model(eps_fn, sch), x_T, grid, solver, cond=labels)
     assert rel_err(out, ref) < RTOL
+
+
+@pytest.mark.parametrize("steps", [8, 12])
+def test_multistep_lower_order_final_threshold_follows_diffusers_or_the_reference(setup, steps):
+    """Default threshold 15 (diffusers, lowering at 8 and 12 steps); 10 is DPM-Solver's reference
+    (lowering at 8, not at 12: there it is diffusers with lower_order_final=False)."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    eps_fn, sch, labels, x_T = setup
+    model = discrete_model(eps_fn, sch)
+
+    def diffusers_run(lower):
+        d = DPMSolverMultistepScheduler(solver_order=3, algorithm_type="dpmsolver++", lower_order_final=lower,
+                                        final_sigmas_type="zero", **SD)
+        d.set_timesteps(steps)
+        x = x_T.clone()
+        for ts in d.timesteps:
+            x = d.step(eps_fn(x, ts, labels), ts, x).prev_sample
+        return x, grid_from_timesteps(d.timesteps, 1000, "zero")
+
+    lowered, grid = diffusers_run(True)
+    plain, _ = diffusers_run(False)
+    ours = sample(model, x_T, grid, DPMSolverMultistep(sch, order=3, algorithm="dpmsolver++"), cond=labels)
+    reference = sample(model, x_T, grid, DPMSolverMultistep(sch, order=3, algorithm="dpmsolver++",
+                                                            lower_order_final_steps=10), cond=labels)
+    unlowered = sample(model, x_T, grid, DPMSolverMultistep(sch, order=3, algorithm="dpmsolver++",
+                                                            lower_order_final=False), cond=labels)
+    assert rel_err(ours, lowered) < RTOL
+    assert rel_err(reference, lowered if steps < 10 else plain) < RTOL
+    # exactly one of the two order schedules (the rules differ by 2.6e-4 relative at 12 steps)
+    assert rel_err(reference, ours if steps < 10 else unlowered) < 1e-12
+    assert rel_err(unlowered, ours) > 1e-5

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sampling_helpers import RecordingModel, gaussian_problem
+from sampling_helpers import RecordingModel, gaussian_problem, lone_step_options
 
 from saq_lightning.sampling import (
     SOLVER_NAMES,
@@ -48,7 +48,7 @@ def test_first_order_step_with_eps_eff_reproduces_the_step_for_every_solver_and_
     s = torch.tensor([0.8, 0.7, 0.6, 0.5, 0.4, 0.3], dtype=torch.float64)
     t = s - torch.tensor([0.1, 0.05, 0.2, 0.1, 0.3, 0.15], dtype=torch.float64)  # per-sample steps
     x_s, history = point_with_history(data, x_T, s)
-    solver = make_solver(name, sch)
+    solver = make_solver(name, sch, **lone_step_options(name))
     for order in ORDERS[name]:
         out = step_with_direction(data, x_s, s, t, solver, order=order, history=history)
         assert torch.allclose(first_order_step(sch, x_s, s, t, out.eps_eff), out.x_t, rtol=0, atol=1e-12)
@@ -73,7 +73,7 @@ def test_eps_eff_of_dpm_solver2_with_midpoint_is_the_teacher_at_the_intermediate
     teacher = RecordingModel(discrete_model(eps_fn, sch))
     x_s = torch.randn(3, 1, 8, 8, dtype=torch.float64)
     s, t = torch.tensor([0.9, 0.6, 0.3], dtype=torch.float64), torch.tensor([0.7, 0.5, 0.05], dtype=torch.float64)
-    out = step_with_direction(teacher, x_s, s, t, DPMSolver(sch, order=2, r2=0.5), cond=torch.tensor([0, 4, 9]))
+    out = step_with_direction(teacher, x_s, s, t, DPMSolver(sch, order=2, r2=0.5, intermediate="lambda"), cond=torch.tensor([0, 4, 9]))
     at_midpoint = out.evaluations[1]
     lam_mid = (sch.lambda_(s) + sch.lambda_(t)) / 2
     assert torch.allclose(sch.lambda_(at_midpoint.t), lam_mid, atol=1e-12)
@@ -86,7 +86,7 @@ def test_mixed_orders_in_one_batch_equal_uniform_batches(name):
     s = torch.full((6,), 0.6, dtype=torch.float64)
     t = torch.full((6,), 0.45, dtype=torch.float64)
     x_s, history = point_with_history(data, x_T, s)
-    solver = make_solver(name, sch)
+    solver = make_solver(name, sch, **lone_step_options(name))
     order = torch.tensor([1, 2, 3, 3, 2, 1])
     mixed = step_with_direction(data, x_s, s, t, solver, order=order, history=history)
     for k in (1, 2, 3):
@@ -100,7 +100,7 @@ def test_mixed_orders_in_one_batch_equal_uniform_batches(name):
 def test_singlestep_evaluates_intermediate_points_only_for_samples_that_need_them():
     sch, data, x_T = gaussian_problem(batch=5)
     model = RecordingModel(data)
-    step_with_direction(model, x_T, 0.9, 0.5, make_solver("dpm3", sch), order=torch.tensor([1, 1, 2, 3, 1]))
+    step_with_direction(model, x_T, 0.9, 0.5, make_solver("dpm3", sch, intermediate="lambda"), order=torch.tensor([1, 1, 2, 3, 1]))
     assert [n for n, _ in model.calls] == [5, 2, 1]  # x_s for all; s1 for orders 2, 3; s2 for order 3
 
 
@@ -108,7 +108,7 @@ def test_per_sample_times_equal_one_call_per_sample():
     sch, data, x_T = gaussian_problem(batch=3)
     s = torch.tensor([0.95, 0.5, 0.2], dtype=torch.float64)
     t = torch.tensor([0.9, 0.1, 0.0], dtype=torch.float64)
-    solver = make_solver("dpm2", sch)
+    solver = make_solver("dpm2", sch, intermediate="lambda")
     batched = step_with_direction(data, x_T, s, t, solver)
     for i in range(3):
         one = step_with_direction(data, x_T[i : i + 1], s[i], t[i], solver)
@@ -131,7 +131,7 @@ def test_a_dpm_step_ending_at_t0_is_first_order_and_returns_the_data_prediction(
 @pytest.mark.parametrize("name", ["dpm2", "dpm++3s", "dpm2m", "dpm++3m", "plms", "ddim"])
 def test_trajectory_records_the_eps_eff_that_step_with_direction_gives_at_its_points(name):
     sch, data, x_T = gaussian_problem(batch=4)
-    solver = make_solver(name, sch)
+    solver = make_solver(name, sch, **lone_step_options(name, "logSNR"))
     order = torch.tensor([1, 2, 3, 2]) if name not in ("plms", "ddim") else None
     result = sample(data, x_T, time_grid(sch, 6, "logSNR"), solver, order=order, return_trajectory=True)
     traj = result.trajectory

@@ -76,10 +76,19 @@ def test_solver_grid_puts_order2_inner_point_at_the_lambda_midpoint(sch):
 
 
 def test_solver_grid_order3_inner_points_at_one_and_two_thirds(sch):
-    g = solver_grid(sch, 3, 3, "time_uniform")
+    g = solver_grid(sch, 3, 3, "time_uniform", fractions=(1 / 3, 2 / 3))
     ls, lt = sch.lambda_(g.t[:-1]), sch.lambda_(g.t[1:])
     assert torch.allclose(sch.lambda_(g.inner), torch.stack([ls + (lt - ls) / 3, ls + 2 * (lt - ls) / 3], 1),
                           rtol=1e-10)
+
+
+@pytest.mark.parametrize("spacing, coordinate", [("time_uniform", lambda sch, t: t),
+                                                 ("time_quadratic", lambda sch, t: t.sqrt()),
+                                                 ("logSNR", lambda sch, t: sch.lambda_(t))])
+def test_solver_grid_places_inner_points_by_the_outer_spacing_rule_by_default(sch, spacing, coordinate):
+    g = solver_grid(sch, 4, 3, spacing)
+    cs, ct, ci = coordinate(sch, g.t[:-1]), coordinate(sch, g.t[1:]), coordinate(sch, g.inner)
+    assert torch.allclose(ci, torch.stack([cs + (ct - cs) / 3, cs + 2 * (ct - cs) / 3], 1), rtol=1e-10)
 
 
 def test_solver_grid_step_into_t0_is_first_order_without_inner_points(sch):

@@ -69,7 +69,8 @@ def test_condition_rows_follow_the_sub_batch():
         return data.eps(x, t)
 
     cond = {"label": torch.tensor([7, 8, 9]), "shared": torch.zeros(1, 4)}
-    step_with_direction(model, x_T, 0.9, 0.5, make_solver("dpm2", sch), order=torch.tensor([1, 2, 1]), cond=cond)
+    step_with_direction(model, x_T, 0.9, 0.5, make_solver("dpm2", sch, intermediate="lambda"),
+                        order=torch.tensor([1, 2, 1]), cond=cond)
     assert seen == [([7, 8, 9], 1), ([8], 1)]
 
 
@@ -104,7 +105,8 @@ def test_guided_model_expands_a_batch_one_null_condition_on_sub_batches():
         return data.eps(x, t) + 0.1 * cond[:, None].to(x.dtype)
 
     guided = guided_model(eps_fn, 2.0, torch.tensor([0]))
-    out = step_with_direction(guided, x_T, 0.9, 0.5, make_solver("dpm2", sch), order=torch.tensor([2, 1, 2]),
+    out = step_with_direction(guided, x_T, 0.9, 0.5, make_solver("dpm2", sch, intermediate="lambda"),
+                              order=torch.tensor([2, 1, 2]),
                               cond=torch.tensor([1, 2, 3]))
     assert out.evaluations[1].x.shape[0] == 2
     # guided eps = eps + 0.1 * (0 + 2 * (c - 0)) = eps + 0.2 c

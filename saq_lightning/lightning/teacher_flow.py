@@ -50,7 +50,9 @@ class TeacherFlow:
         self.model = model
         self.settings = settings
         self.schedule = model.noise_schedule()
-        self.solver = make_solver(FAMILY_SOLVERS[settings.solver], self.schedule)
+        # intermediate points by the run's spacing rule, in rollouts and in targets at points alike
+        self.solver = make_solver(FAMILY_SOLVERS[settings.solver], self.schedule,
+                                  spacing=settings.spacing)
 
     # ------------------------------------------------------------------ building blocks
     def predictor(self, model: DiffusionModel | None = None) -> Any:

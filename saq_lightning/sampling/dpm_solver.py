@@ -37,11 +37,17 @@ from .exponential import (
     step_coefficients,
     x0_from_eps,
 )
+from .grids import SPACING_COORDINATE, spacing_points
 from .predictor import Evaluation, NoisePredictor, evaluate
 from .schedules import NoiseSchedule
 from .solver import Orders, Solver, StepOutput, evaluate_rows
 
 ALGORITHMS = ("dpmsolver", "dpmsolver++")
+INTERMEDIATE_RULES = ("spacing", "lambda")
+#: ``lower_order_final`` lowers the last orders below this many steps: DPM-Solver's reference
+#: code uses 10, diffusers' ``DPMSolverMultistepScheduler`` 15
+REFERENCE_LOWER_ORDER_FINAL_STEPS = 10
+DIFFUSERS_LOWER_ORDER_FINAL_STEPS = 15
 
 
 def _mask(cond: Tensor, like: Tensor) -> Tensor:
@@ -100,9 +106,17 @@ class _DPMSolverBase(Solver):
 class DPMSolver(_DPMSolverBase):
     """Singlestep DPM-Solver-k / DPM-Solver++(kS): k model calls per step, no history.
 
-    Intermediate points sit at fractions ``r`` of the step in ``lambda``: ``r2`` for order 2
-    (1/2: the midpoint, where ``eps_eff`` equals the model's prediction there) and ``r3`` for
-    order 3 (1/3, 2/3), unless ``inner`` times are given to :meth:`step`.
+    Where the intermediate points of a step ``s -> t`` sit (unless ``inner`` times are given to
+    :meth:`step`), by ``intermediate``:
+
+    * ``"spacing"`` (default, DPM-Solver's reference rule): the step is divided into ``k``
+      sub-steps by the outer grid's own spacing rule (``spacing``: uniform in ``t`` for
+      ``time_uniform``/``leading``, in ``sqrt(t)`` for ``time_quadratic``, in ``lambda`` for
+      ``logSNR``). ``spacing=None``: :func:`~saq_lightning.sampling.sample` recognises it from
+      the grid; a lone step needs it set.
+    * ``"lambda"``: fixed fractions of the step in ``lambda``: ``r2`` for order 2 (1/2, where
+      ``eps_eff`` equals the model's prediction at the midpoint) and ``r3`` for order 3
+      (1/3, 2/3). Equal to ``"spacing"`` on ``logSNR`` grids.
     """
 
     schedule: NoiseSchedule
@@ -111,6 +125,8 @@ class DPMSolver(_DPMSolverBase):
     solver_type: str = "dpmsolver"
     r2: float = 0.5
     r3: tuple[float, float] = (1.0 / 3.0, 2.0 / 3.0)
+    intermediate: str = "spacing"
+    spacing: str | None = None
 
     _solver_types = ("dpmsolver", "midpoint", "heun")
     accepts_inner = True
@@ -121,6 +137,29 @@ class DPMSolver(_DPMSolverBase):
             raise SolverConfigError(f"r2 must lie in (0, 1), got {self.r2!r}")
         if len(self.r3) != 2 or not 0.0 < self.r3[0] < self.r3[1] < 1.0:
             raise SolverConfigError(f"r3 must be (r1, r2) with 0 < r1 < r2 < 1, got {self.r3!r}")
+        if self.intermediate not in INTERMEDIATE_RULES:
+            raise SolverConfigError(f"intermediate must be one of {INTERMEDIATE_RULES}, got "
+                                    f"{self.intermediate!r}")
+        if self.spacing is not None and self.spacing not in SPACING_COORDINATE:
+            raise SolverConfigError(f"spacing must be one of {tuple(SPACING_COORDINATE)} or None, "
+                                    f"got {self.spacing!r}")
+
+    @property
+    def needs_spacing(self) -> bool:
+        """Whether intermediate points follow a spacing the solver has not been told."""
+        return self.intermediate == "spacing" and self.spacing is None
+
+    def spacing_inner(self, s: Tensor, t: Tensor, order: Tensor) -> Tensor:
+        """Intermediate times ``[B, 2]`` by the spacing rule (order-2 rows: the midpoint first)."""
+        if self.spacing is None:
+            raise SolverConfigError(
+                "singlestep DPM-Solver places intermediate points by the grid's spacing rule "
+                "(DPM-Solver's reference rule) but does not know the spacing here: pass "
+                "spacing=... to the solver (time_uniform, time_quadratic, logSNR, leading), or "
+                "intermediate='lambda' for fixed lambda-fractions")
+        pts = spacing_points(self.schedule, s, t, self.spacing, (0.5, 1.0 / 3.0, 2.0 / 3.0))
+        s1 = torch.where(order == 3, pts[..., 1], pts[..., 0])
+        return torch.stack([s1, pts[..., 2]], dim=-1)
 
     def step(
         self,
@@ -148,6 +187,8 @@ class DPMSolver(_DPMSolverBase):
         order = orders.per_sample
         m0 = self._output(x_s, c.alpha_s, c.sigma_s, eps_s)
         direction = m0
+        if orders.max >= 2 and inner is None and self.intermediate == "spacing":
+            inner = self.spacing_inner(s, torch.where(t > 0, t, s * 0.5), order)
         if orders.max >= 2:
             if inner is not None:
                 s1 = inner[:, 0].to(h)
@@ -200,8 +241,12 @@ class DPMSolverMultistep(_DPMSolverBase):
     A step of order k uses the ``k - 1`` most recent previous evaluations in ``history``
     (``Evaluation(x, t, eps)`` of the points the trajectory passed through, oldest first; their
     times may differ per sample). In a sampling loop the first steps warm up (order ``<= i + 1``)
-    and, with ``lower_order_final`` and fewer than 15 steps, the last two steps use orders 1 and
-    <= 2 (diffusers' rule, which DPM-Solver's reference code applies below 10 steps).
+    and, with ``lower_order_final`` and fewer than ``lower_order_final_steps`` steps, step ``i``
+    of ``N`` uses order ``<= N - i`` (the last two steps orders 1 and <= 2). The threshold's
+    default, 15, is diffusers' (``DPMSolverMultistepScheduler``); DPM-Solver's reference code
+    uses 10 (``REFERENCE_LOWER_ORDER_FINAL_STEPS``). Why 15: on the analytic Gaussian problem
+    (time_quadratic grid) DPM-Solver++(3M) at 10 steps without the lowering is less accurate
+    than at 5 steps with it (see docs/sampling.md).
 
     The third-order step reproduces the reference code and diffusers (its second-difference
     weight is ``phi_3/phi_1`` on ``D2 = (D1_0 - D1_1)/(r0 + r1) ~ h^2 m''/2``). ``exact_third_order``
@@ -215,11 +260,15 @@ class DPMSolverMultistep(_DPMSolverBase):
     solver_type: str = "midpoint"
     lower_order_final: bool = True
     exact_third_order: bool = False
+    lower_order_final_steps: int = DIFFUSERS_LOWER_ORDER_FINAL_STEPS
 
     multistep = True
 
     def __post_init__(self) -> None:
         self._check_common()
+        if isinstance(self.lower_order_final_steps, bool) or int(self.lower_order_final_steps) < 1:
+            raise SolverConfigError(f"lower_order_final_steps must be an int >= 1, got "
+                                    f"{self.lower_order_final_steps!r}")
 
     def check_steps(self, steps: int, max_order: int) -> None:
         if steps < max_order:
@@ -229,7 +278,7 @@ class DPMSolverMultistep(_DPMSolverBase):
 
     def order_cap(self, step: int, steps: int) -> int:
         cap = min(3, step + 1)
-        if self.lower_order_final and steps < 15:
+        if self.lower_order_final and steps < self.lower_order_final_steps:
             cap = min(cap, steps - step)
         return cap
 

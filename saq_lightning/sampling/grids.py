@@ -146,6 +146,52 @@ def time_grid(
     return validate_grid(t)
 
 
+#: how singlestep intermediate points follow each spacing (DPM-Solver's rule: the outer spacing
+#: inside each step); ``leading`` (DDIM's integer spacing) is uniform in time
+SPACING_COORDINATE = {"time_uniform": "t", "leading": "t", "time_quadratic": "sqrt_t", "logSNR": "lambda"}
+
+
+def spacing_points(schedule: NoiseSchedule, s: Tensor, t: Tensor, spacing: str,
+                   fractions: Sequence[float]) -> Tensor:
+    """Times at fractions ``f`` of the step ``s -> t`` in the coordinate that ``spacing`` is
+    uniform in (``t``, ``sqrt(t)`` or ``lambda``): ``[..., len(fractions)]``.
+
+    With ``fractions = (1/k, ..., (k-1)/k)`` these are the intermediate points of a k-th order
+    singlestep step placed as DPM-Solver's reference implementation places them: the step
+    ``s -> t`` divided into ``k`` sub-steps by the outer grid's own spacing rule.
+    """
+    if spacing not in SPACING_COORDINATE:
+        raise GridError(f"spacing must be one of {tuple(SPACING_COORDINATE)}, got {spacing!r}")
+    s, t = torch.as_tensor(s), torch.as_tensor(t)
+    coord = SPACING_COORDINATE[spacing]
+    if coord == "lambda":
+        return intermediate_times(schedule, s, t, fractions)
+    f = torch.as_tensor(list(fractions), dtype=s.dtype, device=s.device)
+    if coord == "t":
+        return s.unsqueeze(-1) + f * (t - s).unsqueeze(-1)
+    a, b = s.sqrt().unsqueeze(-1), t.sqrt().unsqueeze(-1)
+    return (a + f * (b - a)) ** 2
+
+
+def recognise_spacing(schedule: NoiseSchedule, grid: Tensor, rtol: float = 1e-7) -> str | None:
+    """The spacing a grid was made with (uniform in ``t``, ``sqrt(t)`` or ``lambda``), or ``None``.
+
+    A final point at ``t = 0`` is ignored (its step is first order). A grid of one step fits every
+    rule and is not recognised.
+    """
+    t = _f64(grid)
+    if t[-1] == 0:
+        t = t[:-1]
+    if t.numel() < 3:
+        return None
+    for spacing, c in (("time_uniform", t), ("time_quadratic", t.sqrt()),
+                       ("logSNR", schedule.lambda_(t))):
+        d = c[1:] - c[:-1]
+        if bool(torch.isfinite(d).all()) and float((d - d.mean()).abs().max()) <= rtol * float(d.abs().mean()):
+            return spacing
+    return None
+
+
 def intermediate_times(
     schedule: NoiseSchedule, s: Tensor, t: Tensor, fractions: Sequence[float]
 ) -> Tensor:
@@ -169,16 +215,16 @@ def solver_grid(
 ) -> Grid:
     """Outer grid of ``steps`` steps and the intermediate points of a singlestep solver of ``order``.
 
-    ``fractions`` defaults to DPM-Solver's: ``(1/2,)`` for order 2, ``(1/3, 2/3)`` for order 3. A
-    last step ending at ``t = 0`` has no intermediate points and order 1. For the SA-PTQ pairing
-    (first-order trajectory point ``t_j`` with the second-order intermediate point ``s_j``) use
-    ``order=2``: ``grid.t[j]`` and ``grid.inner[j, 0]``.
+    Intermediate points follow DPM-Solver's reference rule by default: the outer ``spacing`` rule
+    inside each step (:func:`spacing_points`; on ``logSNR`` grids the lambda-fractions 1/2 and
+    1/3, 2/3). ``fractions`` places them at those lambda-fractions instead. A last step ending at
+    ``t = 0`` has no intermediate points and order 1. For the SA-PTQ pairing (first-order
+    trajectory point ``t_j`` with the second-order intermediate point ``s_j``) use ``order=2``:
+    ``grid.t[j]`` and ``grid.inner[j, 0]``.
     """
     if order not in (1, 2, 3):
         raise GridError(f"order must be in (1, 2, 3), got {order!r}")
-    if fractions is None:
-        fractions = {1: (), 2: (0.5,), 3: (1.0 / 3.0, 2.0 / 3.0)}[order]
-    if len(fractions) != order - 1:
+    if fractions is not None and len(fractions) != order - 1:
         raise GridError(f"fractions must hold order - 1 = {order - 1} values, got {tuple(fractions)!r}")
     t = time_grid(schedule, steps, spacing, **grid_kwargs)
     inner = torch.full((steps, 2), float("nan"), dtype=torch.float64)
@@ -187,7 +233,12 @@ def solver_grid(
     if last < steps:
         orders[-1] = 1
     if order > 1 and last > 0:
-        inner[:last, : order - 1] = intermediate_times(schedule, t[:last], t[1 : last + 1], fractions)
+        s_, t_ = t[:last], t[1 : last + 1]
+        if fractions is None:
+            even = [j / order for j in range(1, order)]
+            inner[:last, : order - 1] = spacing_points(schedule, s_, t_, spacing, even)
+        else:
+            inner[:last, : order - 1] = intermediate_times(schedule, s_, t_, fractions)
     return Grid(t, tuple(orders), inner)
 
 

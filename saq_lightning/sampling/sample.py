@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -10,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .errors import GridError, SolverConfigError
-from .grids import Grid, as_grid
+from .grids import Grid, as_grid, recognise_spacing
 from .predictor import Evaluation, NoisePredictor
 from .schedules import compute_dtype
 from .solver import Orders, Solver
@@ -111,6 +112,15 @@ def sample(
         base = Orders.from_arg(solver.order if order is None else order, b, x_T.device,
                                solver.allowed_orders, solver.name)
         solver.check_steps(n, base.max)
+    if grid.inner is None and getattr(solver, "needs_spacing", False) and (
+            base is None and max(grid.orders) > 1 or base is not None and base.max > 1):
+        spacing = recognise_spacing(solver.schedule, grid.t)
+        if spacing is None:
+            raise SolverConfigError(
+                f"{solver.name} places intermediate points by the grid's spacing rule (DPM-Solver's "
+                f"reference rule), and this grid of {n} steps is not uniform in t, sqrt(t) or "
+                f"lambda: pass spacing=... to the solver, or intermediate='lambda'")
+        solver = dataclasses.replace(solver, spacing=spacing)
     times = grid.t.to(dtype=compute_dtype(x_T.dtype)).to(device=x_T.device)
     inner_all = None if grid.inner is None else grid.inner.to(dtype=times.dtype).to(device=x_T.device)
     history: tuple[Evaluation, ...] = ()
