@@ -3,14 +3,19 @@
 A checkpoint's ``state_dict`` holds only the student's trainable state (LoRA, quantizer
 parameters and their state buffers, keys ``student.*``): the frozen teacher weights come from
 their original files on every start. ``checkpoint["saq"]`` records what the state belongs to:
-the teacher spec and the full quantization policy.
+the teacher spec and the full quantization policy, plus a fingerprint of the teacher's weights
+(``teacher_fingerprint``: a student is a correction *of those weights*; on another weight file of
+the same architecture it is refused unless the transfer is deliberate) and the student's bucket
+map.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from saq_lightning.data.manifest import diff_values, format_mismatches
@@ -42,6 +47,34 @@ def split_student_state(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def identity(teacher_spec: Mapping[str, Any], policy: Mapping[str, Any]) -> dict[str, Any]:
     """``checkpoint["saq"]``: the format, the teacher spec and the quantization policy."""
     return {"format": FORMAT, "version": VERSION, "teacher": dict(teacher_spec), "policy": dict(policy)}
+
+
+def teacher_fingerprint(teacher: nn.Module) -> str:
+    """SHA-256 (first 32 hex digits) over the names, shapes, dtypes and bytes of every tensor of
+    ``teacher``'s state dict, in name order: equal exactly when the weights are bit-identical."""
+    h = hashlib.sha256()
+    for name, t in sorted(teacher.state_dict().items()):
+        t = t.detach()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        if t.numel():
+            h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()[:32]
+
+
+def check_teacher_fingerprint(saved: Mapping[str, Any], now: str, source: str,
+                              allow_transfer: bool = False) -> None:
+    """Refuse a student trained against other teacher weights (a checkpoint without a fingerprint,
+    written before it was recorded, passes)."""
+    recorded = saved.get("teacher_fingerprint")
+    if recorded is None or recorded == now or allow_transfer:
+        return
+    raise CheckpointMismatchError(
+        f"{source}: the student was trained against teacher weights with fingerprint {recorded}, "
+        f"the teacher loaded now (weights {saved.get('teacher', {}).get('weights')!r} in the "
+        f"checkpoint's spec; this run's may differ) has fingerprint {now}: the LoRA and quantizer "
+        f"state corrects other weights. To transfer it deliberately pass allow_teacher_transfer="
+        f"True (fit: --model.allow_teacher_transfer true; load_student(..., "
+        f"allow_teacher_transfer=True))")
 
 
 def _comparable(spec: Mapping[str, Any]) -> dict[str, Any]:

@@ -51,10 +51,12 @@ from .buckets import bucket_map_for
 from .calibration import calibration_batches
 from .checkpointing import (
     check_identity,
+    check_teacher_fingerprint,
     identity,
     restore_bucket_map,
     split_student_state,
     student_state_dict,
+    teacher_fingerprint,
 )
 from .conditions import ConditionSource, noise_for
 from .generation import check_trajectory_meta, manifest_phases
@@ -121,6 +123,8 @@ class SAQLightningModule(L.LightningModule):
             steps training stops with an error (the last checkpoint stays the last good one).
         seed: seeds the LoRA initialisation (independent of the global RNG: a run is a function
             of its config) and the on-the-fly choice of trajectory points.
+        allow_teacher_transfer: resume/load a checkpoint whose student was trained against other
+            teacher weights (a different fingerprint) deliberately; not saved with the run.
     """
 
     def __init__(
@@ -139,6 +143,7 @@ class SAQLightningModule(L.LightningModule):
         online_points_per_batch: int | None = None,
         max_nonfinite_steps: int = 10,
         seed: int = 0,
+        allow_teacher_transfer: bool = False,
     ) -> None:
         super().__init__()
         if alignment not in ("mixed_order", "same_input"):
@@ -195,6 +200,9 @@ class SAQLightningModule(L.LightningModule):
         self.active_phase: tuple[int, MixStepPhase] | None = None
         self.skipped_nonfinite_batch = False
         self.restored_from_checkpoint = False
+        self.allow_teacher_transfer = bool(allow_teacher_transfer)
+        # of the weights as loaded from their file (before any precision plugin casts them)
+        self.teacher_fingerprint = teacher_fingerprint(self.teacher)
 
     # ------------------------------------------------------------------ views
     @property
@@ -473,9 +481,12 @@ class SAQLightningModule(L.LightningModule):
         checkpoint["state_dict"] = student_state_dict(self.student)
         checkpoint["saq"] = self._identity()
         checkpoint["saq"]["bucket_map"] = self.student.bucket_map.to_dict()
+        checkpoint["saq"]["teacher_fingerprint"] = self.teacher_fingerprint
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_identity(checkpoint.get("saq"), self._identity(), "checkpoint")
+        check_teacher_fingerprint(checkpoint["saq"], self.teacher_fingerprint, "checkpoint",
+                                  self.allow_teacher_transfer)
         restore_bucket_map(self.student, checkpoint["saq"], "checkpoint")
         load_trainable_state_dict(self.student, split_student_state(checkpoint["state_dict"]))
         self.restored_from_checkpoint = True

@@ -15,7 +15,14 @@ import torch
 from saq_lightning.models import DiffusionModel, ModelSpec, build_model
 from saq_lightning.quant import QuantPolicy, load_trainable_state_dict, quantize_model
 
-from .checkpointing import FORMAT, CheckpointMismatchError, restore_bucket_map, split_student_state
+from .checkpointing import (
+    FORMAT,
+    CheckpointMismatchError,
+    check_teacher_fingerprint,
+    restore_bucket_map,
+    split_student_state,
+    teacher_fingerprint,
+)
 
 
 def load_student(
@@ -23,6 +30,7 @@ def load_student(
     map_location: str | torch.device = "cpu",
     *,
     teacher_weights: str | None = None,
+    allow_teacher_transfer: bool = False,
 ) -> DiffusionModel:
     """The quantized, trained student of an SA-QLoRA checkpoint (``last.ckpt`` etc.), in eval mode.
 
@@ -31,10 +39,13 @@ def load_student(
         map_location: device for the model.
         teacher_weights: another location of the teacher's weights than the one recorded in the
             checkpoint (the file moved).
+        allow_teacher_transfer: load the student onto teacher weights other than those it was
+            trained against (their fingerprints differ), deliberately.
 
     Raises:
         FileNotFoundError: the checkpoint (or the teacher's weights) does not exist.
-        CheckpointMismatchError: the file is not an SA-QLoRA student checkpoint.
+        CheckpointMismatchError: the file is not an SA-QLoRA student checkpoint, or the teacher's
+            weights are not those the student was trained against.
     """
     path = Path(checkpoint).expanduser()
     if not path.is_file():
@@ -50,6 +61,7 @@ def load_student(
         spec.weights = teacher_weights
     policy = QuantPolicy.from_dict(saq["policy"])
     teacher = build_model(spec)
+    check_teacher_fingerprint(saq, teacher_fingerprint(teacher), str(path), allow_teacher_transfer)
     student, _ = quantize_model(teacher.unet, policy, warn=False)
     try:
         load_trainable_state_dict(student, split_student_state(ckpt["state_dict"]))

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -28,13 +29,55 @@ from .timestep_quantizer import TimestepActQuantizer
 Batch = Mapping[str, Any] | Sequence[Any]
 
 
+def _subset(n: int, k: int, generator: torch.Generator) -> Tensor:
+    """``k`` distinct indices of ``0..n-1``, uniformly (without building ``randperm(n)`` for a big ``n``)."""
+    if k >= n:
+        return torch.arange(n)
+    if n > 16 * k:  # distinct values among with-replacement draws form a uniform random subset
+        draw = torch.unique(torch.randint(0, n, (k + k // 4 + 16,), generator=generator))
+        if draw.numel() >= k:
+            return draw[torch.randperm(draw.numel(), generator=generator)[:k]]
+    return torch.randperm(n, generator=generator)[:k]
+
+
+class Reservoir:
+    """A uniform random sample, without replacement, of at most ``size`` values of a stream.
+
+    Memory is ``size`` values whatever the stream's length: a new chunk of ``m`` values joins
+    ``n`` seen ones by drawing how many of the ``size`` kept values come from it
+    (hypergeometric), then that many from the chunk and the rest from the reservoir, uniformly.
+    """
+
+    def __init__(self, size: int, generator: torch.Generator) -> None:
+        self.size = int(size)
+        self.generator = generator
+        self.seen = 0
+        self.values = torch.empty(0)
+        self._np = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+
+    def add(self, v: Tensor) -> None:
+        v = v.detach().reshape(-1).float()
+        m = v.numel()
+        if m == 0:
+            return
+        n, k = self.seen, self.size
+        if n + m <= k:
+            self.values = torch.cat([self.values, v.cpu()])
+        else:
+            j = int(self._np.hypergeometric(m, n, k)) if n else k  # from the chunk
+            keep_old = self.values[_subset(self.values.numel(), k - j, self.generator)]
+            new = v[_subset(m, j, self.generator).to(v.device)].cpu()
+            self.values = torch.cat([keep_old, new])
+        self.seen = n + m
+
+
 class BucketObserver:
-    """Collects a random sample (at most ``max_values`` per bucket) of a quantizer's inputs."""
+    """One :class:`Reservoir` (at most ``max_values``) of a quantizer's inputs per timestep bucket."""
 
     def __init__(self, max_values: int, generator: torch.Generator) -> None:
         self.max_values = max_values
         self.generator = generator
-        self.values: dict[int, list[Tensor]] = defaultdict(list)
+        self.reservoirs: dict[int, Reservoir] = {}
         self.count: dict[int, int] = defaultdict(int)
 
     def __call__(self, x: Tensor, bucket: Tensor) -> None:
@@ -43,21 +86,13 @@ class BucketObserver:
             bucket = bucket.expand(x.shape[0])
         flat = x.reshape(x.shape[0], -1)
         for b in torch.unique(bucket).tolist():
-            v = flat[bucket == b].reshape(-1)
-            if v.numel() > self.max_values:
-                pick = torch.randint(0, v.numel(), (self.max_values,), generator=self.generator)
-                v = v[pick.to(v.device)]
-            self.values[b].append(v.cpu())
+            if b not in self.reservoirs:
+                self.reservoirs[b] = Reservoir(self.max_values, self.generator)
+            self.reservoirs[b].add(flat[bucket == b])
             self.count[b] += 1
 
     def samples(self) -> dict[int, Tensor]:
-        out = {}
-        for b, chunks in self.values.items():
-            v = torch.cat(chunks)
-            if v.numel() > self.max_values:
-                v = v[torch.randint(0, v.numel(), (self.max_values,), generator=self.generator)]
-            out[b] = v
-        return out
+        return {b: r.values for b, r in self.reservoirs.items()}
 
 
 @torch.no_grad()
