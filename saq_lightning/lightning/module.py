@@ -343,6 +343,7 @@ class SAQLightningModule(L.LightningModule):
             points["cond"] = batch.get("cond")
             points["eps_eff"] = batch.get("eps_eff")
             points["step"] = batch.get("step")
+            points["history"] = None
             if batch.get("x_hist") is not None and self.phases is not None:
                 points["history"] = self.flow.record_history(
                     batch["x_hist"], batch["step"], batch["phase"], self.phases, batch["s"].dtype)

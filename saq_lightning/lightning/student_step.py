@@ -11,9 +11,10 @@ and ``lower_order_final``). Its effective direction is what the loss compares wi
 * multistep DPM-Solver(++)-kM / PLMS: one evaluation at ``x_s`` plus the student's evaluations at
   the ``k - 1`` previous grid states of the teacher's trajectory (differentiable too), combined
   by the solver's formula (PLMS's first step: its pseudo improved Euler step, 2 evaluations);
-* order 1 (DPM-Solver-1 = DDIM, PLMS-1): ``eps(x_s, s)`` itself -- today's MOTA, exactly.
+* order 1 (DPM-Solver-1 = DDIM, PLMS-1): ``eps(x_s, s)`` itself, all order-1 rows of the batch
+  in one evaluation -- today's MOTA, exactly (same loss, same gradients).
 
-Rows of different phases are stepped separately (their solvers may differ) and put back in order.
+Rows of higher orders are stepped per phase (their solvers may differ) and put back in order.
 """
 
 from __future__ import annotations
@@ -58,27 +59,31 @@ def student_effective_direction(
     if step is None:
         step = torch.zeros_like(phase_index)
     orders = student_orders(flow, phases, phase_index, step.to(x_s.device))
-    history: PointHistory | None = points.get("history")
+    history = points.get("history") or PointHistory.none(x_s)
     b = x_s.shape[0]
-    groups = torch.unique(phase_index).tolist()
+    # order-1 rows of every phase and solver: the student's eps at x_s (what every solver's
+    # first-order step uses), one evaluation of all of them together -- MOTA exactly
+    groups: list[tuple[int | None, Tensor | None]] = []
+    first = orders == 1
+    if bool(first.all()):
+        return student(x_s, s, cond)
+    if bool(first.any()):
+        groups.append((None, torch.nonzero(first).flatten()))
+    for p in torch.unique(phase_index[~first]).tolist():
+        groups.append((int(p), torch.nonzero((phase_index == p) & ~first).flatten()))
     out = None
-    for p in groups:
-        solver = flow.student_solver(phases[int(p)])
-        whole = len(groups) == 1
-        rows = None if whole else torch.nonzero(phase_index == p).flatten()
-        hist = (history or PointHistory.none(x_s))
-        if not whole:
-            hist = hist.rows(rows)
-        eps = eps_eff_at_points(
-            student, solver, x_s if whole else x_s[rows], s if whole else s[rows],
-            t if whole else t[rows], orders if whole else orders[rows],
-            cond if whole else select_batch(cond, rows, b), **hist._asdict())
-        if whole:
+    for p, rows in groups:
+        xr, sr, cr = x_s[rows], s[rows], select_batch(cond, rows, b)
+        if p is None:
+            eps = student(xr, sr, cr)
+        else:
+            eps = eps_eff_at_points(student, flow.student_solver(phases[p]), xr, sr, t[rows],
+                                    orders[rows], cr, **history.rows(rows)._asdict())
+        if len(groups) == 1:
             return eps
         out = torch.zeros_like(x_s, dtype=eps.dtype) if out is None else out
         out = out.index_copy(0, rows, eps)
     return out
-
 
 def check_phase_solvers(flow: TeacherFlow, phases: Sequence[MixStepPhase],
                         record_fields: dict[str, Any] | None = None, source: str = "") -> None:
