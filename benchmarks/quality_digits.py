@@ -39,6 +39,11 @@ from saq_lightning.metrics.sample_generation import SamplerSetting
 
 FIXED_10 = [{"student_steps": 10, "student_order": 1, "teacher_order": 2}]
 MIXSTEP = [{"student_steps": s, "student_order": 1, "teacher_order": 2} for s in (20, 10, 5)]
+# solver-aware rows (docs/training.md): the student's own DPM-Solver-2 step in the loss; one student
+# for DPM-Solver-1, -2 and -3 (a phase per order, each against a teacher of at least order 2)
+SOLVER_AWARE_DPM2 = [{"student_steps": 10, "student_order": 2, "teacher_order": 2}]
+SOLVER_AWARE_123 = [{"student_steps": 10, "student_order": k, "teacher_order": max(k, 2)}
+                    for k in (1, 2, 3)]
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,8 @@ ROWS = [
     Row("W4A8 naive", "w4a8"),
     Row("W4A8 mixed-order", "w4a8", "mixed_order"),
     Row("W8A8 naive", "w8a8"),
+    Row("W4A4 solver-aware DPM-2", "w4a4", "mixed_order", SOLVER_AWARE_DPM2),
+    Row("W4A4 solver-aware orders 1-3", "w4a4", "mixed_order", SOLVER_AWARE_123),
 ]
 HEADLINE = {"W4A4 naive": "naive", "W4A4 same-input": "same_input",
             "W4A4 mixed-order": "mixed_order", "W4A4 mixed-order + mixstep": "mixstep"}
@@ -79,7 +86,8 @@ def row_config(base: Path, out: Path, row: Row, max_steps: int) -> Path:
         if cb["class_path"].endswith("MixStepCallback"):
             cb["init_args"]["phases"] = row.phases
     # rows with the same phases share one trajectory folder (generate keeps finished shards)
-    tag = "mixstep" if row.phases == MIXSTEP else "fixed10"
+    shared = {"mixstep": MIXSTEP, "fixed10": FIXED_10}
+    tag = next((k for k, v in shared.items() if v == row.phases), row.key)
     cfg["data"]["init_args"]["shards"] = str(out.parent / f"trajectories_{tag}")
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -106,6 +114,10 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rows", nargs="*", default=None, help="row names to run (default: all)")
+    parser.add_argument("--steps", type=int, nargs="*", default=[5, 10, 20],
+                        help="sampling steps of every solver (default: 5 10 20)")
+    parser.add_argument("--name", default="quality_digits",
+                        help="file stem of the outputs (a run of selected rows: give it its own)")
     args = parser.parse_args()
     console = Console()
     out = Path(args.out)
@@ -113,7 +125,7 @@ def main() -> None:
     guidance = yaml.safe_load(base.read_text())["model"]["init_args"].get("guidance_scale", 1.0)
     classifier, _ = load_digits_classifier()
     real, _ = digits_split("all")
-    settings = [SamplerSetting(f"dpm{k}", n, "time_uniform", guidance) for k in (1, 2, 3) for n in (5, 10, 20)]
+    settings = [SamplerSetting(f"dpm{k}", n, "time_uniform", guidance) for k in (1, 2, 3) for n in args.steps]
     rows = [r for r in ROWS if args.rows is None or r.name in args.rows]
     commit = source_commit()  # now: the tree may change while the benchmark runs
     t_start = time.perf_counter()
@@ -179,6 +191,7 @@ def source_commit() -> str:
 def write_outputs(out: Path, results: list[dict[str, Any]], args: argparse.Namespace, guidance: float,
                   commit: str, seconds: float) -> None:
     payload = {"commit": commit, "samples": args.samples, "max_steps": args.max_steps,
+               "rows": args.rows, "steps": args.steps,
                "torch_threads": torch.get_num_threads(),
                "guidance_scale": guidance, "seconds": seconds, "results": results}
     md = (f"Cells: FD / class accuracy / final-step RMS deviation from FP (same solver and steps); "
@@ -188,8 +201,8 @@ def write_outputs(out: Path, results: list[dict[str, Any]], args: argparse.Names
     results_dir = Path(__file__).resolve().parent / "results"
     for folder in (out, results_dir):
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "quality_digits.json").write_text(json.dumps(payload, indent=2) + "\n")
-        (folder / "quality_digits.md").write_text(md)
+        (folder / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+        (folder / f"{args.name}.md").write_text(md)
     print(md, flush=True)  # plain print: rich would wrap the table's lines
     print(headline(results))
 
