@@ -31,9 +31,9 @@ from saq_lightning.data.mixstep import MixStepPhase
 from saq_lightning.models import DiffusionModel
 from saq_lightning.sampling import (
     GridError,
+    Solver,
     Trajectory,
     eps_eff_from_states,
-    Solver,
     make_solver,
     sample,
     step_coefficients,
