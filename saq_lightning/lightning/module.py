@@ -468,7 +468,8 @@ class SAQLightningModule(L.LightningModule):
             teacher = sample(self.flow.predictor(), x_T, self.flow.grid(int(phase.teacher_steps)),
                              self.flow.solver, cond=cond, order=int(phase.teacher_order))
             student = sample(self.flow.predictor(self.student_model), x_T,
-                             self.flow.grid(int(phase.student_steps)), self.flow.solver, cond=cond,
+                             self.flow.grid(int(phase.student_steps)),
+                             self.flow.student_solver(phase), cond=cond,
                              order=int(phase.student_order))
         finally:
             self.student.train(was_training)
