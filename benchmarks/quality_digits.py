@@ -1,11 +1,14 @@
 """The paper's Table 1 at small scale, on the embedded digits default.
 
 Rows: FP | W4A4 naive PTQ | W4A4 same-input alignment (EfficientDM-style) | W4A4 mixed-order
-(SA-QLoRA) | W4A4 mixed-order + mixstep | W4A8 naive / mixed-order | W8A8 naive. Every trained row
-has the same training budget (``--max_steps`` optimizer steps of ``configs/digits_w4a4.yaml``'s
-batch). Each row is sampled with DPM-Solver-1/2/3 at 5, 10 and 20 steps from the same x_T; columns:
+(SA-QLoRA) | W4A4 mixed-order + mixstep | W4A8 naive / mixed-order | W8A8 naive | W4A4 default
+recipe / W4A4 author recipe (``configs/digits_w4a4.yaml`` against ``configs/digits_w4a4_author.yaml``
+with their own phases, the same budget). Every trained row has the same training budget
+(``--max_steps`` optimizer steps of ``configs/digits_w4a4.yaml``'s batch). Each row is sampled with DPM-Solver-1/2/3 at 5, 10 and 20 steps from the same x_T; columns:
 FD vs the real digits, class accuracy, and the final-step deviation (RMS distance of each final
-sample from the FP model's final sample under the same solver and steps).
+sample from the FP model's final sample under the same solver and steps); a second table gives
+pixel-space FD and k-NN precision/recall in both spaces (classifier features / pixels).
+``--guidance 1 2`` samples every row at each CFG scale (training stays at the config's).
 
     python benchmarks/quality_digits.py --out runs/quality_digits [--max_steps 800] [--samples 500]
 
@@ -51,7 +54,8 @@ class Row:
     name: str
     policy: str | None = None  # None: the FP teacher
     alignment: str | None = None  # None: naive PTQ (calibrated, untrained)
-    phases: list[dict[str, int]] = field(default_factory=lambda: FIXED_10)
+    phases: list[dict[str, int]] | None = field(default_factory=lambda: FIXED_10)  # None: the config's
+    config: str | None = None  # another training config than --config (a recipe row)
 
     @property
     def key(self) -> str:
@@ -67,11 +71,15 @@ ROWS = [
     Row("W4A8 naive", "w4a8"),
     Row("W4A8 mixed-order", "w4a8", "mixed_order"),
     Row("W8A8 naive", "w8a8"),
+    # recipe comparison at equal budget: each config with its own phases, spacing, loss, lr
+    Row("W4A4 default recipe", "w4a4", "mixed_order", None, "configs/digits_w4a4.yaml"),
+    Row("W4A4 author recipe", "w4a4", "mixed_order", None, "configs/digits_w4a4_author.yaml"),
     Row("W4A4 solver-aware DPM-2", "w4a4", "mixed_order", SOLVER_AWARE_DPM2),
     Row("W4A4 solver-aware orders 1-3", "w4a4", "mixed_order", SOLVER_AWARE_123),
 ]
 HEADLINE = {"W4A4 naive": "naive", "W4A4 same-input": "same_input",
-            "W4A4 mixed-order": "mixed_order", "W4A4 mixed-order + mixstep": "mixstep"}
+            "W4A4 mixed-order": "mixed_order", "W4A4 mixed-order + mixstep": "mixstep",
+            "W4A4 default recipe": "default_recipe", "W4A4 author recipe": "author_recipe"}
 
 
 def row_config(base: Path, out: Path, row: Row, max_steps: int) -> Path:
@@ -83,7 +91,7 @@ def row_config(base: Path, out: Path, row: Row, max_steps: int) -> Path:
     init["policy"] = row.policy or "w4a4"
     init["alignment"] = row.alignment or "mixed_order"
     for cb in cfg["trainer"]["callbacks"]:
-        if cb["class_path"].endswith("MixStepCallback"):
+        if cb["class_path"].endswith("MixStepCallback") and row.phases is not None:
             cb["init_args"]["phases"] = row.phases
     # rows with the same phases share one trajectory folder (generate keeps finished shards)
     shared = {"mixstep": MIXSTEP, "fixed10": FIXED_10}
@@ -94,6 +102,8 @@ def row_config(base: Path, out: Path, row: Row, max_steps: int) -> Path:
 
 
 def build_row_model(row: Row, base: Path, out: Path, max_steps: int, console: Console):
+    if row.config is not None:
+        base = resolve_config(row.config)
     config = row_config(base, out / row.key, row, max_steps)
     module = load_run(["--config", str(config)]).model
     if row.policy is None:
@@ -114,10 +124,12 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rows", nargs="*", default=None, help="row names to run (default: all)")
-    parser.add_argument("--steps", type=int, nargs="*", default=[5, 10, 20],
-                        help="sampling steps of every solver (default: 5 10 20)")
+    parser.add_argument("--guidance", type=float, nargs="*", default=None,
+                        help="CFG scales to sample at (default: the config's)")
+    parser.add_argument("--solvers", type=int, nargs="*", default=[1, 2, 3], help="DPM-Solver orders")
+    parser.add_argument("--steps", type=int, nargs="*", default=[5, 10, 20], help="step counts")
     parser.add_argument("--name", default="quality_digits",
-                        help="file stem of the outputs (a run of selected rows: give it its own)")
+                        help="results file stem (a reduced run: another name keeps the full table)")
     args = parser.parse_args()
     console = Console()
     out = Path(args.out)
@@ -125,7 +137,9 @@ def main() -> None:
     guidance = yaml.safe_load(base.read_text())["model"]["init_args"].get("guidance_scale", 1.0)
     classifier, _ = load_digits_classifier()
     real, _ = digits_split("all")
-    settings = [SamplerSetting(f"dpm{k}", n, "time_uniform", guidance) for k in (1, 2, 3) for n in args.steps]
+    scales = args.guidance or [guidance]
+    settings = [SamplerSetting(f"dpm{k}", n, "time_uniform", g) for g in scales for k in args.solvers
+                for n in args.steps]
     rows = [r for r in ROWS if args.rows is None or r.name in args.rows]
     commit = source_commit()  # now: the tree may change while the benchmark runs
     t_start = time.perf_counter()
@@ -138,45 +152,71 @@ def main() -> None:
             t0 = time.perf_counter()
             samples, labels = sample_class_balanced(model, args.samples, setting, args.seed)
             q = digits_quality(classifier, samples, labels, real)
-            key = f"{setting.solver}@{setting.steps}"
+            key = f"{setting.solver}@{setting.steps}@cfg{setting.guidance_scale:g}"
             if row.policy is None:
                 fp_final[key] = samples
             deviation = float((samples - fp_final[key]).pow(2).mean().sqrt()) if key in fp_final else None
             results.append({"row": row.name, "solver": setting.solver, "steps": setting.steps,
-                            "fd": q.fd, "class_accuracy": q.class_accuracy,
+                            "guidance_scale": setting.guidance_scale,
+                            **q.as_dict(),
                             "final_deviation": deviation, "train_seconds": train_seconds,
                             "sample_seconds": time.perf_counter() - t0})
-            console.print(f"  {key:8s} FD {q.fd:7.3f}  acc {q.class_accuracy:6.1%}  dev "
+            console.print(f"  {key:14s} FD {q.fd:7.3f}  acc {q.class_accuracy:6.1%}  pixel FD "
+                          f"{q.pixel_fd:6.3f}  P/R {q.precision:.2f}/{q.recall:.2f} pix "
+                          f"{q.pixel_precision:.2f}/{q.pixel_recall:.2f}  dev "
                           f"{deviation if deviation is not None else float('nan'):.4f}")
     write_outputs(out, results, args, guidance, commit, time.perf_counter() - t_start)
 
 
-def markdown_table(results: list[dict[str, Any]]) -> str:
-    """One line per (row, solver); a column per step count; cells ``FD / accuracy / deviation``."""
+def markdown_table(results: list[dict[str, Any]], cell_of=None) -> str:
+    """One line per (row, solver[, CFG]); a column per step count; cells ``FD / accuracy / deviation``
+    (or ``cell_of(result)``)."""
     steps = sorted({r["steps"] for r in results})
-    lines = ["| row | solver | " + " | ".join(f"{n} steps" for n in steps) + " |",
-             "|---|---|" + "---:|" * len(steps)]
-    cell = {(r["row"], r["solver"], r["steps"]): r for r in results}
+    scales = sorted({r.get("guidance_scale") for r in results}, key=lambda g: (g is None, g))
+    by_cfg = len(scales) > 1
+    lines = ["| row | solver | " + ("CFG | " if by_cfg else "") + " | ".join(f"{n} steps" for n in steps) + " |",
+             "|---|---|" + ("---:|" if by_cfg else "") + "---:|" * len(steps)]
+    cell = {(r["row"], r["solver"], r["steps"], r.get("guidance_scale")): r for r in results}
+
+    def default_cell(r: dict[str, Any]) -> str:
+        dev = "" if r["final_deviation"] in (None, 0.0) else f" / {r['final_deviation']:.3f}"
+        return f"{r['fd']:.3f} / {r['class_accuracy']:.1%}{dev}"
+
+    cell_of = cell_of or default_cell
     for name in dict.fromkeys(r["row"] for r in results):
-        for solver in dict.fromkeys(r["solver"] for r in results if r["row"] == name):
-            cells = []
-            for n in steps:
-                r = cell.get((name, solver, n))
-                if r is None:
-                    cells.append("")
+        for g in scales:
+            for solver in dict.fromkeys(r["solver"] for r in results if r["row"] == name):
+                cells = [cell_of(cell[(name, solver, n, g)]) if (name, solver, n, g) in cell else ""
+                         for n in steps]
+                if not any(cells):
                     continue
-                dev = "" if r["final_deviation"] in (None, 0.0) else f" / {r['final_deviation']:.3f}"
-                cells.append(f"{r['fd']:.3f} / {r['class_accuracy']:.1%}{dev}")
-            lines.append(f"| {name} | DPM-Solver-{solver[-1]} | " + " | ".join(cells) + " |")
+                cfg = f"{g:g} | " if by_cfg else ""
+                lines.append(f"| {name} | DPM-Solver-{solver[-1]} | {cfg}" + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def spaces_cell(r: dict[str, Any]) -> str:
+    """Pixel FD / precision, recall in classifier space / in pixel space."""
+    if "pixel_fd" not in r:
+        return ""
+    return (f"{r['pixel_fd']:.3f} / {r['precision']:.2f}, {r['recall']:.2f} / "
+            f"{r['pixel_precision']:.2f}, {r['pixel_recall']:.2f}")
+
+
 def headline(results: list[dict[str, Any]]) -> str:
-    fd = {(r["row"], r["solver"], r["steps"]): r["fd"] for r in results}
-    fp2 = fd.get(("FP", "dpm2", 10))
-    parts = [f"{short}={fd[(row, 'dpm1', 10)] / fp2:.2f}" for row, short in HEADLINE.items()
-             if fp2 and (row, "dpm1", 10) in fd]
-    return "fd_ratio " + " ".join(parts)
+    """Student FD with DPM-Solver-1 at 10 steps over FP FD with DPM-Solver-2 at 10 steps, per W4A4
+    row, CFG scale and feature space (classifier ``fd``, pixel ``pixel_fd``)."""
+    parts = []
+    for g in sorted({r.get("guidance_scale") for r in results}, key=lambda g: (g is None, g)):
+        for metric, label in (("fd", "fd_ratio"), ("pixel_fd", "pixel_fd_ratio")):
+            fd = {(r["row"], r["solver"], r["steps"]): r.get(metric) for r in results
+                  if r.get("guidance_scale") == g}
+            fp2 = fd.get(("FP", "dpm2", 10))
+            ratios = [f"{short}={fd[(row, 'dpm1', 10)] / fp2:.2f}" for row, short in HEADLINE.items()
+                      if fp2 and fd.get((row, "dpm1", 10)) is not None]
+            if ratios:
+                parts.append((f"cfg{g:g} " if g is not None else "") + label + " " + " ".join(ratios))
+    return "; ".join(parts)
 
 
 def source_commit() -> str:
@@ -191,18 +231,20 @@ def source_commit() -> str:
 def write_outputs(out: Path, results: list[dict[str, Any]], args: argparse.Namespace, guidance: float,
                   commit: str, seconds: float) -> None:
     payload = {"commit": commit, "samples": args.samples, "max_steps": args.max_steps,
-               "rows": args.rows, "steps": args.steps,
+               "rows": list(dict.fromkeys(r["row"] for r in results)),
                "torch_threads": torch.get_num_threads(),
                "guidance_scale": guidance, "seconds": seconds, "results": results}
     md = (f"Cells: FD / class accuracy / final-step RMS deviation from FP (same solver and steps); "
           f"{args.samples} class-balanced samples, CFG {guidance:g}, {args.max_steps} training steps per "
           f"trained row, commit {commit}, {seconds / 60:.1f} min on this machine.\n\n"
-          + markdown_table(results) + "\n")
+          + markdown_table(results) + "\n\nSecond feature space: pixel-space FD / k-NN precision, recall "
+          "(k = 3) in the classifier's feature space / in pixel space.\n\n"
+          + markdown_table(results, spaces_cell) + "\n")
     results_dir = Path(__file__).resolve().parent / "results"
     for folder in (out, results_dir):
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-        (folder / f"{args.name}.md").write_text(md)
+        (folder / f"{getattr(args, 'name', 'quality_digits')}.json").write_text(json.dumps(payload, indent=2) + "\n")
+        (folder / f"{getattr(args, 'name', 'quality_digits')}.md").write_text(md)
     print(md, flush=True)  # plain print: rich would wrap the table's lines
     print(headline(results))
 

@@ -34,6 +34,7 @@ SOLVER_AWARE = {
     "digits_w4a4_plms.yaml": ("plms", [("plms", 2, 3)] * 2),
     "digits_w4a4_dpmpp_multistep.yaml": ("dpm++_multistep", [("dpm++_multistep", 2, 3)] * 2),
 }
+AUTHOR = ["digits_w4a4_author.yaml", "ldm4_w4a4_author.yaml"]
 
 
 class _ParseOnlyCLI(SAQLightningCLI):
@@ -49,7 +50,7 @@ def parse(name: str):
 
 def test_every_training_config_is_covered_here():
     found = sorted(p.name for p in CONFIGS.glob("*_w4a*.yaml"))
-    assert found == sorted(["digits_w4a4.yaml", *BIG, *SOLVER_AWARE])
+    assert found == sorted(["digits_w4a4.yaml", *BIG, *AUTHOR, *SOLVER_AWARE])
 
 
 @pytest.mark.parametrize("name", BIG)
@@ -119,3 +120,52 @@ def test_solver_aware_digits_configs_build_and_their_phases_fit_their_solvers(na
     check_phase_solvers(module.flow, parts.schedule.phases)
     multistep = teacher != "dpm"
     assert module.flow.history_size(parts.schedule.phases) == (2 if multistep else 0)
+
+
+def _without_comments_and_names(text: str, name: str) -> list[str]:
+    return [line.split("#")[0].rstrip().replace(name, "NAME") for line in text.splitlines()
+            if line.split("#")[0].strip()]
+
+
+@pytest.mark.parametrize("name", AUTHOR)
+def test_the_author_recipe_is_one_config_away_from_the_default(name):
+    """Only the recipe differs from the default config: reductions, LoRA lr, phase batches, spacing."""
+    default = name.replace("_author", "")
+    ours = _without_comments_and_names((CONFIGS / name).read_text(), name.removesuffix(".yaml"))
+    base = _without_comments_and_names((CONFIGS / default).read_text(), default.removesuffix(".yaml"))
+    changed = {line.strip() for line in set(ours) ^ set(base)}
+    recipe = {"phase_batches: steps", "spacing: time_quadratic", "spacing: time_uniform",
+              "w_cos: 100.0", "w_cos: 1.0", "mse_reduction: sum", "cos_reduction: sum",
+              "lora_lr_mode: scale_aware", "lora_lr_divisor: 2500.0"}
+    assert {c for c in changed if not c.startswith("batches_per_phase")} <= recipe
+    cfg = parse(name)
+    init = cfg.model.init_args.as_dict()
+    loss, opt = LossSettings(**init["loss"]), OptimizerSettings(**init["optimizer"])
+    assert (loss.mse_reduction, loss.cos_reduction, loss.w_cos) == ("sum", "sum", 100.0)
+    assert (opt.lora_lr_mode, opt.lora_lr_divisor) == ("scale_aware", 2500.0)
+    assert init["spacing"] == "time_quadratic"
+    mix = next(c for c in cfg.trainer.callbacks if c.class_path.endswith("MixStepCallback")).init_args
+    schedule = MixStepCallback(**mix.as_dict()).schedule
+    steps = [p.student_steps for p in schedule.phases]
+    batches = [schedule.batches_of(p) for p in range(schedule.num_phases)]
+    assert [b / batches[-1] for b in batches] == [s / steps[-1] for s in steps]  # 100:50:20:10
+
+
+def test_the_digits_author_recipe_builds_and_binds_its_time_quadratic_buckets():
+    parts = load_run(["--config", str(CONFIGS / "digits_w4a4_author.yaml")])
+    module = parts.model
+    module.bind_bucket_map(parts.schedule.phases)
+    bmap = module.student.bucket_map
+    assert [g.spacing for g in bmap.grids] == ["time_quadratic"] * 2
+    assert len(set(bmap.table(bmap.grids[0].name))) == 20
+
+
+def test_the_ldm4_author_recipe_builds_its_student_on_the_meta_device():
+    cfg = parse("ldm4_w4a4_author.yaml")
+    init = cfg.model.init_args.as_dict()
+    spec = ModelSpec(**{k: v for k, v in init["teacher"].items() if k != "__path__"})
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model = build_model(spec, load_weights=False)
+        student, _ = quantize_model(model.unet, resolve_policy(init["policy"]))
+    assert sum(p.numel() for p in student.parameters() if p.requires_grad) > 0

@@ -52,6 +52,8 @@ class MixStepCallback(Callback):
             call ``schedule.check_buckets(n)`` once the count is known.
         strict_resume: a checkpoint written under another schedule is an error (else a
             warning).
+        phase_batches: ``equal`` (every phase ``batches_per_phase`` batches per block) or
+            ``steps`` (proportional to the phase's student steps; the author's recipe).
 
     A ``LightningModule`` that defines ``on_mixstep_phase(index: int, phase: MixStepPhase)`` is
     called before the first batch of every phase change (and at the first batch of a run).
@@ -65,9 +67,11 @@ class MixStepCallback(Callback):
         epochs_per_phase: int | None = None,
         n_buckets: int | None = None,
         strict_resume: bool = True,
+        phase_batches: Literal["equal", "steps"] = "equal",
     ) -> None:
         super().__init__()
-        self.schedule = MixStepSchedule(tuple(phases), mode, batches_per_phase, epochs_per_phase)
+        self.schedule = MixStepSchedule(tuple(phases), mode, batches_per_phase, epochs_per_phase,
+                                        phase_batches)
         if n_buckets is not None:
             self.schedule.check_buckets(n_buckets)
         self.strict_resume = strict_resume
@@ -79,7 +83,7 @@ class MixStepCallback(Callback):
     @classmethod
     def from_schedule(cls, schedule: MixStepSchedule, **kwargs: Any) -> MixStepCallback:
         return cls(schedule.phases, schedule.mode, schedule.batches_per_phase,
-                   schedule.epochs_per_phase, **kwargs)
+                   schedule.epochs_per_phase, phase_batches=schedule.phase_batches, **kwargs)
 
     @property
     def active_phase(self) -> MixStepPhase | None:

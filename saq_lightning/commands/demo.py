@@ -135,9 +135,8 @@ def evaluate(name: str, model, setting: SamplerSetting, n: int, seed: int, class
     quality = digits_quality(classifier, samples, labels, real)
     save_grid(samples[:100], out / f"{grid_name}.png")
     return {"model": name, "sampler": setting.label(), "solver": setting.solver, "steps": setting.steps,
-            "nfe": setting.steps * int(setting.solver[-1]), "fd": quality.fd,
-            "class_accuracy": quality.class_accuracy, "seconds": time.perf_counter() - t0,
-            "grid": f"{grid_name}.png"}
+            "nfe": setting.steps * int(setting.solver[-1]), **quality.as_dict(),
+            "seconds": time.perf_counter() - t0, "grid": f"{grid_name}.png"}
 
 
 def compare(run_config: Path, checkpoint: Path, out: Path, n: int, steps: int, student_orders: list[int],
@@ -168,24 +167,30 @@ def compare(run_config: Path, checkpoint: Path, out: Path, n: int, steps: int, s
     for name, model, order, grid in runs:
         rows.append(evaluate(name, model, setting(order), n, seed, classifier, real, out, grid))
         console.print(f"  {name:13s} DPM-Solver-{order} @{steps}: FD {rows[-1]['fd']:.3f}, "
-                      f"class accuracy {rows[-1]['class_accuracy']:.1%} ({rows[-1]['seconds']:.0f} s)")
+                      f"class accuracy {rows[-1]['class_accuracy']:.1%}, pixel FD "
+                      f"{rows[-1]['pixel_fd']:.3f} ({rows[-1]['seconds']:.0f} s)")
     return rows
 
 
 def print_comparison(rows: list[dict[str, Any]], steps: int, n: int, console: Console) -> None:
     table = Table(title=f"digits W4A4 at {steps} steps, {n} class-balanced samples, FD vs real digits "
-                        f"(lower is better)")
-    for col in ("model", "sampler", "NFE", "FD", "class accuracy"):
+                        f"(lower is better) in the classifier's feature space and in pixel space; "
+                        f"k-NN precision/recall (k = 3) in both")
+    for col in ("model", "sampler", "NFE", "FD", "class accuracy", "pixel FD", "P / R",
+                "pixel P / R"):
         table.add_column(col, justify="left" if col in ("model", "sampler") else "right")
     for r in rows:
         table.add_row(r["model"], f"DPM-Solver-{r['solver'][-1]}", str(r["nfe"]), f"{r['fd']:.3f}",
-                      f"{r['class_accuracy']:.1%}")
+                      f"{r['class_accuracy']:.1%}", f"{r['pixel_fd']:.3f}",
+                      f"{r['precision']:.2f} / {r['recall']:.2f}",
+                      f"{r['pixel_precision']:.2f} / {r['pixel_recall']:.2f}")
     console.print(table)
-    by = {(r["model"], r["solver"]): r["fd"] for r in rows}
-    naive, trained, fp1 = by[("naive W4A4", "dpm1")], by[("trained W4A4", "dpm1")], by[("FP", "dpm1")]
-    console.print(f"trained W4A4 with DPM-Solver-1: FD {trained:.3f} vs naive W4A4 {naive:.3f} "
-                  f"({naive / trained:.1f}x lower), FP DPM-Solver-1 {fp1:.3f}, FP DPM-Solver-2 "
-                  f"{by[('FP', 'dpm2')]:.3f}")
+    for metric, space in (("fd", "classifier features"), ("pixel_fd", "pixel space")):
+        by = {(r["model"], r["solver"]): r[metric] for r in rows}
+        naive, trained, fp1 = by[("naive W4A4", "dpm1")], by[("trained W4A4", "dpm1")], by[("FP", "dpm1")]
+        console.print(f"{space}: trained W4A4 with DPM-Solver-1: FD {trained:.3f} vs naive W4A4 "
+                      f"{naive:.3f} ({naive / trained:.1f}x lower), FP DPM-Solver-1 {fp1:.3f}, FP "
+                      f"DPM-Solver-2 {by[('FP', 'dpm2')]:.3f}")
 
 
 def demo(

@@ -42,7 +42,8 @@ def evaluate(
         reference: real images (ADM .npz), reference statistics (.npz written by evaluate), or
             "digits" (the built-in real digits; the default for 8x8x1 samples).
         metrics: subset of fid, sfid, is, kid, precision_recall, clip_score, digits_fd,
-            digits_accuracy, digits_precision_recall; default: all that apply.
+            digits_accuracy, digits_precision_recall, digits_pixel_fd,
+            digits_pixel_precision_recall; default: all that apply.
         out: output path without suffix (default: <samples folder>/eval).
         prompts: prompt file (one per line, one per sample) for clip_score, if the samples lack them.
         inception_weights: torch-fidelity's FID Inception weights file (default: $SAQ_INCEPTION_WEIGHTS

@@ -10,6 +10,10 @@ Two modes:
   (0 0 1 1 2 2 0 0 ... with 2 batches per phase), restarting at phase 0 when an epoch starts.
 * ``progressive``: phase ``p`` for the ``p``-th block of ``batches_per_phase`` batches (or of
   ``epochs_per_phase`` epochs), then the last phase forever.
+
+``phase_batches="steps"`` makes a phase's block proportional to its student step count (the
+author's development code weights phases 100:50:20:10 by step count): phase ``p`` gets
+``round(batches_per_phase * steps_p / min_q steps_q)`` batches (at least 1), e.g. 10, 5, 2, 1.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 MODES = ("cycle", "progressive")
+PHASE_BATCHES = ("equal", "steps")
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -80,6 +85,7 @@ class MixStepSchedule:
     mode: Literal["cycle", "progressive"] = "cycle"
     batches_per_phase: int = 1
     epochs_per_phase: int | None = None
+    phase_batches: Literal["equal", "steps"] = "equal"
 
     def __post_init__(self) -> None:
         phases = tuple(p if isinstance(p, MixStepPhase) else MixStepPhase(**dict(p))
@@ -94,6 +100,25 @@ class MixStepSchedule:
             _positive_int("epochs_per_phase", self.epochs_per_phase)
             if self.mode != "progressive":
                 raise ValueError("epochs_per_phase only applies to mode='progressive'")
+        if self.phase_batches not in PHASE_BATCHES:
+            raise ValueError(f"phase_batches must be one of {PHASE_BATCHES}, got {self.phase_batches!r}")
+        if self.phase_batches == "steps" and self.epochs_per_phase is not None:
+            raise ValueError("phase_batches='steps' sizes blocks of batches; it does not apply "
+                             "with epochs_per_phase")
+
+    def batches_of(self, phase: int) -> int:
+        """Consecutive batches of phase ``phase`` in one block."""
+        if self.phase_batches == "equal":
+            return self.batches_per_phase
+        least = min(p.student_steps for p in self.phases)
+        return max(1, round(self.batches_per_phase * self.phases[phase].student_steps / least))
+
+    def _block_of(self, i: int) -> int:
+        ends, total = [], 0
+        for p in range(self.num_phases):
+            total += self.batches_of(p)
+            ends.append(total)
+        return next((p for p, e in enumerate(ends) if i < e), self.num_phases - 1)
 
     @classmethod
     def from_steps(
@@ -121,11 +146,15 @@ class MixStepSchedule:
             raise ValueError(f"batch_index must be >= 0, got {batch_index}")
         if self.mode == "cycle":
             i = batch_index % batches_per_epoch if batches_per_epoch else batch_index
+            if self.phase_batches == "steps":
+                return self._block_of(i % sum(self.batches_of(p) for p in range(self.num_phases)))
             return (i // self.batches_per_phase) % self.num_phases
         if self.epochs_per_phase is not None:
             if not batches_per_epoch:
                 raise ValueError("epochs_per_phase needs batches_per_epoch to locate a batch")
             block = self.epochs_per_phase * batches_per_epoch
+        elif self.phase_batches == "steps":
+            return self._block_of(batch_index)
         else:
             block = self.batches_per_phase
         return min(batch_index // block, self.num_phases - 1)
@@ -149,6 +178,8 @@ class MixStepSchedule:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["phases"] = [asdict(p) for p in self.phases]
+        if d["phase_batches"] == "equal":  # as written before the option existed (resume checks)
+            del d["phase_batches"]
         return d
 
     @classmethod

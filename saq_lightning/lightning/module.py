@@ -60,7 +60,7 @@ from .checkpointing import (
 )
 from .conditions import ConditionSource, noise_for
 from .generation import check_trajectory_meta, manifest_phases
-from .mota import group_means, mota_terms
+from .mota import group_means, mota_terms, reduce_mota
 from .optim import build_optimizer, grad_total_norm, learning_rates
 from .settings import (
     CalibrationSettings,
@@ -412,7 +412,8 @@ class SAQLightningModule(L.LightningModule):
                                                self.phases, points)
         w = self.loss_settings
         terms = mota_terms(pred, target, w.w_mse, w.w_cos)
-        loss = terms.loss.mean()
+        loss, per_sample = reduce_mota(terms, pred[0].numel(), w.w_mse, w.w_cos, w.mse_reduction,
+                                       w.cos_reduction)
         bs = int(points["x_s"].shape[0])
         self.skipped_nonfinite_batch = not self._finite_everywhere(loss)
         if self.skipped_nonfinite_batch:
@@ -422,7 +423,7 @@ class SAQLightningModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/mse", terms.mse.mean(), batch_size=bs)
         self.log("train/cos_loss", (1.0 - terms.cos).mean(), batch_size=bs)
-        per_sample = terms.loss.detach()
+        per_sample = per_sample.detach()
         for k, v in group_means(per_sample, points["order"]).items():
             self.log(f"train/loss_order{k}", v, batch_size=bs)
         for p, v in group_means(per_sample, points["phase"]).items():

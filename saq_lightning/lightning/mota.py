@@ -6,9 +6,11 @@ For a student direction ``pred`` and a target direction ``target`` (both ``[B, .
     cos_i = <pred_i, target_i> / (|pred_i| |target_i|)
     L     = w_mse * mean_i mse_i + w_cos * mean_i (1 - cos_i)
 
-The MSE is the *mean* over a sample's elements (not the sum), so its scale does not depend on
-the resolution; both parts are computed in float32 whatever the input dtype (bf16 autocast
-included). Pure functions: no module state, no Lightning.
+By default the MSE is the *mean* over a sample's elements (not the sum), so its scale does not
+depend on the resolution, and both parts are batch means. :func:`reduce_mota` also gives the
+author's development-code reductions, per term: ``sum`` (MSE summed over elements and batch;
+``sum_i (1 - cos_i)``). Both parts are computed in float32 whatever the input dtype (bf16
+autocast included). Pure functions: no module state, no Lightning.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import Tensor
 
 #: below this norm a sample's cosine is taken against a norm of ``COS_EPS`` (no division by zero)
 COS_EPS = 1e-8
+REDUCTIONS = ("mean", "sum")
 
 
 class MotaTerms(NamedTuple):
@@ -53,6 +56,31 @@ def mota_loss(
     """
     terms = mota_terms(pred, target, w_mse, w_cos)
     return terms.loss.mean(), terms.mse.mean(), (1.0 - terms.cos).mean()
+
+
+def reduce_mota(
+    terms: MotaTerms,
+    elements: int,
+    w_mse: float,
+    w_cos: float,
+    mse_reduction: str = "mean",
+    cos_reduction: str = "mean",
+) -> tuple[Tensor, Tensor]:
+    """``(loss, per_sample)`` under the per-term reductions (``mean`` or ``sum``).
+
+    ``mse_reduction="sum"``: ``sum_i sum_j (pred_ij - target_ij)^2`` (``elements`` per sample);
+    ``"mean"``: ``mean_i mse_i``. ``cos_reduction="sum"``: ``sum_i (1 - cos_i)``; ``"mean"``: its
+    mean. ``per_sample`` holds each sample's share (for per-order/phase logs).
+    """
+    for name, r in (("mse_reduction", mse_reduction), ("cos_reduction", cos_reduction)):
+        if r not in REDUCTIONS:
+            raise ValueError(f"loss.{name} must be one of {REDUCTIONS}, got {r!r}")
+    mse = terms.mse * elements if mse_reduction == "sum" else terms.mse
+    cos = 1.0 - terms.cos
+    per_sample = w_mse * mse + w_cos * cos
+    loss = (w_mse * (mse.sum() if mse_reduction == "sum" else mse.mean())
+            + w_cos * (cos.sum() if cos_reduction == "sum" else cos.mean()))
+    return loss, per_sample
 
 
 def group_means(values: Tensor, groups: Tensor) -> dict[int, Tensor]:

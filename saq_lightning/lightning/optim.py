@@ -43,7 +43,8 @@ def build_optimizer(
     """AdamW over the quant core's parameter groups and its per-step LR schedule."""
     groups = param_groups(student, lr=settings.lr, weight_step_lr=settings.weight_step_lr,
                           act_lr=settings.act_lr, lora_lr_mode=settings.lora_lr_mode,
-                          weight_decay=settings.weight_decay)
+                          weight_decay=settings.weight_decay,
+                          lora_lr_divisor=settings.lora_lr_divisor)
     optimizer = torch.optim.AdamW(groups, lr=settings.lr, betas=settings.betas, eps=settings.eps,
                                   weight_decay=settings.weight_decay)
     total = int(total_steps) if math.isfinite(total_steps) else 10**9

@@ -14,15 +14,25 @@ STORAGE_DTYPES = ("float32", "float16", "bfloat16")
 
 @dataclass
 class LossSettings:
-    """MOTA loss weights: ``w_mse * MSE + w_cos * (1 - cos)``."""
+    """MOTA loss weights and reductions: ``w_mse * MSE + w_cos * (1 - cos)``.
+
+    ``mse_reduction``/``cos_reduction``: ``mean`` (default: per-element mean MSE, batch means) or
+    ``sum`` (MSE summed over elements and batch; ``sum_batch (1 - cos)``). The author's
+    development code: ``sum``/``sum`` with ``w_mse = 1``, ``w_cos = 100``.
+    """
 
     w_mse: float = 1.0
     w_cos: float = 1.0
+    mse_reduction: Literal["mean", "sum"] = "mean"
+    cos_reduction: Literal["mean", "sum"] = "mean"
 
     def __post_init__(self) -> None:
         if self.w_mse < 0 or self.w_cos < 0 or self.w_mse + self.w_cos == 0:
             raise ValueError(f"loss weights must be >= 0 and not both 0, got w_mse={self.w_mse}, "
                              f"w_cos={self.w_cos}")
+        for name in ("mse_reduction", "cos_reduction"):
+            if getattr(self, name) not in ("mean", "sum"):
+                raise ValueError(f"loss.{name} must be 'mean' or 'sum', got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -30,7 +40,8 @@ class OptimizerSettings:
     """AdamW over the quant core's parameter groups, with warm-up and linear decay.
 
     ``lr`` is the LoRA rate (of the layer with the mean weight step when ``lora_lr_mode`` is
-    ``weight_step``); ``weight_step_lr`` and ``act_lr`` are the weight-quantizer and
+    ``weight_step``; unused by ``scale_aware``, where layer ``l`` trains at
+    ``mean(weight step of l) / lora_lr_divisor``, the author's ``/2500``); ``weight_step_lr`` and ``act_lr`` are the weight-quantizer and
     activation-table rates. Every rate follows the same schedule: linear warm-up over
     ``warmup_steps``, then (``decay: linear``) a linear decay to ``final_lr_factor`` times the
     initial rate at the last optimizer step (``trainer.max_steps``).
@@ -39,7 +50,8 @@ class OptimizerSettings:
     lr: float = 5e-4
     weight_step_lr: float = 1e-6
     act_lr: float = 5e-4
-    lora_lr_mode: Literal["weight_step", "constant"] = "weight_step"
+    lora_lr_mode: Literal["weight_step", "constant", "scale_aware"] = "weight_step"
+    lora_lr_divisor: float = 2500.0
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
@@ -52,6 +64,8 @@ class OptimizerSettings:
         for name in ("lr", "weight_step_lr", "act_lr", "weight_decay", "eps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"optimizer.{name} must be >= 0, got {getattr(self, name)}")
+        if self.lora_lr_divisor <= 0:
+            raise ValueError(f"optimizer.lora_lr_divisor must be > 0, got {self.lora_lr_divisor}")
         if self.warmup_steps < 0:
             raise ValueError(f"optimizer.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 <= self.final_lr_factor <= 1.0:

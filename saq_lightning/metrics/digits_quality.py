@@ -1,5 +1,6 @@
 """Quality figures of the embedded default: FD in the digits classifier's feature space and the
-classifier's accuracy on class-conditional samples."""
+classifier's accuracy on class-conditional samples, plus the same figures in pixel space and k-NN
+precision/recall in both spaces (:mod:`.digits_spaces`)."""
 
 from __future__ import annotations
 
@@ -47,8 +48,16 @@ def class_accuracy(classifier: DigitsClassifier, samples: Tensor, labels: Tensor
 
 @dataclass
 class DigitsQuality:
+    """``fd``/``precision``/``recall``: the classifier's feature space; ``pixel_*``: pixel space
+    (no learned features). Precision/recall: k-NN manifolds, k = 3."""
+
     fd: float
     class_accuracy: float
+    precision: float = float("nan")
+    recall: float = float("nan")
+    pixel_fd: float = float("nan")
+    pixel_precision: float = float("nan")
+    pixel_recall: float = float("nan")
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -57,7 +66,13 @@ class DigitsQuality:
 def digits_quality(
     classifier: DigitsClassifier, samples: Tensor, labels: Tensor, reference: Tensor
 ) -> DigitsQuality:
+    from .digits_spaces import classifier_features, pixel_features, space_scores
+
+    feat = space_scores(classifier_features(classifier, samples), classifier_features(classifier, reference))
+    pix = space_scores(pixel_features(samples), pixel_features(reference))
     return DigitsQuality(
         fd=digits_fd(classifier, samples, reference),
         class_accuracy=class_accuracy(classifier, samples, labels),
+        precision=feat["precision"], recall=feat["recall"],
+        pixel_fd=pix["fd"], pixel_precision=pix["precision"], pixel_recall=pix["recall"],
     )

@@ -41,7 +41,8 @@ from .reference_stats import (
 )
 
 INCEPTION_METRICS = ("fid", "sfid", "is", "kid", "precision_recall")
-DIGITS_METRICS = ("digits_fd", "digits_accuracy", "digits_precision_recall")
+DIGITS_METRICS = ("digits_fd", "digits_accuracy", "digits_precision_recall", "digits_pixel_fd",
+                  "digits_pixel_precision_recall")
 CLIP_METRICS = ("clip_score",)
 ALL_METRICS = INCEPTION_METRICS + DIGITS_METRICS + CLIP_METRICS
 REFERENCE_FREE = ("is", "clip_score", "digits_accuracy")
@@ -58,6 +59,8 @@ LABELS = {
     "precision": "precision (k-NN)", "recall": "recall (k-NN)", "clip_score": "CLIP score",
     "digits_fd": "FD (digits classifier)", "digits_class_accuracy": "class accuracy (digits classifier)",
     "digits_precision": "precision (digits features)", "digits_recall": "recall (digits features)",
+    "digits_pixel_fd": "FD (pixel space)", "digits_pixel_precision": "precision (pixel space)",
+    "digits_pixel_recall": "recall (pixel space)",
 }
 
 
@@ -138,7 +141,8 @@ def default_metrics(samples: SampleFile, reference: str | None, has_prompts: boo
     reference) plus CLIP score when prompts are known. Metrics the sample count cannot support are
     dropped from the default (and noted); asked for explicitly they are an error."""
     if samples.image_shape == DIGITS_SHAPE:
-        return ["digits_fd", "digits_precision_recall"] + (["digits_accuracy"] if samples.labels is not None else [])
+        return (["digits_fd", "digits_precision_recall", "digits_pixel_fd", "digits_pixel_precision_recall"]
+                + (["digits_accuracy"] if samples.labels is not None else []))
     chosen = list(INCEPTION_METRICS) if reference is not None else ["is"]
     return chosen + (["clip_score"] if has_prompts else [])
 
@@ -257,6 +261,7 @@ def _check_request(metrics: Sequence[str], samples: SampleFile, ref: _Reference 
     need = {
         "fid": 2, "sfid": 2, "digits_fd": 2, "is": s.is_splits, "kid": s.kid_subset_size,
         "precision_recall": s.pr_k + 1, "digits_precision_recall": s.pr_k + 1,
+        "digits_pixel_fd": 2, "digits_pixel_precision_recall": s.pr_k + 1,
     }
     for m in metrics:
         if m in need and n < need[m]:
@@ -455,6 +460,15 @@ def _digits_metrics(wanted: list[str], samples: SampleFile, ref: _Reference | No
             f_real = classifier.features(real.to(device))
             f_fake = classifier.features(fake.to(device))
         values["digits_precision"], values["digits_recall"] = precision_recall(f_real, f_fake, s.pr_k)
+    if {"digits_pixel_fd", "digits_pixel_precision_recall"} & set(wanted):
+        from .digits_spaces import fd_of, pixel_features
+
+        p_real, p_fake = pixel_features(real), pixel_features(fake)
+        if "digits_pixel_fd" in wanted:
+            values["digits_pixel_fd"] = fd_of(p_fake, p_real)
+        if "digits_pixel_precision_recall" in wanted:
+            values["digits_pixel_precision"], values["digits_pixel_recall"] = precision_recall(
+                p_real, p_fake, s.pr_k)
 
 
 __all__ = [
