@@ -209,3 +209,19 @@ def test_analytic_student_trained_for_dpm2_follows_the_teacher_under_its_own_dpm
     own, mota = dpm2_error(trained_for(2)), dpm2_error(trained_for(1))
     assert own < 0.2 and own < 0.3 * untrained
     assert mota > untrained > own
+
+
+def test_on_the_fly_points_carry_their_history_and_a_multistep_run_trains(tmp_path, teacher_spec):
+    schedule = MixStepSchedule((MixStepPhase(6, 2, 3, student_solver="plms"),))
+    module = tiny_module(teacher_spec, teacher_solver="plms", online_points_per_batch=12)
+    recorder = LossRecorder()
+    dm = tiny_datamodule(None, batch_size=4, image_shape=[1, 8, 8], num_classes=10,
+                         batches_per_epoch=2)
+    tiny_trainer(tmp_path, 2, [recorder], schedule=schedule).fit(module, datamodule=dm)
+    assert len(recorder.losses) == 2 and all(math.isfinite(v) for v in recorder.losses)
+    points = module.training_points(next(iter(dm.train_dataloader())))
+    # the rollout's eps_eff (the target) is what the teacher's step computes from the history
+    online = module.flow.targets(points["x_s"], points["s"], points["t"], points["order"],
+                                 points["cond"], points["phase"], module.phases, points["history"])
+    torch.testing.assert_close(online, points["eps_eff"], rtol=1e-3, atol=1e-4)
+    assert points["history"].history_x.shape == (12, 2, 1, 8, 8)
