@@ -123,10 +123,14 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     root = Path(args.workdir)
-    shards = root / f"shards_order{args.order}"
+    student_order = STUDENT_ORDER.get(args.mode, 1)
+    # the shards' manifest names the phases (student order included), so each gets its own
+    shards = root / (f"shards_order{args.order}" if student_order == 1
+                     else f"shards_order{args.order}_student{student_order}")
     if not (shards / "manifest.json").is_file():
         generate_trajectories(module_for(root, args.order, "auto", args.device),
-                              schedule_for(args.order), shards, device=args.device, progress=False)
+                              schedule_for(args.order, student_order), shards, device=args.device,
+                              progress=False)
     module = module_for(root, args.order, TARGETS[args.mode], args.device)
     if args.mode == "online":  # noise and labels only; the teacher rolls out inside the step
         data = TrajectoryDataModule(None, batch_size=args.batch_size, image_shape=[4, 16, 16],
@@ -139,8 +143,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         accelerator="gpu" if args.device.startswith("cuda") else "cpu", devices=1,
         max_steps=args.warmup + args.steps, precision=precision, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[MixStepCallback.from_schedule(
-            schedule_for(args.order, STUDENT_ORDER.get(args.mode, 1))), timer])
+        callbacks=[MixStepCallback.from_schedule(schedule_for(args.order, student_order)), timer])
     trainer.fit(module, datamodule=data)
     seconds = timer.end - timer.start
     if args.device.startswith("cuda"):
