@@ -136,3 +136,14 @@ def test_leading_grid_timesteps_survive_the_continuous_time_round_trip_exactly(s
     assert torch.equal(back, n.to(dtype))  # 510 and 250, not 509.99997 and 249.99998
     grid = time_grid(schedule, 1000, "leading")[:-1].to(dtype)
     assert torch.equal(schedule.model_timestep(grid), torch.arange(999, -1, -1, dtype=dtype))
+
+
+def test_an_integer_export_keeps_the_bucket_map(schedule, tmp_path):
+    from saq_lightning.quant import export_student
+    from saq_lightning.quant.export import load_exported
+
+    _, student = calibrated_class_student()
+    student.set_bucket_map(bucket_map_for(schedule, "time_quadratic", [MixStepPhase(20)], 100))
+    folder = export_student(student, tmp_path / "export")
+    loaded = load_exported(folder)
+    assert loaded.bucket_map.same_as(student.bucket_map)
