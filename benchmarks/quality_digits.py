@@ -42,6 +42,11 @@ from saq_lightning.metrics.sample_generation import SamplerSetting
 
 FIXED_10 = [{"student_steps": 10, "student_order": 1, "teacher_order": 2}]
 MIXSTEP = [{"student_steps": s, "student_order": 1, "teacher_order": 2} for s in (20, 10, 5)]
+# solver-aware rows (docs/training.md): the student's own DPM-Solver-2 step in the loss; one student
+# for DPM-Solver-1, -2 and -3 (a phase per order, each against a teacher of at least order 2)
+SOLVER_AWARE_DPM2 = [{"student_steps": 10, "student_order": 2, "teacher_order": 2}]
+SOLVER_AWARE_123 = [{"student_steps": 10, "student_order": k, "teacher_order": max(k, 2)}
+                    for k in (1, 2, 3)]
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,8 @@ ROWS = [
     # recipe comparison at equal budget: each config with its own phases, spacing, loss, lr
     Row("W4A4 default recipe", "w4a4", "mixed_order", None, "configs/digits_w4a4.yaml"),
     Row("W4A4 author recipe", "w4a4", "mixed_order", None, "configs/digits_w4a4_author.yaml"),
+    Row("W4A4 solver-aware DPM-2", "w4a4", "mixed_order", SOLVER_AWARE_DPM2),
+    Row("W4A4 solver-aware orders 1-3", "w4a4", "mixed_order", SOLVER_AWARE_123),
 ]
 HEADLINE = {"W4A4 naive": "naive", "W4A4 same-input": "same_input",
             "W4A4 mixed-order": "mixed_order", "W4A4 mixed-order + mixstep": "mixstep",
@@ -87,7 +94,8 @@ def row_config(base: Path, out: Path, row: Row, max_steps: int) -> Path:
         if cb["class_path"].endswith("MixStepCallback") and row.phases is not None:
             cb["init_args"]["phases"] = row.phases
     # rows with the same phases share one trajectory folder (generate keeps finished shards)
-    tag = "mixstep" if row.phases == MIXSTEP else "fixed10" if row.phases is not None else row.key
+    shared = {"mixstep": MIXSTEP, "fixed10": FIXED_10}
+    tag = next((k for k, v in shared.items() if v == row.phases), row.key)
     cfg["data"]["init_args"]["shards"] = str(out.parent / f"trajectories_{tag}")
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path

@@ -10,7 +10,10 @@ three modes:
   step rolls the teacher out over the phase's 10-step grid (10 k guided teacher evaluations per
   trajectory) and trains on one point per trajectory;
 * ``online_targets``: points from the shards, but the step computes each point's ``eps_eff``
-  itself (``targets: online``: k guided teacher evaluations per point).
+  itself (``targets: online``: k guided teacher evaluations per point);
+* ``student_order2`` (orders k >= 2): as ``cached``, but the loss takes the student's own
+  DPM-Solver-2 step (solver-aware alignment: 2 differentiable guided student evaluations per
+  point, at ``x_s`` and at its own midpoint) instead of first-order MOTA's one.
 
 Every configuration runs in its own process (clean peak memory): optimizer steps per second over
 the timed steps (after warm-up) and peak memory (CUDA: ``max_memory_allocated``; CPU: peak RSS of
@@ -68,8 +71,9 @@ def teacher_folder(root: Path) -> Path:
     return folder
 
 
-MODES = ("cached", "online", "online_targets")
-TARGETS = {"cached": "shard", "online": "auto", "online_targets": "online"}
+MODES = ("cached", "online", "online_targets", "student_order2")
+TARGETS = {"cached": "shard", "online": "auto", "online_targets": "online", "student_order2": "shard"}
+STUDENT_ORDER = {"student_order2": 2}  # the rest: first-order MOTA
 STEPS_PER_TRAJECTORY = 10
 
 
@@ -85,10 +89,10 @@ def module_for(root: Path, order: int, targets: str, device: str):
         generation={"trajectories_per_phase": 16, "trajectories_per_shard": 4})
 
 
-def schedule_for(order: int):
+def schedule_for(order: int, student_order: int = 1):
     from saq_lightning.data import MixStepPhase, MixStepSchedule
 
-    return MixStepSchedule((MixStepPhase(STEPS_PER_TRAJECTORY, 1, order),))
+    return MixStepSchedule((MixStepPhase(STEPS_PER_TRAJECTORY, student_order, order),))
 
 
 class StepTimer(pl.Callback):
@@ -119,10 +123,14 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     root = Path(args.workdir)
-    shards = root / f"shards_order{args.order}"
+    student_order = STUDENT_ORDER.get(args.mode, 1)
+    # the shards' manifest names the phases (student order included), so each gets its own
+    shards = root / (f"shards_order{args.order}" if student_order == 1
+                     else f"shards_order{args.order}_student{student_order}")
     if not (shards / "manifest.json").is_file():
         generate_trajectories(module_for(root, args.order, "auto", args.device),
-                              schedule_for(args.order), shards, device=args.device, progress=False)
+                              schedule_for(args.order, student_order), shards, device=args.device,
+                              progress=False)
     module = module_for(root, args.order, TARGETS[args.mode], args.device)
     if args.mode == "online":  # noise and labels only; the teacher rolls out inside the step
         data = TrajectoryDataModule(None, batch_size=args.batch_size, image_shape=[4, 16, 16],
@@ -135,7 +143,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         accelerator="gpu" if args.device.startswith("cuda") else "cpu", devices=1,
         max_steps=args.warmup + args.steps, precision=precision, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[MixStepCallback.from_schedule(schedule_for(args.order)), timer])
+        callbacks=[MixStepCallback.from_schedule(schedule_for(args.order, student_order)), timer])
     trainer.fit(module, datamodule=data)
     seconds = timer.end - timer.start
     if args.device.startswith("cuda"):
@@ -145,7 +153,9 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     return {"mode": args.mode, "order": args.order, "steps": args.steps,
             "steps_per_s": args.steps / seconds, "seconds": seconds, "peak_mem_mib": peak,
             "guided_teacher_evals_per_point": {"cached": 0, "online_targets": args.order,
-                                               "online": STEPS_PER_TRAJECTORY * args.order}[args.mode]}
+                                               "student_order2": 0,
+                                               "online": STEPS_PER_TRAJECTORY * args.order}[args.mode],
+            "student_evals_per_point": STUDENT_ORDER.get(args.mode, 1)}
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -155,6 +165,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10, help="timed optimizer steps per configuration")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--orders", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                   help="modes to run (student_order2 only at orders >= 2)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--workdir", default=None, help="teacher and shards (default: a temporary folder)")
@@ -185,25 +197,40 @@ def main(argv: list[str] | None = None) -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         args.workdir = args.workdir or tmp
-        rows = [child(args, mode, order) for order in args.orders for mode in MODES]
+        rows = [child(args, mode, order) for order in args.orders for mode in args.modes
+                if not (mode == "student_order2" and order < 2)]
     n_params = sum(p.numel() for p in __import__("diffusers").UNet2DModel(**MID_UNET).parameters())
     print(f"SA-QLoRA training throughput, mid-size UNet ({n_params / 1e6:.1f}M params, 16x16x4, "
           f"class-conditional, CFG 2 on both sides, W4A4 LoRA 32), batch {args.batch_size}, "
           f"device {args.device}, {args.steps} timed steps")
-    print(f"{'order':>5} {'targets':>15} {'guided teacher evals/point':>27} {'steps/s':>9} {'peak MiB':>9}")
+    print(f"{'order':>5} {'targets':>15} {'guided teacher evals/point':>27} "
+          f"{'student evals/point':>20} {'steps/s':>9} {'peak MiB':>9}")
     for r in rows:
         print(f"{r['order']:>5} {r['mode']:>15} {r['guided_teacher_evals_per_point']:>27} "
-              f"{r['steps_per_s']:>9.3f} {r['peak_mem_mib']:>9.0f}")
+              f"{r['student_evals_per_point']:>20} {r['steps_per_s']:>9.3f} {r['peak_mem_mib']:>9.0f}")
     ratios: dict[int, float] = {}
     target_ratios: dict[int, float] = {}
+    student2: dict[int, dict[str, float]] = {}
     for order in args.orders:
-        by = {r["mode"]: r["steps_per_s"] for r in rows if r["order"] == order}
-        ratios[order] = by["cached"] / by["online"]
-        target_ratios[order] = by["cached"] / by["online_targets"]
+        by = {r["mode"]: r for r in rows if r["order"] == order}
+        if "cached" in by and "online" in by:
+            ratios[order] = by["cached"]["steps_per_s"] / by["online"]["steps_per_s"]
+        if "cached" in by and "online_targets" in by:
+            target_ratios[order] = by["cached"]["steps_per_s"] / by["online_targets"]["steps_per_s"]
+        if "cached" in by and "student_order2" in by:
+            student2[order] = {
+                "mota_over_student2_steps_per_s": by["cached"]["steps_per_s"]
+                / by["student_order2"]["steps_per_s"],
+                "student2_over_mota_peak_mem": by["student_order2"]["peak_mem_mib"]
+                / by["cached"]["peak_mem_mib"]}
     print("cached / online (rollout in the step): "
           + ", ".join(f"order {k}: {v:.2f}x" for k, v in ratios.items()))
     print("cached / online_targets (points from shards, targets in the step): "
           + ", ".join(f"order {k}: {v:.2f}x" for k, v in target_ratios.items()))
+    if student2:
+        print("first-order MOTA / student order 2 (steps/s; peak memory the other way): "
+              + ", ".join(f"teacher order {k}: {v['mota_over_student2_steps_per_s']:.2f}x, "
+                          f"mem {v['student2_over_mota_peak_mem']:.2f}x" for k, v in student2.items()))
     result = {
         "benchmark": "train_throughput",
         "unet": MID_UNET, "unet_params": n_params, "batch_size": args.batch_size,
@@ -214,12 +241,15 @@ def main(argv: list[str] | None = None) -> None:
         "warmup_steps": args.warmup, "torch": torch.__version__, "rows": rows,
         "cached_over_online": {str(k): v for k, v in ratios.items()},
         "cached_over_online_targets": {str(k): v for k, v in target_ratios.items()},
+        "mota_vs_student_order2": {str(k): v for k, v in student2.items()},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
     if 2 in ratios:
         print(f"cached_over_online_order2={ratios[2]:.1f}")
+    elif 2 in student2:
+        print(f"mota_over_student_order2={student2[2]['mota_over_student2_steps_per_s']:.2f}")
 
 
 if __name__ == "__main__":

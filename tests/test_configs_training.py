@@ -27,6 +27,13 @@ from saq_lightning.quant import quantize_model
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BIG = ["ldm4_w4a4.yaml", "ldm4_w4a8.yaml", "ldm8_churches_w4a4.yaml", "sd14_w4a8.yaml"]
 PAPER_STEPS = [100, 50, 20, 10]
+#: the digits configs of the solver-aware modes: (student solver, student order, teacher order) per phase
+SOLVER_AWARE = {
+    "digits_w4a4_dpm2.yaml": ("dpm", [(None, 2, 2)]),
+    "digits_w4a4_orders123.yaml": ("dpm", [(None, 1, 2), (None, 2, 2), (None, 3, 3)]),
+    "digits_w4a4_plms.yaml": ("plms", [("plms", 2, 3)] * 2),
+    "digits_w4a4_dpmpp_multistep.yaml": ("dpm++_multistep", [("dpm++_multistep", 2, 3)] * 2),
+}
 AUTHOR = ["digits_w4a4_author.yaml", "ldm4_w4a4_author.yaml"]
 
 
@@ -43,7 +50,7 @@ def parse(name: str):
 
 def test_every_training_config_is_covered_here():
     found = sorted(p.name for p in CONFIGS.glob("*_w4a*.yaml"))
-    assert found == sorted(["digits_w4a4.yaml", *BIG, *AUTHOR])
+    assert found == sorted(["digits_w4a4.yaml", *BIG, *AUTHOR, *SOLVER_AWARE])
 
 
 @pytest.mark.parametrize("name", BIG)
@@ -56,8 +63,13 @@ def test_big_configs_build_their_student_on_the_meta_device_with_the_papers_sett
     phases = callbacks[0].init_args.as_dict()["phases"]
     schedule = MixStepSchedule(tuple(phases), batches_per_phase=callbacks[0].init_args.batches_per_phase)
     schedule.check_buckets(policy.n_buckets)
-    assert [p.student_steps for p in schedule.phases] == PAPER_STEPS
-    assert {(p.student_order, p.teacher_order) for p in schedule.phases} == {(1, 2)}
+    if name == "sd14_w4a8.yaml":  # the paper's T2I recipe: PLMS 50 steps, the student one order lower
+        assert [(p.student_steps, p.student_order, p.teacher_order, p.student_solver)
+                for p in schedule.phases] == [(50, 3, 4, "plms")]
+        assert (init["teacher_solver"], init["spacing"], init["guidance_scale"]) == ("plms", "leading", 7.5)
+    else:
+        assert [p.student_steps for p in schedule.phases] == PAPER_STEPS
+        assert {(p.student_order, p.teacher_order) for p in schedule.phases} == {(1, 2)}
     assert policy.lora_rank == 32 and policy.name == name.split("_")[-1].removesuffix(".yaml")
     for cls, key in ((LossSettings, "loss"), (OptimizerSettings, "optimizer"),
                      (CalibrationSettings, "calibration")):
@@ -67,7 +79,7 @@ def test_big_configs_build_their_student_on_the_meta_device_with_the_papers_sett
     if name.startswith("ldm4"):
         assert init["guidance_scale"] == 2.0
     generation = GenerationSettings(**init["generation"])
-    assert len(generation.per_phase(schedule.num_phases)) == 4
+    assert len(generation.per_phase(schedule.num_phases)) == schedule.num_phases
     TrajectoryDataModule(**cfg.data.init_args.as_dict())
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Churches has no downsampler convs to match
@@ -90,6 +102,24 @@ def test_the_digits_default_builds_model_data_and_schedule_for_real():
     cfg = parse("digits_w4a4.yaml")
     assert any(c.class_path.endswith("MixStepCallback") for c in cfg.trainer.callbacks)
     assert isinstance(MixStepCallback.from_schedule(parts.schedule), MixStepCallback)
+
+
+@pytest.mark.parametrize("name", sorted(SOLVER_AWARE))
+def test_solver_aware_digits_configs_build_and_their_phases_fit_their_solvers(name):
+    from saq_lightning.lightning.student_step import check_phase_solvers
+
+    parts = load_run(["--config", str(CONFIGS / name)])
+    module = parts.model
+    teacher, phases = SOLVER_AWARE[name]
+    assert module.teacher_settings.solver == teacher
+    assert [(p.student_solver, p.student_order, p.teacher_order)
+            for p in parts.schedule.phases] == phases
+    assert parts.datamodule.shards == f"runs/{name.removesuffix('.yaml')}/trajectories"
+    parts.schedule.check_buckets(module.policy.n_buckets)
+    module.bind_bucket_map(parts.schedule.phases)
+    check_phase_solvers(module.flow, parts.schedule.phases)
+    multistep = teacher != "dpm"
+    assert module.flow.history_size(parts.schedule.phases) == (2 if multistep else 0)
 
 
 def _without_comments_and_names(text: str, name: str) -> list[str]:

@@ -39,7 +39,7 @@ def test_default_teacher_uses_the_student_grid_with_its_own_order():
     [
         ({"student_steps": 20, "teacher_steps": 30}, "teacher_steps 30 is not a multiple of"),
         ({"student_steps": 0}, "student_steps must be a positive int"),
-        ({"student_steps": 10, "teacher_order": 4}, "teacher_order must be 1, 2 or 3"),
+        ({"student_steps": 10, "teacher_order": 5}, r"teacher_order must be 1, 2, 3 \(or 4 for PLMS\)"),
         ({"student_steps": 10, "student_order": 2, "teacher_order": 1}, "teacher_order 1 is below"),
     ],
 )

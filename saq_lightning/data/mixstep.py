@@ -39,25 +39,34 @@ class MixStepPhase:
     ``teacher_steps`` is the number of steps of the teacher's grid (default: ``student_steps``,
     the same grid; a 2nd-order teacher then spends twice the evaluations). It must be a multiple
     of ``student_steps`` so that every student step ``s -> t`` is a union of teacher steps.
+
+    ``student_solver`` names the solver family the student will be sampled with (``dpm``,
+    ``dpm++``, ``dpm_multistep``, ``dpm++_multistep``, ``plms``; default: the teacher's): the
+    loss takes the student's own ``student_order`` step of that solver (solver-aware alignment).
+    Orders are 1..3, and 4 for PLMS (which solver allows which order is checked by the run).
     """
 
     student_steps: int
     student_order: int = 1
     teacher_order: int = 2
     teacher_steps: int | None = None
+    student_solver: str | None = None
 
     def __post_init__(self) -> None:
         _positive_int("student_steps", self.student_steps)
         for name in ("student_order", "teacher_order"):
             order = getattr(self, name)
-            if order not in (1, 2, 3):
-                raise ValueError(f"{name} must be 1, 2 or 3, got {order!r}")
+            if order not in (1, 2, 3, 4):
+                raise ValueError(f"{name} must be 1, 2, 3 (or 4 for PLMS), got {order!r}")
         if self.teacher_order < self.student_order:
             raise ValueError(f"teacher_order {self.teacher_order} is below student_order "
                              f"{self.student_order}: the teacher must be at least as accurate")
         if self.teacher_steps is None:
             object.__setattr__(self, "teacher_steps", self.student_steps)
         _positive_int("teacher_steps", self.teacher_steps)
+        if self.student_solver is not None and not isinstance(self.student_solver, str):
+            raise ValueError(f"student_solver must be a solver family name or None, got "
+                             f"{self.student_solver!r}")
         if self.teacher_steps % self.student_steps:
             raise ValueError(f"teacher_steps {self.teacher_steps} is not a multiple of "
                              f"student_steps {self.student_steps}: the grids do not nest")

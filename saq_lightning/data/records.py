@@ -4,13 +4,15 @@ A record is one point ``x_s`` on a teacher trajectory with the facts a loss need
 
     x_s      Tensor (C, H, W)   the point (required)
     s, t     float              continuous times of the step s -> t (required)
-    order    int 1..3           solver order of the teacher step (required)
+    order    int 1..4           solver order of the teacher step (4: PLMS only) (required)
     steps    int >= 1           number of steps N of the grid (required)
     phase    int >= 0           mixstep phase index (required)
     traj     int >= 0           trajectory index (required)
     step     int >= 0           index of the point in its trajectory (required)
     cond     int | Tensor       class label or a conditioning tensor (optional)
     eps_eff  Tensor             target direction, same shape as x_s (optional)
+    x_hist   Tensor (H, C, H, W) multistep solvers: the H previous grid states, most recent
+                                first; entries beyond ``step`` repeat x_T (optional)
 
 Any further field is kept: tensors are stored as ``.npy``, ints/floats/bools/strings in the
 sample's ``meta.json``. In the tar file a record ``{traj}_{n}`` becomes ``{key}.meta.json`` plus
@@ -75,8 +77,8 @@ def _check_required(record: Mapping[str, Any]) -> None:
             raise TypeError(f"record field {name!r} must be a {kind.__name__}, got {value!r}")
         if kind is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(f"record field {name!r} must be an int, got {value!r}")
-    if not 1 <= int(record["order"]) <= 3:
-        raise ValueError(f"record field 'order' must be 1, 2 or 3, got {record['order']}")
+    if not 1 <= int(record["order"]) <= 4:
+        raise ValueError(f"record field 'order' must be 1..4 (4: PLMS), got {record['order']}")
     if int(record["steps"]) < 1:
         raise ValueError(f"record field 'steps' must be >= 1, got {record['steps']}")
     for name in ("phase", "traj", "step"):

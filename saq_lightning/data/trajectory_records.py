@@ -21,6 +21,7 @@ def trajectory_records(
     *,
     phase: int,
     cond: torch.Tensor | Sequence[int] | None = None,
+    history: int = 0,
 ) -> list[dict[str, Any]]:
     """Records of every step of every sample of ``trajectory``.
 
@@ -30,6 +31,8 @@ def trajectory_records(
         phase: mixstep phase index the grid belongs to.
         cond: per-sample class labels (ints / integer tensor ``[B]``) or conditioning tensors
             ``[B, ...]``; ``None`` for unconditional models.
+        history: multistep solvers: also store ``x_hist``, the ``history`` previous states of
+            every point, most recent first (before the start: ``x_T`` again).
     """
     states = trajectory.states.detach().cpu()
     eps = trajectory.eps_eff.detach().cpu()
@@ -59,6 +62,9 @@ def trajectory_records(
                 "traj": int(traj),
                 "step": i,
             }
+            if history:
+                back = [max(i - 1 - j, 0) for j in range(history)]
+                record["x_hist"] = states[back, b]
             if per_sample is not None:
                 record["cond"] = per_sample[b]
             records.append(record)

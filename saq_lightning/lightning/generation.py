@@ -4,7 +4,8 @@ Layout: phase ``p`` of the mixstep schedule owns ``trajectories_per_phase[p]`` c
 trajectory indices (a multiple of ``trajectories_per_shard``, so every shard holds one phase).
 Trajectory ``i`` starts from ``x_T = noise(seed, i)`` with condition ``cond(seed, i)`` and is the
 teacher's order-k rollout over the phase's grid; every step is one record (``x_s``, ``s``, ``t``,
-``order``, ``steps``, ``phase``, ``cond`` and, unless disabled, the target ``eps_eff``).
+``order``, ``steps``, ``phase``, ``cond`` and, unless disabled, the target ``eps_eff``; with a
+multistep teacher or student solver also ``x_hist``, the previous grid states).
 
 A shard's records are a pure function of the seed and its trajectory indices (the rollout batch
 is part of the manifest), which is what makes the shard writer's resume and multi-rank
@@ -120,7 +121,8 @@ class TrajectoryRollout:
             x_T = noise_for(self.seed, idx, model.sample_shape, self.device, dtype)
             cond = self.conditions(idx, device=self.device)
             traj = self.flow.rollout(x_T, cond, self.phases[p])
-            recs = trajectory_records(traj, idx, phase=p, cond=cond)
+            recs = trajectory_records(traj, idx, phase=p, cond=cond,
+                                      history=self.flow.history_size(self.phases))
             if not self.store_targets:
                 for r in recs:
                     r.pop("eps_eff", None)

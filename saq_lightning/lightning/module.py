@@ -69,7 +69,8 @@ from .settings import (
     OptimizerSettings,
     TeacherSettings,
 )
-from .teacher_flow import TeacherFlow
+from .student_step import check_phase_solvers, student_effective_direction
+from .teacher_flow import PointHistory, TeacherFlow, history_points
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,10 @@ class SAQLightningModule(L.LightningModule):
         targets: where ``mixed_order`` targets come from: ``shard`` (``eps_eff`` in the shards;
             an error if absent), ``online`` (computed by the teacher every step), ``auto``
             (shards when they have them).
-        teacher_solver: singlestep solver family of the teacher (``dpm`` or ``dpm++``).
+        teacher_solver: solver family of the teacher (``dpm``, ``dpm++``: singlestep;
+            ``dpm_multistep``, ``dpm++_multistep``, ``plms``: with history). The student's own
+            solver and order are per phase (``MixStepPhase.student_solver/student_order``; see
+            :mod:`.student_step`).
         spacing: time grid of every phase (``time_uniform``, ``logSNR``, ...).
         guidance_scale: classifier-free guidance of the teacher rollouts and of both sides of the
             loss (1 = none; the paper trains ImageNet at 2.0).
@@ -129,7 +133,7 @@ class SAQLightningModule(L.LightningModule):
         policy: str | dict[str, Any] = "w4a4",
         alignment: Alignment = "mixed_order",
         targets: TargetSource = "auto",
-        teacher_solver: Literal["dpm", "dpm++"] = "dpm",
+        teacher_solver: Literal["dpm", "dpm++", "dpm_multistep", "dpm++_multistep", "plms"] = "dpm",
         spacing: Spacing = "time_uniform",
         guidance_scale: float = 1.0,
         loss: LossSettings | None = None,
@@ -276,6 +280,9 @@ class SAQLightningModule(L.LightningModule):
                 raise ValueError("targets='shard' needs trajectory shards (data.shards)")
         if self.phases is not None:
             MixStepSchedule(tuple(self.phases)).check_buckets(self.policy.n_buckets)
+            check_phase_solvers(self.flow, self.phases,
+                                None if manifest is None else manifest.fields,
+                                f"{getattr(dm, 'shards', '?')}/manifest.json")
             self.bind_bucket_map(self.phases)
 
     def bind_bucket_map(self, phases: list[MixStepPhase] | tuple[MixStepPhase, ...]) -> None:
@@ -335,6 +342,11 @@ class SAQLightningModule(L.LightningModule):
             points = {k: batch[k] for k in ("x_s", "s", "t", "order", "phase")}
             points["cond"] = batch.get("cond")
             points["eps_eff"] = batch.get("eps_eff")
+            points["step"] = batch.get("step")
+            points["history"] = None
+            if batch.get("x_hist") is not None and self.phases is not None:
+                points["history"] = self.flow.record_history(
+                    batch["x_hist"], batch["step"], batch["phase"], self.phases, batch["s"].dtype)
             return points
         if "student_steps" not in batch:
             raise ValueError("an on-the-fly batch without phase fields: the data module needs the "
@@ -353,7 +365,15 @@ class SAQLightningModule(L.LightningModule):
         seed = np.random.SeedSequence([self.seed, 3, int(batch["batch_index"])])
         gen = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
         pick = torch.randperm(n_rows, generator=gen)[:k].to(x_T.device)
+        steps = torch.arange(traj.steps, device=x_T.device).repeat_interleave(b)
+        size = self.flow.history_size([phase])
+        history = None
+        if size:
+            hx, ht, avail = history_points(traj.states, traj.times, size)
+            history = PointHistory(hx.reshape(n_rows, *hx.shape[2:])[pick],
+                                   ht.reshape(n_rows, size)[pick], avail.reshape(n_rows)[pick])
         return {
+            "step": steps[pick], "history": history,
             "x_s": rows.x_s[pick], "s": rows.s[pick], "t": rows.t[pick], "order": rows.order[pick],
             "phase": torch.full((k,), phase_index, dtype=torch.long, device=x_T.device),
             "cond": select_batch(cond, pick % b, b) if cond is not None else None,
@@ -365,11 +385,13 @@ class SAQLightningModule(L.LightningModule):
         x_s, s, t, cond = points["x_s"], points["s"], points["t"], points["cond"]
         if self.alignment == "same_input":
             return self.flow.step_targets(x_s, s, t, 1, cond)
+        history = points.get("history")
         if points.get("eps_eff") is not None and self.target_source != "online":
             return points["eps_eff"]
         if self.target_source == "shard":
             raise ValueError("targets='shard' but the batch holds no eps_eff")
-        return self.flow.targets(x_s, s, t, points["order"], cond, points["phase"], self.phases)
+        return self.flow.targets(x_s, s, t, points["order"], cond, points["phase"], self.phases,
+                                 history)
 
     def student_direction(self, x_s: Tensor, s: Tensor, cond: Any) -> Tensor:
         """The student's first-order direction at ``(x_s, s)``, guided like the teacher."""
@@ -383,7 +405,11 @@ class SAQLightningModule(L.LightningModule):
         with torch.no_grad():
             points = self.training_points(batch)
             target = self.alignment_targets(points)
-        pred = self.student_direction(points["x_s"], points["s"], points["cond"])
+        if self.phases is None:
+            pred = self.student_direction(points["x_s"], points["s"], points["cond"])
+        else:  # the student's own step of its phase's solver and order (order 1: the same)
+            pred = student_effective_direction(self.flow, self.flow.predictor(self.student_model),
+                                               self.phases, points)
         w = self.loss_settings
         terms = mota_terms(pred, target, w.w_mse, w.w_cos)
         loss, per_sample = reduce_mota(terms, pred[0].numel(), w.w_mse, w.w_cos, w.mse_reduction,
@@ -443,7 +469,8 @@ class SAQLightningModule(L.LightningModule):
             teacher = sample(self.flow.predictor(), x_T, self.flow.grid(int(phase.teacher_steps)),
                              self.flow.solver, cond=cond, order=int(phase.teacher_order))
             student = sample(self.flow.predictor(self.student_model), x_T,
-                             self.flow.grid(int(phase.student_steps)), self.flow.solver, cond=cond,
+                             self.flow.grid(int(phase.student_steps)),
+                             self.flow.student_solver(phase), cond=cond,
                              order=int(phase.student_order))
         finally:
             self.student.train(was_training)

@@ -155,20 +155,23 @@ class GenerationSettings:
 class TeacherSettings:
     """How the FP teacher's trajectories and targets are computed (shared by generate and fit).
 
-    ``solver``: the singlestep solver family whose order-k step defines the target
-    (``dpm``: DPM-Solver-k, ``dpm++``: DPM-Solver++(kS)); singlestep solvers make ``eps_eff`` a
-    pure function of the point, so targets can be computed online or cached in shards and agree.
+    ``solver``: the solver family whose order-k step defines the target (``dpm``: DPM-Solver-k,
+    ``dpm++``: DPM-Solver++(kS), ``dpm_multistep`` / ``dpm++_multistep``: DPM-Solver(++)-kM,
+    ``plms``: PLMS of order k <= 4); singlestep solvers make ``eps_eff`` a pure function of the
+    point, multistep ones also of the trajectory's previous grid states (records carry them as
+    ``x_hist``), so targets computed online and cached in shards agree.
     ``spacing``: the time grid of every phase (``time_uniform``, ``logSNR``, ``time_quadratic``,
     ``leading``). ``guidance_scale``: classifier-free guidance of the teacher rollout *and* of both
     sides of the loss (1 = none).
     """
 
-    solver: Literal["dpm", "dpm++"] = "dpm"
+    solver: Literal["dpm", "dpm++", "dpm_multistep", "dpm++_multistep", "plms"] = "dpm"
     spacing: Literal["time_uniform", "logSNR", "time_quadratic", "leading"] = "time_uniform"
     guidance_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.solver not in ("dpm", "dpm++"):
-            raise ValueError(f"teacher solver family must be 'dpm' or 'dpm++', got {self.solver!r}")
+        families = ("dpm", "dpm++", "dpm_multistep", "dpm++_multistep", "plms")
+        if self.solver not in families:
+            raise ValueError(f"teacher solver family must be one of {families}, got {self.solver!r}")
         if self.guidance_scale <= 0:
             raise ValueError(f"guidance_scale must be > 0, got {self.guidance_scale}")

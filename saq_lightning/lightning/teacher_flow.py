@@ -10,13 +10,19 @@ grid and guidance, so that targets cached in shards (``generate``) and targets c
   and ``eps_eff`` is that of the composite step);
 * :meth:`TeacherFlow.targets`: ``eps_eff`` of the teacher's order-k step ``s -> t`` at given points
   (singlestep solvers make it a pure function of the point; with ``m > 1`` the m teacher
-  substeps are taken on the phase's teacher grid).
+  substeps are taken on the phase's teacher grid). Multistep families (``dpm_multistep``,
+  ``dpm++_multistep``, ``plms``) also need the previous grid states of the point's trajectory
+  (``history_x``, see :func:`~saq_lightning.sampling.point_step.eps_eff_at_points`); there the
+  teacher re-evaluates its history, which equals the rollout's when ``m = 1``.
+
+:func:`family_solver` gives the solver of a family name, for the teacher and for the student's
+own step inside the loss (``MixStepPhase.student_solver``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -25,6 +31,7 @@ from saq_lightning.data.mixstep import MixStepPhase
 from saq_lightning.models import DiffusionModel
 from saq_lightning.sampling import (
     GridError,
+    Solver,
     Trajectory,
     eps_eff_from_states,
     make_solver,
@@ -33,14 +40,55 @@ from saq_lightning.sampling import (
     step_with_direction,
     time_grid,
 )
+from saq_lightning.sampling.point_step import eps_eff_at_points
 from saq_lightning.sampling.predictor import select_batch
 
 from .settings import TeacherSettings
 
-#: the singlestep solver of each family; a per-sample ``order`` (1..3) selects DPM-Solver-k
-FAMILY_SOLVERS = {"dpm": "dpm3", "dpm++": "dpm++3s"}
+#: the solver of each family; a per-sample ``order`` selects the order (1..3, PLMS 1..4)
+FAMILY_SOLVERS = {"dpm": "dpm3", "dpm++": "dpm++3s", "dpm_multistep": "dpm3m",
+                  "dpm++_multistep": "dpm++3m", "plms": "plms"}
+SOLVER_FAMILIES = tuple(FAMILY_SOLVERS)
+
+
+def family_solver(family: str, schedule: Any, spacing: str) -> Solver:
+    """The solver of ``family`` (a key of :data:`FAMILY_SOLVERS`); singlestep DPM-Solver places its
+    intermediate points by the run's ``spacing`` rule, as the sampler does on that grid."""
+    if family not in FAMILY_SOLVERS:
+        raise ValueError(f"solver family must be one of {SOLVER_FAMILIES}, got {family!r}")
+    options = {"spacing": spacing} if family in ("dpm", "dpm++") else {}
+    return make_solver(FAMILY_SOLVERS[family], schedule, **options)
+
+
+def history_points(states: Tensor, times: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per step of a trajectory (``states [N + 1, B, ...]``, ``times [N + 1]``), the ``size``
+    previous states, most recent first: ``x [N, B, size, ...]``, ``t [N, B, size]`` and how
+    many are real, ``available [N, B]`` (missing entries repeat ``x_T`` at ``times[0]``)."""
+    n, b = states.shape[0] - 1, states.shape[1]
+    idx = torch.arange(n)[:, None] - 1 - torch.arange(size)[None, :]  # [N, size]
+    real = idx >= 0
+    idx = idx.clamp(min=0)
+    x = states[idx.flatten()].reshape(n, size, *states.shape[1:]).transpose(1, 2)
+    t = times[idx.to(times.device)].reshape(n, 1, size).expand(n, b, size)
+    avail = real.sum(dim=1).to(states.device)[:, None].expand(n, b)
+    return x, t, avail
 #: how close (in continuous time) a point's ``s``/``t`` must be to the phase's teacher grid
 GRID_TOLERANCE = 1e-5
+
+
+class PointHistory(NamedTuple):
+    """The previous grid states of a batch of points (multistep solvers), most recent first."""
+
+    history_x: Tensor | None  # [B, H, ...]
+    history_t: Tensor | None  # [B, H]
+    available: Tensor | None  # [B]
+
+    @classmethod
+    def none(cls, x_s: Tensor) -> PointHistory:
+        return cls(None, None, torch.zeros(x_s.shape[0], dtype=torch.long, device=x_s.device))
+
+    def rows(self, rows: Tensor) -> PointHistory:
+        return PointHistory(*(None if v is None else v[rows] for v in self))
 
 
 class TeacherFlow:
@@ -51,8 +99,7 @@ class TeacherFlow:
         self.settings = settings
         self.schedule = model.noise_schedule()
         # intermediate points by the run's spacing rule, in rollouts and in targets at points alike
-        self.solver = make_solver(FAMILY_SOLVERS[settings.solver], self.schedule,
-                                  spacing=settings.spacing)
+        self.solver = family_solver(settings.solver, self.schedule, settings.spacing)
 
     # ------------------------------------------------------------------ building blocks
     def predictor(self, model: DiffusionModel | None = None) -> Any:
@@ -66,6 +113,41 @@ class TeacherFlow:
     def solver_for(self, name: str | None = None):
         """The teacher's solver (``None``) or another one by name (e.g. ``ddim`` for calibration)."""
         return self.solver if name is None else make_solver(name, self.schedule)
+
+    def student_solver(self, phase: MixStepPhase) -> Solver:
+        """The solver the student of ``phase`` will be sampled with (default: the teacher's family)."""
+        family = getattr(phase, "student_solver", None) or self.settings.solver
+        return self.solver if family == self.settings.solver else family_solver(
+            family, self.schedule, self.settings.spacing)
+
+    def history_size(self, phases: Sequence[MixStepPhase]) -> int:
+        """How many previous grid states a point needs for the multistep steps of ``phases``
+        (the teacher's, and every phase's student's): 0 when all are singlestep."""
+        size = 0
+        for p in phases:
+            if self.solver.multistep:
+                size = max(size, self.solver.history_needed(int(p.teacher_order)),
+                           int(p.teacher_order) - 1)
+            student = self.student_solver(p)
+            if student.multistep:
+                size = max(size, int(p.student_order) - 1)
+        return size
+
+    def record_history(self, x_hist: Tensor | None, step: Tensor, phase_index: Tensor,
+                       phases: Sequence[MixStepPhase], time_dtype: torch.dtype) -> PointHistory | None:
+        """The :class:`PointHistory` of record rows (``x_hist [B, H, ...]``, ``step``, ``phase``):
+        the times are the phase's student grid at ``step - 1, step - 2, ...``."""
+        if x_hist is None:
+            return None
+        b, size = x_hist.shape[:2]
+        times = torch.empty(b, size, dtype=time_dtype, device=x_hist.device)
+        back = torch.arange(1, size + 1, device=step.device)
+        for p in torch.unique(phase_index).tolist():
+            rows = torch.nonzero(phase_index == p).flatten()
+            grid = self.grid(int(phases[int(p)].student_steps)).to(device=x_hist.device)
+            idx = (step[rows, None] - back[None, :]).clamp(min=0)
+            times[rows] = grid[idx].to(time_dtype)
+        return PointHistory(x_hist, times, step.clamp(max=size))
 
     # ------------------------------------------------------------------ trajectories
     @torch.no_grad()
@@ -95,23 +177,36 @@ class TeacherFlow:
 
     # ------------------------------------------------------------------ targets at points
     @torch.no_grad()
-    def step_targets(self, x_s: Tensor, s: Tensor, t: Tensor, order: Tensor | int, cond: Any) -> Tensor:
+    def step_targets(self, x_s: Tensor, s: Tensor, t: Tensor, order: Tensor | int, cond: Any,
+                     history: PointHistory | None = None) -> Tensor:
         """``eps_eff`` of one teacher step ``s -> t`` of the given per-sample order at ``x_s``.
 
-        Order 1 is the same-input target: the teacher's (guided) ``eps(x_s, s)``.
+        Order 1 is the same-input target: the teacher's (guided) ``eps(x_s, s)``. Multistep
+        families need ``history`` (the previous grid states) for rows of order >= 2.
         """
-        return step_with_direction(self.predictor(), x_s, s, t, self.solver, order=order,
-                                   cond=cond).eps_eff
+        if not self.solver.multistep:
+            return step_with_direction(self.predictor(), x_s, s, t, self.solver, order=order,
+                                       cond=cond).eps_eff
+        order = torch.as_tensor(order, device=x_s.device).expand(x_s.shape[0])
+        return eps_eff_at_points(self.predictor(), self.solver, x_s, s, t, order, cond,
+                                 **(history or PointHistory.none(x_s))._asdict())
 
     @torch.no_grad()
     def substep_targets(
-        self, x_s: Tensor, s: Tensor, t: Tensor, order: Tensor | int, cond: Any, phase: MixStepPhase
+        self, x_s: Tensor, s: Tensor, t: Tensor, order: Tensor | int, cond: Any, phase: MixStepPhase,
+        history: PointHistory | None = None,
     ) -> Tensor:
         """``eps_eff`` of the ``m = teacher_steps / student_steps`` teacher steps from ``s`` to ``t``
         on ``phase``'s teacher grid (``m = 1``: :meth:`step_targets`)."""
         m = int(phase.teacher_steps) // int(phase.student_steps)
         if m == 1:
-            return self.step_targets(x_s, s, t, order, cond)
+            return self.step_targets(x_s, s, t, order, cond, history)
+        if self.solver.multistep:
+            raise ValueError(
+                f"phase {phase}: targets at points of a multistep teacher ({self.settings.solver}) "
+                f"with teacher_steps != student_steps need the teacher's own history on its finer "
+                f"grid, which records do not hold: use targets from the shards "
+                f"(generation.store_targets) or the on-the-fly mode")
         grid = self.grid(int(phase.teacher_steps)).to(device=s.device, dtype=s.dtype)
         idx = (grid[None, :] - s[:, None]).abs().argmin(dim=1)
         end = (idx + m).clamp(max=grid.numel() - 1)
@@ -139,11 +234,12 @@ class TeacherFlow:
         cond: Any,
         phase_index: Tensor | None = None,
         phases: Sequence[MixStepPhase] | None = None,
+        history: PointHistory | None = None,
     ) -> Tensor:
         """Mixed-order targets of a batch of points; rows may belong to different phases."""
         if phases is None or phase_index is None or all(
                 p.teacher_steps == p.student_steps for p in phases):
-            return self.step_targets(x_s, s, t, order, cond)
+            return self.step_targets(x_s, s, t, order, cond, history)
         out = torch.empty_like(x_s)
         b = x_s.shape[0]
         for p in torch.unique(phase_index).tolist():
@@ -151,5 +247,6 @@ class TeacherFlow:
                 raise ValueError(f"batch holds phase {p}, the run has {len(phases)} phases")
             rows = torch.nonzero(phase_index == p).flatten()
             out[rows] = self.substep_targets(x_s[rows], s[rows], t[rows], order[rows],
-                                             select_batch(cond, rows, b), phases[p])
+                                             select_batch(cond, rows, b), phases[p],
+                                             None if history is None else history.rows(rows))
         return out

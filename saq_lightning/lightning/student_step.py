@@ -1,0 +1,109 @@
+"""The student's own solver step inside the loss (solver-aware alignment).
+
+For a point ``x_s`` of phase ``p`` the student takes the step it will take when it is sampled:
+``phases[p].student_solver`` (default: the teacher's family) at ``phases[p].student_order``,
+capped as that solver's sampling loop caps step ``step`` of ``student_steps`` (multistep warm-up
+and ``lower_order_final``). Its effective direction is what the loss compares with the teacher's
+``eps_eff``:
+
+* singlestep DPM-Solver(++)-k: k differentiable student evaluations, at ``x_s`` and at the
+  student's *own* intermediate points (built from its own first evaluations);
+* multistep DPM-Solver(++)-kM / PLMS: one evaluation at ``x_s`` plus the student's evaluations at
+  the ``k - 1`` previous grid states of the teacher's trajectory (differentiable too), combined
+  by the solver's formula (PLMS's first step: its pseudo improved Euler step, 2 evaluations);
+* order 1 (DPM-Solver-1 = DDIM, PLMS-1): ``eps(x_s, s)`` itself, all order-1 rows of the batch
+  in one evaluation -- today's MOTA, exactly (same loss, same gradients).
+
+Rows of higher orders are stepped per phase (their solvers may differ) and put back in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from saq_lightning.data.mixstep import MixStepPhase
+from saq_lightning.sampling.point_step import eps_eff_at_points
+from saq_lightning.sampling.predictor import NoisePredictor, select_batch
+
+from .teacher_flow import PointHistory, TeacherFlow
+
+
+def student_orders(flow: TeacherFlow, phases: Sequence[MixStepPhase], phase_index: Tensor,
+                   step: Tensor) -> Tensor:
+    """Per row, the order the student's sampler uses at that step (``[B]`` long)."""
+    out = torch.empty_like(phase_index, dtype=torch.long)
+    for p in torch.unique(phase_index).tolist():
+        phase = phases[int(p)]
+        solver = flow.student_solver(phase)
+        rows = phase_index == p
+        caps = torch.tensor([solver.order_cap(int(i), int(phase.student_steps))
+                             for i in step[rows].tolist()], dtype=torch.long, device=step.device)
+        out[rows] = caps.clamp(max=int(phase.student_order))
+    return out
+
+
+def student_effective_direction(
+    flow: TeacherFlow,
+    student: NoisePredictor,
+    phases: Sequence[MixStepPhase],
+    points: dict[str, Any],
+) -> Tensor:
+    """``eps_eff`` of the student's own step at every point of a batch (with gradients)."""
+    x_s, s, t, cond = points["x_s"], points["s"], points["t"], points["cond"]
+    phase_index = points["phase"].to(x_s.device)
+    step = points.get("step")
+    if step is None:
+        step = torch.zeros_like(phase_index)
+    orders = student_orders(flow, phases, phase_index, step.to(x_s.device))
+    history = points.get("history") or PointHistory.none(x_s)
+    b = x_s.shape[0]
+    # order-1 rows of every phase and solver: the student's eps at x_s (what every solver's
+    # first-order step uses), one evaluation of all of them together -- MOTA exactly
+    groups: list[tuple[int | None, Tensor | None]] = []
+    first = orders == 1
+    if bool(first.all()):
+        return student(x_s, s, cond)
+    if bool(first.any()):
+        groups.append((None, torch.nonzero(first).flatten()))
+    for p in torch.unique(phase_index[~first]).tolist():
+        groups.append((int(p), torch.nonzero((phase_index == p) & ~first).flatten()))
+    out = None
+    for p, rows in groups:
+        xr, sr, cr = x_s[rows], s[rows], select_batch(cond, rows, b)
+        if p is None:
+            eps = student(xr, sr, cr)
+        else:
+            eps = eps_eff_at_points(student, flow.student_solver(phases[p]), xr, sr, t[rows],
+                                    orders[rows], cr, **history.rows(rows)._asdict())
+        if len(groups) == 1:
+            return eps
+        out = torch.zeros_like(x_s, dtype=eps.dtype) if out is None else out
+        out = out.index_copy(0, rows, eps)
+    return out
+
+def check_phase_solvers(flow: TeacherFlow, phases: Sequence[MixStepPhase],
+                        record_fields: dict[str, Any] | None = None, source: str = "") -> None:
+    """Raise (naming the phase) if a phase's solver family or orders are unknown to its solver,
+    or if records lack the previous grid states (``x_hist``) a multistep step needs."""
+    for i, phase in enumerate(phases):
+        try:
+            student = flow.student_solver(phase)
+        except ValueError as err:
+            raise ValueError(f"phase {i} ({phase}): {err}") from None
+        for who, solver, order in (("teacher", flow.solver, phase.teacher_order),
+                                   ("student", student, phase.student_order)):
+            if int(order) not in solver.allowed_orders:
+                raise ValueError(f"phase {i}: {who}_order {order} is not an order of "
+                                 f"{solver.name} (allowed {solver.allowed_orders})")
+    size = flow.history_size(phases)
+    if record_fields is None or not size:
+        return
+    found = record_fields.get("x_hist", {}).get("shape", [0])[0] if "x_hist" in record_fields else 0
+    if found < size:
+        raise ValueError(f"{source}: the phases' multistep steps need the {size} previous grid "
+                         f"states of every point (record field x_hist), the records hold "
+                         f"{found}; regenerate the shards with this config")
