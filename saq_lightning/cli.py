@@ -45,6 +45,10 @@ PIPELINE_COMMANDS: dict[str, PipelineCommand] = {
         "saq_lightning.commands.evaluate:main",
         "FID/sFID/IS/KID/precision-recall/CLIP score (digits: FD, accuracy) of a sample .npz",
     ),
+    "ptq": PipelineCommand(
+        "saq_lightning.commands.ptq:main",
+        "SA-PTQ / BRECQ block reconstruction (AdaRound) from calibration shards; multi-rank, resumable",
+    ),
     "diagnose": PipelineCommand(
         "saq_lightning.commands.diagnose:main",
         "trajectory diagnostics: student vs FP distance per step at orders 1-3, flow straightness",

@@ -69,7 +69,7 @@ def test_shards_without_pairs_are_refused_with_the_field_to_set(made):
 def test_store_pairs_needs_a_second_order_teacher(made, tmp_path):
     from saq_lightning.data import MixStepPhase, MixStepSchedule
 
-    root, module = made
+    _root, module = made
     schedule = MixStepSchedule((MixStepPhase(10, 1, 1),))
     with pytest.raises(ValueError, match="store_pairs needs teacher_order 2"):
         generate_trajectories(module, schedule, tmp_path / "x", progress=False)
