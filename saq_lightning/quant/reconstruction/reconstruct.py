@@ -141,7 +141,9 @@ def reconstruct_block(
                 block.module.zero_grad(set_to_none=True)
                 for p in params:
                     p.grad = None
-                (rec + reg).backward()
+                total = rec + reg
+                if total.requires_grad:  # a rank without rows in this minibatch contributes zeros
+                    total.backward()
                 _sync_grads(params, comm)
                 opt.step()
                 if it % settings.log_every == 0 or it == settings.iters - 1:
@@ -171,7 +173,8 @@ def reconstruct_block(
                 ids = _minibatch(gen, n_global, settings.batch_size)
                 rec = _block_loss(block, cache, _local_positions(ids, comm), context, settings, device) / denom
                 block.module.zero_grad(set_to_none=True)
-                rec.backward()
+                if rec.requires_grad:
+                    rec.backward()
                 _sync_grads(act_params, comm)
                 opt.step()
                 with torch.no_grad():
