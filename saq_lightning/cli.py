@@ -82,6 +82,13 @@ class SAQLightningCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_data", True)
         super().__init__(*args, **kwargs)
 
+    def add_arguments_to_parser(self, parser) -> None:
+        # one file drives generate, ptq and fit: the `ptq:` block is read by `ptq` only
+        from saq_lightning.lightning.ptq import PTQSettings
+
+        parser.add_argument("--ptq", type=PTQSettings | None, default=None,
+                            help="block reconstruction settings of the `ptq` command (ignored by fit)")
+
 
 def _offline() -> None:
     """No network at run time: every weight comes from a local path."""

@@ -57,9 +57,6 @@ def load_ptq_run(config_args: list[str]) -> tuple[Any, Any, Any]:
     from saq_lightning.lightning.ptq import PTQSettings
 
     class _PTQCLI(SAQLightningCLI):
-        def add_arguments_to_parser(self, parser) -> None:
-            parser.add_dataclass_arguments(PTQSettings, "ptq")
-
         def instantiate_classes(self) -> None:
             self.config_init = self.parser.instantiate_classes(self.config)
             self.datamodule = self._get(self.config_init, "data")
@@ -69,8 +66,11 @@ def load_ptq_run(config_args: list[str]) -> tuple[Any, Any, Any]:
         warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter")
         cli = _PTQCLI(args=config_args, run=False)
     settings = cli.config_init.get("ptq")
+    if settings is None:
+        raise ValueError("the config has no `ptq:` block: add one (see configs/digits_w8a8_saptq.yaml) "
+                         "or give --ptq.output DIR")
     if not isinstance(settings, PTQSettings):
-        settings = PTQSettings(**dict(settings))
+        settings = PTQSettings(**{k: v for k, v in vars(settings).items() if not k.startswith("__")})
     return cli.model, cli.datamodule, settings
 
 
