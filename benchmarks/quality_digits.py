@@ -99,6 +99,12 @@ def build_row_model(row: Row, base: Path, out: Path, max_steps: int, console: Co
 
 
 def main() -> None:
+    from quality_digits_ptq import (  # benchmarks/, PTQ rows
+        PTQ_ROWS,
+        add_arguments,
+        build_ptq_row_model,
+    )
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/quality_digits")
     parser.add_argument("--config", default="configs/digits_w4a4.yaml")
@@ -106,6 +112,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rows", nargs="*", default=None, help="row names to run (default: all)")
+    parser.add_argument("--orders", nargs="*", type=int, default=[1, 2, 3], help="solver orders to sample")
+    parser.add_argument("--steps", nargs="*", type=int, default=[5, 10, 20], help="step counts to sample")
+    add_arguments(parser)  # PTQ rows (quality_digits_ptq.py)
     args = parser.parse_args()
     console = Console()
     out = Path(args.out)
@@ -113,15 +122,18 @@ def main() -> None:
     guidance = yaml.safe_load(base.read_text())["model"]["init_args"].get("guidance_scale", 1.0)
     classifier, _ = load_digits_classifier()
     real, _ = digits_split("all")
-    settings = [SamplerSetting(f"dpm{k}", n, "time_uniform", guidance) for k in (1, 2, 3) for n in (5, 10, 20)]
-    rows = [r for r in ROWS if args.rows is None or r.name in args.rows]
+    settings = [SamplerSetting(f"dpm{k}", n, "time_uniform", guidance) for k in args.orders for n in args.steps]
+    rows = [r for r in ROWS + PTQ_ROWS if args.rows is None or r.name in args.rows]
     commit = source_commit()  # now: the tree may change while the benchmark runs
     t_start = time.perf_counter()
     fp_final: dict[str, torch.Tensor] = {}
     results: list[dict[str, Any]] = []
     for row in rows:
         console.rule(row.name)
-        model, train_seconds = build_row_model(row, base, out, args.max_steps, console)
+        if isinstance(row, Row):
+            model, train_seconds = build_row_model(row, base, out, args.max_steps, console)
+        else:
+            model, train_seconds = build_ptq_row_model(row, base, out, args, console)
         for setting in settings:
             t0 = time.perf_counter()
             samples, labels = sample_class_balanced(model, args.samples, setting, args.seed)

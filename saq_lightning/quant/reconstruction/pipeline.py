@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -149,14 +150,18 @@ def reconstruct_student(
             continue
         if max_blocks is not None and done_now >= max_blocks:
             return report
+        t0 = time.perf_counter()
         cache = record_block(block, teacher_unet, student, batches(), settings,
                              state_dir / "cache" / f"rank{comm.rank}-{i:03d}.pt")
+        t1 = time.perf_counter()
         bar = _bar(progress and comm.rank == 0, f"[{i + 1}/{len(blocks)}] {block.name}",
                    settings.iters + (settings.act_iters if settings.learn_act_steps else 0))
         result = reconstruct_block(block, cache, n_samples, student.context, settings, comm, device, i,
                                    progress=bar.update if bar is not None else None)
         if bar is not None:
             bar.close()
+        result.record_seconds, result.optimize_seconds = t1 - t0, time.perf_counter() - t1
+        result.cache_bytes = cache.nbytes()
         del cache
         _drop_spill(state_dir / "cache" / f"rank{comm.rank}-{i:03d}.pt")
         comm.barrier()

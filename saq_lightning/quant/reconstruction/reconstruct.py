@@ -40,6 +40,9 @@ class BlockResult:
     iters: int
     act_iters: int
     curve: list[tuple[int, float, float]] = field(default_factory=list)  # (iter, rec, reg)
+    record_seconds: float = 0.0  # recording the block's inputs and FP outputs
+    optimize_seconds: float = 0.0  # rounding + activation-step iterations and the evaluations
+    cache_bytes: int = 0  # this rank's recorded rows (inputs, targets)
 
     def scalars(self) -> dict[str, float]:
         return {"loss_before": self.loss_before, "loss_after": self.loss_after,
