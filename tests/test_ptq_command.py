@@ -161,3 +161,28 @@ def test_a_bit_width_the_policy_lacks_is_an_error_naming_the_value(base, tmp_pat
     cfg = ptq_config(tmp_path / "bad.yaml", spec, shards, tmp_path / "out")
     with pytest.raises(Exception, match=r"w3a8"):
         ptq(["--config", str(cfg), "--model.init_args.policy", "w3a8", "--accelerator", "cpu"])
+
+
+def test_a_killed_run_resumes_to_the_same_student(base):
+    """SIGKILL in the middle of the run (after some blocks are saved), then the same command again."""
+    import signal
+    import time
+
+    root, spec, shards, _ = base
+    cfg = ptq_config(root / "killed.yaml", spec, shards, root / "killed")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "saq_lightning", "ptq", "--config", str(cfg), "--progress",
+                             "false", "--accelerator", "cpu"], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    blocks = root / "killed" / "ptq_state" / "blocks"
+    deadline = time.monotonic() + 600
+    while not (blocks / "003.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not (root / "killed" / "student.ckpt").exists()
+    done = len(list(blocks.glob("*.pt")))
+    summary = ptq(["--config", str(cfg), "--progress", "false", "--accelerator", "cpu"])
+    assert summary["complete"] and summary["skipped"] == done >= 4
+    a, b = _state(root / "one"), _state(root / "killed")
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
