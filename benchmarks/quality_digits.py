@@ -119,6 +119,12 @@ def build_row_model(row: Row, base: Path, out: Path, max_steps: int, console: Co
 
 
 def main() -> None:
+    from quality_digits_ptq import (  # benchmarks/, PTQ rows
+        PTQ_ROWS,
+        add_arguments,
+        build_ptq_row_model,
+    )
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/quality_digits")
     parser.add_argument("--config", default="configs/digits_w4a4.yaml")
@@ -132,6 +138,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="*", default=[5, 10, 20], help="step counts")
     parser.add_argument("--name", default="quality_digits",
                         help="results file stem (a reduced run: another name keeps the full table)")
+    add_arguments(parser)  # PTQ rows (quality_digits_ptq.py)
     args = parser.parse_args()
     console = Console()
     out = Path(args.out)
@@ -142,14 +149,17 @@ def main() -> None:
     scales = args.guidance or [guidance]
     settings = [SamplerSetting(f"dpm{k}", n, "time_uniform", g) for g in scales for k in args.solvers
                 for n in args.steps]
-    rows = [r for r in ROWS if args.rows is None or r.name in args.rows]
+    rows = [r for r in ROWS + PTQ_ROWS if args.rows is None or r.name in args.rows]
     commit = source_commit()  # now: the tree may change while the benchmark runs
     t_start = time.perf_counter()
     fp_final: dict[str, torch.Tensor] = {}
     results: list[dict[str, Any]] = []
     for row in rows:
         console.rule(row.name)
-        model, train_seconds = build_row_model(row, base, out, args.max_steps, console)
+        if isinstance(row, Row):
+            model, train_seconds = build_row_model(row, base, out, args.max_steps, console)
+        else:
+            model, train_seconds = build_ptq_row_model(row, base, out, args, console)
         for setting in settings:
             t0 = time.perf_counter()
             samples, labels = sample_class_balanced(model, args.samples, setting, args.seed)

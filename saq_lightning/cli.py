@@ -45,6 +45,10 @@ PIPELINE_COMMANDS: dict[str, PipelineCommand] = {
         "saq_lightning.commands.evaluate:main",
         "FID/sFID/IS/KID/precision-recall/CLIP score (digits: FD, accuracy) of a sample .npz",
     ),
+    "ptq": PipelineCommand(
+        "saq_lightning.commands.ptq:main",
+        "SA-PTQ / BRECQ block reconstruction (AdaRound) from calibration shards; multi-rank, resumable",
+    ),
     "diagnose": PipelineCommand(
         "saq_lightning.commands.diagnose:main",
         "trajectory diagnostics: student vs FP distance per step at orders 1-3, flow straightness",
@@ -77,6 +81,13 @@ class SAQLightningCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        # one file drives generate, ptq and fit: the `ptq:` block is read by `ptq` only
+        from saq_lightning.lightning.ptq import PTQSettings
+
+        parser.add_argument("--ptq", type=PTQSettings | None, default=None,
+                            help="block reconstruction settings of the `ptq` command (ignored by fit)")
 
 
 def _offline() -> None:

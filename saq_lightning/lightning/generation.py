@@ -26,6 +26,7 @@ from saq_lightning.data.errors import ManifestMismatchError
 from saq_lightning.data.manifest import Manifest, diff_values, format_mismatches
 from saq_lightning.data.mixstep import MixStepPhase, MixStepSchedule
 from saq_lightning.data.shard_writer import WriteReport, write_trajectory_shards
+from saq_lightning.data.trajectory_pairs import PAIRS_META, add_pairs
 from saq_lightning.data.trajectory_records import trajectory_records
 
 from .conditions import ConditionSource, noise_for
@@ -72,6 +73,8 @@ def trajectory_meta(
         "targets": "eps_eff" if settings.store_targets else None,
         "generator": GENERATOR,
     })
+    if settings.store_pairs:
+        meta["pairs"] = PAIRS_META
     return meta
 
 
@@ -101,6 +104,7 @@ class TrajectoryRollout:
         seed: int,
         store_targets: bool = True,
         device: torch.device | str = "cpu",
+        store_pairs: bool = False,
     ) -> None:
         self.flow = flow
         self.phases = list(phases)
@@ -108,6 +112,13 @@ class TrajectoryRollout:
         self.conditions = conditions
         self.seed = int(seed)
         self.store_targets = store_targets
+        self.store_pairs = store_pairs
+        if store_pairs:
+            bad = [p for p in self.phases if p.teacher_order != 2 or p.teacher_steps != p.student_steps]
+            if bad:
+                raise ValueError(f"generation.store_pairs needs teacher_order 2 and teacher_steps == "
+                                 f"student_steps in every phase (DPM-Solver-2 intermediate points); "
+                                 f"phases {bad} are not")
         self.device = torch.device(device)
 
     def __call__(self, traj_indices: list[int]) -> list[dict[str, Any]]:
@@ -120,9 +131,11 @@ class TrajectoryRollout:
         for p, idx in sorted(by_phase.items()):
             x_T = noise_for(self.seed, idx, model.sample_shape, self.device, dtype)
             cond = self.conditions(idx, device=self.device)
-            traj = self.flow.rollout(x_T, cond, self.phases[p])
+            traj = self.flow.rollout(x_T, cond, self.phases[p], keep_evaluations=self.store_pairs)
             recs = trajectory_records(traj, idx, phase=p, cond=cond,
                                       history=self.flow.history_size(self.phases))
+            if self.store_pairs:
+                add_pairs(recs, traj)
             if not self.store_targets:
                 for r in recs:
                     r.pop("eps_eff", None)
@@ -153,7 +166,8 @@ def generate_trajectories(
         module.to(device)
     device = next(module.teacher.unet.parameters()).device
     rollout = TrajectoryRollout(module.flow, schedule.phases, PhaseLayout(tuple(counts)),
-                                module.conditions, settings.seed, settings.store_targets, device)
+                                module.conditions, settings.seed, settings.store_targets, device,
+                                settings.store_pairs)
     return write_trajectory_shards(
         folder, rollout,
         num_trajectories=sum(counts),

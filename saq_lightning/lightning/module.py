@@ -125,6 +125,8 @@ class SAQLightningModule(L.LightningModule):
             of its config) and the on-the-fly choice of trajectory points.
         allow_teacher_transfer: resume/load a checkpoint whose student was trained against other
             teacher weights (a different fingerprint) deliberately; not saved with the run.
+        init_from: a student checkpoint of the same teacher and policy to start from instead of
+            calibrating (e.g. ``ptq``'s ``student.ckpt``: SA-QLoRA from SA-PTQ).
     """
 
     def __init__(
@@ -144,6 +146,7 @@ class SAQLightningModule(L.LightningModule):
         max_nonfinite_steps: int = 10,
         seed: int = 0,
         allow_teacher_transfer: bool = False,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         if alignment not in ("mixed_order", "same_input"):
@@ -186,6 +189,7 @@ class SAQLightningModule(L.LightningModule):
             "online_points_per_batch": online_points_per_batch,
             "max_nonfinite_steps": max_nonfinite_steps,
             "seed": seed,
+            "init_from": init_from,
         })
         self.teacher_spec = spec
         self.teacher: DiffusionModel = build_model(spec)  # frozen, eval mode
@@ -193,6 +197,11 @@ class SAQLightningModule(L.LightningModule):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self.student, self.quant_report = quantize_model(self.teacher.unet, self.policy)
+        self.init_from = init_from
+        if init_from is not None:  # e.g. an SA-PTQ student: its state replaces the calibration
+            from .init_from import load_init_from
+
+            load_init_from(self.student, init_from, self._identity())
         self._views = _Plain(student_model=self.teacher.with_unet(self.student), conditions=None)
         self.flow = TeacherFlow(self.teacher, self.teacher_settings)
         self.strict_loading = False  # checkpoints hold the student's trainable state only
@@ -315,7 +324,7 @@ class SAQLightningModule(L.LightningModule):
                 torch.distributed.broadcast(tensor, src=0)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        if not self.restored_from_checkpoint:
+        if not self.restored_from_checkpoint and self.init_from is None:
             self.calibrate_student()
         optimizer, scheduler = build_optimizer(self.student, self.optimizer_settings,
                                                self.trainer.estimated_stepping_batches)

@@ -113,6 +113,9 @@ class GenerationSettings:
     without it ``fit`` computes the targets online. ``prompts``: text models only, a file with
     one prompt per line (trajectory ``i`` uses line ``i % lines``). ``num_classes``: class models
     only, the number of real classes (default: the conditioner's, without the null class).
+    ``store_pairs``: also write every point's second-order intermediate point (``x_mid``,
+    ``s_mid``, ``paired``; see :mod:`saq_lightning.data.trajectory_pairs`), the calibration pairs of
+    SA-PTQ; needs teacher order 2 and ``teacher_steps == student_steps`` in every phase.
     """
 
     trajectories_per_phase: int | list[int] = 256
@@ -123,6 +126,7 @@ class GenerationSettings:
     seed: int = 0
     prompts: str | None = None
     num_classes: int | None = None
+    store_pairs: bool = False
 
     def __post_init__(self) -> None:
         if self.trajectories_per_shard < 1:

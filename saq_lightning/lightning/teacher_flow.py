@@ -151,11 +151,13 @@ class TeacherFlow:
 
     # ------------------------------------------------------------------ trajectories
     @torch.no_grad()
-    def rollout(self, x_T: Tensor, cond: Any, phase: MixStepPhase) -> Trajectory:
+    def rollout(self, x_T: Tensor, cond: Any, phase: MixStepPhase, keep_evaluations: bool = False) -> Trajectory:
         """The teacher's ``phase.teacher_order`` trajectory from ``x_T``, on the student grid.
 
         ``states[j]`` is the point ``x_s`` of student step ``j`` (``times[j] -> times[j + 1]``),
-        ``eps_eff[j]`` its target, ``orders[j]`` the teacher order used.
+        ``eps_eff[j]`` its target, ``orders[j]`` the teacher order used. ``keep_evaluations``: keep
+        the sampler's evaluation record (intermediate points; only with one teacher step per
+        student step).
         """
         grid = self.grid(int(phase.teacher_steps))
         res = sample(self.predictor(), x_T, grid, self.solver, cond=cond,
@@ -163,7 +165,11 @@ class TeacherFlow:
         traj = res.trajectory
         m = int(phase.teacher_steps) // int(phase.student_steps)
         if m == 1:
-            return Trajectory(traj.states, traj.times, traj.orders, traj.eps_eff, ())
+            evaluations = traj.evaluations if keep_evaluations else ()
+            return Trajectory(traj.states, traj.times, traj.orders, traj.eps_eff, evaluations)
+        if keep_evaluations:
+            raise ValueError(f"phase {phase}: evaluations of the teacher's substeps do not belong to the "
+                             f"student grid (teacher_steps != student_steps)")
         states, times = traj.states[::m], traj.times[::m]
         b = x_T.shape[0]
         eps = torch.stack([

@@ -59,6 +59,7 @@ class QuantLayer(nn.Module):
         self.fused = True  # False: plain autograd chain (reference path, same numbers)
         self._spec_cache: dict[float, FusedSpec] = {}
         self.register_buffer("qweight", None)  # integer codes after load_exported
+        self.rounding: nn.Module | None = None  # AdaRound decisions (quant.rounding), SA-PTQ
 
     # -- weight ---------------------------------------------------------------------------------
     @property
@@ -109,14 +110,17 @@ class QuantLayer(nn.Module):
         aq, wq = self.a_quant, self.w_quant
         aq.observe(x)
         cdt = self._compute_dtype(x)
-        if not self.fused:
+        if not self.fused or (quant_w and self.rounding is not None):
             a_s = a_z = w_s = w_z = None
             a_gf = 1.0
             if self.quant_act:
                 a_s, a_z, a_gf = aq.params_for(x)
-            if quant_w:
+            w = self.merged_weight()
+            if quant_w and self.rounding is not None:  # learnt rounding: w is already fake-quantized
+                w = self.rounding(w, wq)
+            elif quant_w:
                 w_s, w_z = wq.effective()
-            return self._unfused(x, self.merged_weight(), a_s, a_z, w_s, w_z, self._spec(a_gf), cdt)
+            return self._unfused(x, w, a_s, a_z, w_s, w_z, self._spec(a_gf), cdt)
         a_step = a_zp = a_idx = None
         a_gf = 1.0
         if self.quant_act:
@@ -147,6 +151,8 @@ class QuantLayer(nn.Module):
         """Integer codes of the merged weight (int16 tensor in ``[qmin, qmax]``)."""
         if self.qweight is not None:
             return self.qweight.to(torch.int16)
+        if self.rounding is not None:
+            return self.rounding.codes(self.merged_weight(), self.w_quant)
         return self.w_quant.codes(self.merged_weight())
 
     def load_integer_weight(self, codes: Tensor) -> None:
@@ -158,6 +164,7 @@ class QuantLayer(nn.Module):
         if "weight" in self.base._parameters:
             del self.base._parameters["weight"]
         self.lora = None
+        self.rounding = None
         self.w_quant._initialised = True
         self.w_quant.initialised.fill_(True)
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from .attention import QuantAttnProcessor
 from .layers import QuantLayer
 from .quantizers import AffineQuantizer
+from .rounding import attach_roundings_for_state
 
 if TYPE_CHECKING:  # pragma: no cover
     from .model import QuantizedUNet
@@ -61,6 +62,10 @@ def trainable_state_dict(student: QuantizedUNet | nn.Module) -> dict[str, Tensor
         if p.requires_grad:
             out[name] = p.detach()
     for mname, m in student.named_modules():
+        for b in getattr(m, "checkpoint_buffers", ()):  # e.g. AdaRound's hard decisions
+            t = getattr(m, b, None)
+            if isinstance(t, Tensor):
+                out[f"{mname}.{b}" if mname else b] = t.detach()
         if isinstance(m, AffineQuantizer):
             for b in _QUANT_BUFFERS:
                 t = getattr(m, b, None)
@@ -72,7 +77,8 @@ def trainable_state_dict(student: QuantizedUNet | nn.Module) -> dict[str, Tensor
 def load_trainable_state_dict(student: QuantizedUNet | nn.Module, state_dict: dict[str, Tensor]) -> None:
     """Load a :func:`trainable_state_dict`; raise ``ValueError`` if it is from another
     architecture or policy (different keys, shapes or quantizer bit specs). Nothing is changed
-    when it raises."""
+    when it raises (except that layers named with AdaRound decisions get a rounding module)."""
+    attach_roundings_for_state(student, state_dict)
     expected = trainable_state_dict(student)
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))

@@ -1,0 +1,110 @@
+"""PTQ rows of ``benchmarks/quality_digits.py``: BRECQ, SA-PTQ (both pair roles), SA-QLoRA from SA-PTQ.
+
+Naive calibration of every policy is ``quality_digits.py``'s own ``W8A8/W4A8/W4A4 naive`` rows (the
+same calibration every PTQ row starts from). Each PTQ row runs ``ptq`` on
+``configs/digits_w8a8_saptq.yaml`` with the row's policy and objective; calibration pairs come from
+one shared ``generate`` folder (DPM-Solver-2 at 20 and 10 steps, CFG 2, the quality table's guidance).
+``--ptq_iters`` / ``--ptq_act_iters`` / ``--ptq_samples`` reduce the lineage's 10k / 5k / 1024.
+The SA-QLoRA row trains the quality table's ``FIXED_10`` recipe for ``--max_steps`` steps with
+``model.init_from`` = the SA-PTQ (fp_first_order) student of the same policy.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PTQ_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits_w8a8_saptq.yaml"
+
+
+@dataclass(frozen=True)
+class PTQRow:
+    name: str
+    policy: str
+    objective: str
+    pair_roles: str = "fp_first_order"
+    qlora: bool = False  # SA-QLoRA started from this policy's SA-PTQ (fp_first_order) student
+
+    @property
+    def key(self) -> str:
+        return self.name.lower().replace(" ", "_").replace("-", "_").replace("(", "").replace(")", "")
+
+
+def _rows() -> list[PTQRow]:
+    rows = []
+    for p in ("w8a8", "w4a8", "w4a4"):
+        P = p.upper()
+        rows += [PTQRow(f"{P} BRECQ", p, "same_input"),
+                 PTQRow(f"{P} SA-PTQ (fp first-order)", p, "mixed_order", "fp_first_order"),
+                 PTQRow(f"{P} SA-PTQ (fp second-order)", p, "mixed_order", "fp_second_order"),
+                 PTQRow(f"{P} SA-QLoRA from SA-PTQ", p, "mixed_order", "fp_first_order", qlora=True)]
+    return rows
+
+
+PTQ_ROWS = _rows()
+
+
+def _ptq_args(row: PTQRow, out: Path, args: Any) -> list[str]:
+    return ["--config", str(PTQ_CONFIG), "--model.init_args.policy", row.policy,
+            "--data.init_args.shards", str(out / "ptq_pairs"), "--ptq.output", str(out / f"ptq_{row.policy}_{row.objective}_{row.pair_roles}"),
+            "--ptq.objective", row.objective, "--ptq.pair_roles", row.pair_roles,
+            "--ptq.iters", str(args.ptq_iters), "--ptq.act_iters", str(args.ptq_act_iters),
+            "--ptq.num_samples", str(args.ptq_samples)]
+
+
+def ptq_student(row: PTQRow, out: Path, args: Any) -> tuple[Path, float]:
+    """Run (or resume / reuse) the row's ``ptq``; returns its student checkpoint and seconds."""
+    from saq_lightning.commands.generate import generate
+    from saq_lightning.commands.ptq import ptq
+
+    cli = _ptq_args(row, out, args)
+    generate(cli[:6] + ["--progress", "false"])  # keeps finished shards: made once for all rows
+    _share_calibration(out, row.policy, Path(cli[7]))
+    t0 = time.perf_counter()
+    ptq(cli + ["--progress", "false"])
+    return Path(cli[7]) / "student.ckpt", time.perf_counter() - t0
+
+
+def _share_calibration(out: Path, policy: str, target: Path) -> None:
+    """Rows of one policy start from the same (deterministic) L_p calibration: compute it once.
+
+    ``ptq`` loads ``ptq_state/calibration.pt`` when it exists; the first row of the policy makes it.
+    """
+    import shutil
+
+    mine = target / "ptq_state" / "calibration.pt"
+    if mine.exists():
+        return
+    for other in sorted(out.glob(f"ptq_{policy}_*/ptq_state/calibration.pt")):
+        mine.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(other, mine)
+        return
+
+
+def build_ptq_row_model(row: PTQRow, base: Path, out: Path, args: Any, console: Any):
+    """The row's student as a DiffusionModel (eval mode) and the seconds it took to make."""
+    from saq_lightning.commands.demo import train
+    from saq_lightning.lightning.student_loading import load_student
+
+    ckpt, seconds = ptq_student(row, out, args)
+    if not row.qlora:
+        return load_student(ckpt).eval(), seconds
+    from quality_digits import FIXED_10, Row, row_config  # the trained rows' recipe
+
+    config = row_config(base, out / row.key, Row(row.name, row.policy, "mixed_order", FIXED_10), args.max_steps)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["model"]["init_args"]["init_from"] = str(ckpt.resolve())
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    t0 = time.perf_counter()
+    checkpoint = train(config, out / row.key, retrain=False, console=console)
+    return load_student(checkpoint).eval(), seconds + time.perf_counter() - t0
+
+
+def add_arguments(parser: Any) -> None:
+    parser.add_argument("--ptq_iters", type=int, default=10000, help="AdaRound iterations per block")
+    parser.add_argument("--ptq_act_iters", type=int, default=5000, help="activation-step iterations per block")
+    parser.add_argument("--ptq_samples", type=int, default=1024, help="calibration pairs")

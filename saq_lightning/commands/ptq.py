@@ -1,0 +1,122 @@
+"""``python -m saq_lightning ptq --config <ptq config>``: SA-PTQ / BRECQ block reconstruction.
+
+The config is a training config (the same teacher, policy, guidance, solver family and
+``data.shards`` as ``generate``/``fit``) plus a ``ptq:`` block (``saq_lightning.lightning.ptq.
+PTQSettings``). Any LightningCLI-style override works (``--ptq.iters 2000``).
+
+Ranks: under ``torchrun`` (``RANK``/``WORLD_SIZE``) or ``srun`` (``SLURM_PROCID``/``SLURM_NTASKS``)
+every rank reconstructs every block on its share of the calibration samples, gradients summed
+over ranks (gloo on CPU, NCCL on CUDA; ``MASTER_ADDR``/``MASTER_PORT`` from the environment,
+default ``127.0.0.1`` and ``29500 + SLURM_JOB_ID % 1000``). Rerunning the same command resumes:
+finished blocks are loaded, the first unfinished one is redone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from typing import Any
+
+import torch
+
+from .generate import Placement, _bool, device_for, environment_placement
+
+HELP = """usage: python -m saq_lightning ptq --config CONFIG [overrides] [options]
+
+Post-training quantization by block reconstruction (BRECQ + AdaRound; SA-PTQ's mixed-order pairs)
+of the config's student, from the calibration shards in data.shards (written by `generate`).
+Writes ptq.output/student.ckpt (+ ptq_results.json, tb/, ptq_state/); resumable.
+
+options:
+  --config CONFIG        the PTQ config (a training config with a `ptq:` block); repeatable
+  --accelerator {auto,cpu,cuda}
+                         where the models run (default auto: cuda if available)
+  --progress {true,false}
+                         progress bar per block on rank 0 (default true)
+  --max_blocks N         stop after N newly reconstructed blocks (rerun to continue)
+Any other argument is an override of the config (e.g. --ptq.iters 2000 --ptq.objective same_input).
+"""
+
+
+def parse_options(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(prog="python -m saq_lightning ptq", add_help=False)
+    parser.add_argument("--accelerator", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--progress", type=_bool, default=True)
+    parser.add_argument("--max_blocks", type=int, default=None)
+    opts, rest = parser.parse_known_args(args)
+    if opts.max_blocks is not None and opts.max_blocks < 1:
+        parser.error(f"--max_blocks must be >= 1, got {opts.max_blocks}")
+    return opts, rest
+
+
+def load_ptq_run(config_args: list[str]) -> tuple[Any, Any, Any]:
+    """(module, datamodule, PTQSettings) of a PTQ config, parsed as ``fit`` parses (no Trainer)."""
+    from saq_lightning.cli import SAQLightningCLI
+    from saq_lightning.lightning.ptq import PTQSettings
+
+    class _PTQCLI(SAQLightningCLI):
+        def instantiate_classes(self) -> None:
+            self.config_init = self.parser.instantiate_classes(self.config)
+            self.datamodule = self._get(self.config_init, "data")
+            self.model = self._get(self.config_init, "model")
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter")
+        cli = _PTQCLI(args=config_args, run=False)
+    settings = cli.config_init.get("ptq")
+    if settings is None:
+        raise ValueError("the config has no `ptq:` block: add one (see configs/digits_w8a8_saptq.yaml) "
+                         "or give --ptq.output DIR")
+    if not isinstance(settings, PTQSettings):
+        settings = PTQSettings(**{k: v for k, v in vars(settings).items() if not k.startswith("__")})
+    return cli.model, cli.datamodule, settings
+
+
+def _init_distributed(placement: Placement, device: torch.device) -> None:
+    env = os.environ
+    addr = env.get("MASTER_ADDR", "127.0.0.1")
+    port = env.get("MASTER_PORT") or str(29500 + int(env.get("SLURM_JOB_ID", "0")) % 1000)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    torch.distributed.init_process_group(backend, init_method=f"tcp://{addr}:{port}",
+                                         rank=placement.rank, world_size=placement.world_size)
+
+
+def ptq(args: list[str]) -> dict[str, Any]:
+    """Entry point with parsed arguments; returns a summary (rank 0's view)."""
+    from saq_lightning.lightning.ptq import CHECKPOINT, run_ptq
+    from saq_lightning.quant.reconstruction import Comm
+
+    opts, config_args = parse_options(args)
+    placement = environment_placement() or Placement(0, 1, 0)
+    device = device_for(opts.accelerator, placement.local_rank)
+    distributed = placement.world_size > 1
+    if distributed:
+        _init_distributed(placement, device)
+    try:
+        module, datamodule, settings = load_ptq_run(config_args)
+        shards = getattr(datamodule, "shards", None)
+        if shards is None:
+            raise ValueError("data.init_args.shards is null: ptq calibrates on the trajectory shards that "
+                             "`generate` writes; set data.init_args.shards")
+        module.to(device)
+        comm = Comm(placement.rank, placement.world_size)
+        report = run_ptq(module, shards, settings, comm=comm, progress=opts.progress, max_blocks=opts.max_blocks)
+    finally:
+        if distributed and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    summary = {"output": settings.output, "complete": report.complete, "blocks": len(report.blocks),
+               "skipped": len(report.skipped)}
+    if placement.rank == 0:
+        state = "complete" if report.complete else "stopped (rerun to continue)"
+        print(f"ptq {state}: {len(report.blocks)} blocks ({len(report.skipped)} loaded from an earlier run)"
+              + (f"; student checkpoint {settings.output}/{CHECKPOINT}" if report.complete else ""))
+    return summary
+
+
+def main(args: list[str]) -> None:
+    if any(a in ("-h", "--help") for a in args):
+        sys.stdout.write(HELP)
+        return
+    ptq(args)

@@ -1,0 +1,86 @@
+"""Every SA-PTQ config parses with the ptq command's CLI and builds: the digits ones for real, the
+big models' students and blocks on the ``meta`` device (no weights read, no memory)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from saq_lightning.cli import SAQLightningCLI
+from saq_lightning.commands.ptq import load_ptq_run
+from saq_lightning.data import MixStepSchedule
+from saq_lightning.lightning.module import resolve_policy
+from saq_lightning.lightning.ptq import PTQSettings
+from saq_lightning.lightning.settings import GenerationSettings
+from saq_lightning.models import ModelSpec, build_model
+from saq_lightning.quant import quantize_model
+from saq_lightning.quant.reconstruction import find_blocks
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+DIGITS = ["digits_w8a8_saptq.yaml", "digits_w4a8_saptq.yaml"]
+BIG = ["ldm4_w8a8_saptq.yaml", "ldm4_bedrooms_w8a8_saptq.yaml"]
+#: the method's lineage (BRECQ / AdaRound / Q-Diffusion), spelled out in every config
+LINEAGE = {"num_samples": 1024, "iters": 10000, "rounding_weight": 0.01, "beta_start": 20.0,
+           "beta_end": 2.0, "warmup": 0.2, "act_iters": 5000, "act_lr": 0.0004}
+
+
+class _ParseOnlyCLI(SAQLightningCLI):
+    def instantiate_classes(self) -> None:
+        return None
+
+
+def parse(name: str):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter")
+        return _ParseOnlyCLI(args=["--config", str(CONFIGS / name)], run=False).config
+
+
+def test_every_saptq_config_is_covered_here():
+    assert sorted(p.name for p in CONFIGS.glob("*_saptq.yaml")) == sorted(DIGITS + BIG)
+
+
+@pytest.mark.parametrize("name", DIGITS + BIG)
+def test_saptq_configs_hold_the_lineage_defaults_and_second_order_pairs(name):
+    cfg = parse(name)
+    ptq = PTQSettings(**{k: v for k, v in vars(cfg.ptq).items() if not k.startswith("__")})
+    assert {k: getattr(ptq, k) for k in LINEAGE} == LINEAGE
+    assert ptq.objective == "mixed_order"
+    init = cfg.model.init_args.as_dict()
+    assert GenerationSettings(**init["generation"]).store_pairs
+    policy = resolve_policy(init["policy"])
+    assert policy.lp_p == 2.4 and policy.name == name.split("_")[-2]
+    mix = next(c for c in cfg.trainer.callbacks if c.class_path.endswith("MixStepCallback"))
+    schedule = MixStepSchedule(tuple(mix.init_args.as_dict()["phases"]))
+    assert {p.teacher_order for p in schedule.phases} == {2}
+    if name == "ldm4_w8a8_saptq.yaml":  # the paper's setting
+        assert [p.student_steps for p in schedule.phases] == [20] and init["guidance_scale"] == 1.5
+
+
+@pytest.mark.parametrize("name", BIG)
+def test_big_saptq_configs_build_student_and_blocks_on_the_meta_device(name):
+    cfg = parse(name)
+    init = cfg.model.init_args.as_dict()
+    spec = ModelSpec(**{k: v for k, v in init["teacher"].items() if k != "__path__"})
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model = build_model(spec, load_weights=False)
+        student, _ = quantize_model(model.unet, resolve_policy(init["policy"]))
+    blocks = find_blocks(student.unet, *PTQSettings().block_definition())
+    covered = {n for b in blocks for n, _ in b.layers}
+    assert covered == {n for n, _ in student.quant_layers()}  # every quantized layer, once
+    kinds = {b.kind for b in blocks}
+    assert {"ResnetBlock2D", "TimestepEmbedding"} <= kinds
+    assert kinds & {"Transformer2DModel", "Attention"}
+
+
+@pytest.mark.parametrize("name", DIGITS)
+def test_digits_saptq_configs_build_module_data_and_settings_for_real(name):
+    module, datamodule, settings = load_ptq_run(["--config", str(CONFIGS / name)])
+    assert module.teacher.sample_shape == (1, 8, 8) and module.policy.name == name.split("_")[1]
+    assert datamodule.shards == f"runs/{name.removesuffix('.yaml')}/trajectories"
+    assert settings.output == f"runs/{name.removesuffix('.yaml')}"
+    blocks = find_blocks(module.student.unet, *settings.block_definition())
+    assert {n for b in blocks for n, _ in b.layers} == {n for n, _ in module.student.quant_layers()}
