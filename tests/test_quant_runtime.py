@@ -70,7 +70,7 @@ def _compare_end_to_end(folder, call):
 
 def test_integer_accumulator_equals_the_exact_product_of_the_students_codes(case):
     folder, call = case
-    fake, rt, f_in, _, _, _ = _compare_end_to_end(folder, call)
+    _, rt, f_in, _, _, _ = _compare_end_to_end(folder, call)
     layers = layers_of(rt, RuntimeLayer)
     assert layers and all(m.arithmetic == "int8" for m in layers.values())
     with torch.no_grad(), rt.timestep_context(call["timestep"], call["sample"].shape[0]):

@@ -13,7 +13,7 @@ raises (default) or uses :func:`emulated_gemm`: the same integer product compute
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +50,7 @@ def emulated_gemm(a: Tensor, w: Tensor) -> Tensor:
     return (a.double() @ w.double().t()).to(torch.int32)
 
 
-@lru_cache(maxsize=None)
+@cache
 def probe_int8_gemm(device_str: str) -> str | None:
     """``None`` if ``torch._int_mm`` runs (and is exact) on the device, else the reason it does not."""
     device = torch.device(device_str)
