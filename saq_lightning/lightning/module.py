@@ -110,6 +110,8 @@ class SAQLightningModule(L.LightningModule):
             steps training stops with an error (the last checkpoint stays the last good one).
         seed: seeds the LoRA initialisation (independent of the global RNG: a run is a function
             of its config) and the on-the-fly choice of trajectory points.
+        compile: run the student's training/sampling calls through ``torch.compile`` (the
+            student module itself, its state and checkpoints stay the eager ones).
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class SAQLightningModule(L.LightningModule):
         online_points_per_batch: int | None = None,
         max_nonfinite_steps: int = 10,
         seed: int = 0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if alignment not in ("mixed_order", "same_input"):
@@ -170,6 +173,7 @@ class SAQLightningModule(L.LightningModule):
             "online_points_per_batch": online_points_per_batch,
             "max_nonfinite_steps": max_nonfinite_steps,
             "seed": seed,
+            "compile": bool(compile),
         })
         self.teacher_spec = spec
         self.teacher: DiffusionModel = build_model(spec)  # frozen, eval mode
@@ -177,7 +181,8 @@ class SAQLightningModule(L.LightningModule):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self.student, self.quant_report = quantize_model(self.teacher.unet, self.policy)
-        self._views = _Plain(student_model=self.teacher.with_unet(self.student), conditions=None)
+        net = torch.compile(self.student) if compile else self.student
+        self._views = _Plain(student_model=self.teacher.with_unet(net), conditions=None)
         self.flow = TeacherFlow(self.teacher, self.teacher_settings)
         self.strict_loading = False  # checkpoints hold the student's trainable state only
         self.phases: list[MixStepPhase] | None = None
