@@ -81,24 +81,37 @@ def pack_int4(u: Tensor) -> Tensor:
     return (u[0::2] | (u[1::2] << 4)).contiguous()
 
 
-def im2col(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
-           pad_value: Tensor | None) -> tuple[Tensor, int, int]:
-    """``x [B, C, H, W]`` (any dtype, e.g. int8) -> ``[B*Ho*Wo, C*kh*kw]`` rows in the weight's
-    ``(c, i, j)`` order, plus ``(Ho, Wo)``. ``pad_value`` (``[B]``, or ``None`` for 0) is the
-    per-sample value of the padded border (the code whose centred value is zero)."""
-    b, c, h, w = x.shape
+def im2col_nhwc(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+                pad_value: Tensor | None) -> tuple[Tensor, int, int]:
+    """``x [B, H, W, C]`` (channels last, any dtype, e.g. int8) -> ``[B*Ho*Wo, kh*kw*C]`` rows in
+    ``(i, j, c)`` order, plus ``(Ho, Wo)``. ``pad_value`` (``[B]``, or ``None`` for 0) is the
+    per-sample value of the padded border (the code whose centred value is zero).
+
+    Channels last, because then every kernel tap is one strided copy of contiguous ``C``-runs
+    (an NCHW unfold + permute copies element by element, several times slower for int8)."""
+    b, h, w, c = x.shape
     kh, kw = kernel
     ph, pw = padding
+    sh, sw = stride
     if ph or pw:
         if pad_value is None:
-            x = F.pad(x, (pw, pw, ph, ph))
+            x = F.pad(x, (0, 0, pw, pw, ph, ph))
         else:
-            big = pad_value.to(x.dtype).view(b, 1, 1, 1).expand(b, c, h + 2 * ph, w + 2 * pw).clone()
-            big[:, :, ph:ph + h, pw:pw + w] = x
+            big = pad_value.to(x.dtype).view(b, 1, 1, 1).expand(b, h + 2 * ph, w + 2 * pw, c).clone()
+            big[:, ph:ph + h, pw:pw + w] = x
             x = big
-    cols = x.unfold(2, kh, stride[0]).unfold(3, kw, stride[1])  # [B, C, Ho, Wo, kh, kw]
-    ho, wo = cols.shape[2], cols.shape[3]
-    return cols.permute(0, 2, 3, 1, 4, 5).reshape(b * ho * wo, c * kh * kw), ho, wo
+    ho, wo = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+    if kh == kw == 1:
+        cols = x[:, : (ho - 1) * sh + 1: sh, : (wo - 1) * sw + 1: sw]
+        return cols.reshape(b * ho * wo, c), ho, wo
+    taps = [x[:, i: i + (ho - 1) * sh + 1: sh, j: j + (wo - 1) * sw + 1: sw] for i in range(kh) for j in range(kw)]
+    return torch.cat(taps, dim=-1).view(b * ho * wo, kh * kw * c), ho, wo
+
+
+def row_sums(a: Tensor, gemm) -> Tensor:
+    """``a.sum(1)`` as int32 through the GEMM (an int8 reduction with an int32 result is slow on CPU)."""
+    ones = torch.ones(8, a.shape[1], dtype=torch.int8, device=a.device)
+    return gemm(a, ones)[:, 0]
 
 
 def storage_bytes(t: Tensor | None) -> int:

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from ..functional import dequantize, quantize_codes
 from ..layers import QuantConv2d, QuantLayer
 from ..timestep_quantizer import TimestepActQuantizer
-from .kernels import emulated_gemm, im2col, int8_gemm, pack_int4, storage_bytes, unpack_int4
+from .kernels import emulated_gemm, im2col_nhwc, int8_gemm, pack_int4, row_sums, storage_bytes, unpack_int4
 
 ARITHMETICS = ("int8", "emulated", "weight_only", "fake")
 
@@ -102,12 +102,24 @@ class RuntimeLayer(nn.Module):
         return (self.qweight.to(torch.int16) + self._w_off).view(self.weight_shape)
 
     def int8_weight(self) -> tuple[Tensor, Tensor | None]:
-        """``(W [N, K] int8, dw [N] int32 or None)`` with ``q_w - z_w = W + dw``."""
+        """``(W [N, K] int8, dw [N] int32 or None)`` with ``q_w - z_w = W + dw``; for a conv, ``K``
+        runs over ``(i, j, c)`` (the channels-last im2col order)."""
         n_out = self.weight_shape[0]
         if self.packing == "int8" and _int8_offset(self.w_bits, self.w_qmin) is not None:
-            return self.qweight.view(n_out, -1), (self._w_off - self.w_zero)
-        centred = self.codes().view(n_out, -1) - self.w_zero.view(-1, 1).to(torch.int16)
-        return centred.to(torch.int8), None
+            w, dw = self.qweight.view(self.weight_shape), (self._w_off - self.w_zero)
+        else:
+            w = (self.codes() - self.w_zero.view((-1,) + (1,) * (len(self.weight_shape) - 1)).to(torch.int16))
+            w, dw = w.to(torch.int8), None
+        if self.conv is not None:
+            w = w.permute(0, 2, 3, 1)
+        return w.reshape(n_out, -1), dw
+
+    def _column_sums(self, w: Tensor) -> Tensor:
+        """``W.sum(1)`` (int32), fixed per layer: computed once (per device), not per call."""
+        cached = self.__dict__.get("_colsum")
+        if cached is None or cached.device != w.device:
+            cached = self.__dict__["_colsum"] = w.to(torch.int32).sum(1)
+        return cached
 
     def dequantized_weight(self, dtype: torch.dtype) -> Tensor:
         view = (-1,) + (1,) * (len(self.weight_shape) - 1)
@@ -121,15 +133,23 @@ class RuntimeLayer(nn.Module):
         return s.detach()[idx], z.detach()[idx]
 
     def _act_codes(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``(A int8, s [B'], da [B'] int32 or None)`` with ``q_x - z_x = A + da``."""
+        """``(A int8, s [B'], da [B'] int32 or None)`` with ``q_x - z_x = A + da``; for a conv,
+        ``A`` is channels last ``[B, H, W, C]``.
+
+        ``q_x - z_x = clamp(round(x / s), qmin - z, qmax - z)``: the same integers as
+        ``clamp(round(x / s) + z, qmin, qmax) - z`` (the student's codes), in fewer passes."""
         s, z = self._act_params(x)
+        if self.conv is not None:
+            x = x.permute(0, 2, 3, 1)
         view = (-1,) + (1,) * (x.ndim - 1)
         aq = self.a_quant
-        q = quantize_codes(x, s.view(view), z.view(view), aq.qmin, aq.qmax)
+        zv = z.view(view)
+        centred = torch.div(x.float(), s.view(view)).round_().clamp_(aq.qmin - zv, aq.qmax - zv)
         off = _int8_offset(aq.bits, aq.qmin)
         if off is None:
-            return q.sub_(z.view(view)).to(torch.int8), s, None
-        return q.sub_(off).to(torch.int8), s, (off - z).to(torch.int32)
+            return centred.to(torch.int8).contiguous(), s, None
+        da = (off - z).view(view)
+        return centred.sub_(da).to(torch.int8).contiguous(), s, da.reshape(-1).to(torch.int32)
 
     # -- forward --------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
@@ -166,23 +186,28 @@ class RuntimeLayer(nn.Module):
         else:
             c = self.conv
             pad = None if da is None else (-da).expand(b)
-            a2, ho, wo = im2col(a, self.weight_shape[2:], c["stride"], c["padding"], pad)
+            a2, ho, wo = im2col_nhwc(a, self.weight_shape[2:], c["stride"], c["padding"], pad)
             lead = (b, ho, wo)
         rows = a2.shape[0] // b
         gemm = int8_gemm if self.arithmetic == "int8" else emulated_gemm
         acc = gemm(a2, w)
         if dw is not None:
-            acc += a2.sum(1, dtype=torch.int32).view(-1, 1) * dw.view(1, -1)
+            acc += row_sums(a2, gemm).view(-1, 1) * dw.view(1, -1)
         if da is not None:
-            col = w.sum(1, dtype=torch.int32) + (0 if dw is None else w.shape[1] * dw)
+            col = self._column_sums(w) + (0 if dw is None else w.shape[1] * dw)
             acc += da.expand(b).repeat_interleave(rows).view(-1, 1) * col.view(1, -1)
         return acc, s.expand(b).repeat_interleave(rows), lead
 
     def _forward_int(self, x: Tensor) -> Tensor:
         acc, s_rows, lead = self.int_accumulate(x)
-        y = acc.float().mul_(self.w_scale.view(1, -1)).mul_(s_rows.view(-1, 1))
+        b = lead[0]
+        acc = acc.view(b, -1, acc.shape[-1])
+        # per sample: scale [B', 1, N] = s_x * s_w; one fused pass y = bias + acc * scale
+        scale = s_rows.view(b, -1)[:, :1, None] * self.w_scale.view(1, 1, -1)
         if self.bias is not None:
-            y.add_(self.bias.view(1, -1))
+            y = torch.addcmul(self.bias.view(1, 1, -1), acc.float(), scale)
+        else:
+            y = acc.float().mul_(scale)
         y = y.view(*lead, -1)
         if self.conv is not None:
             y = y.permute(0, 3, 1, 2).contiguous()
