@@ -13,9 +13,9 @@ Students are calibrated (min/max) on the timed batch's timestep; weights are ran
 the shipped digits teacher, so only speed and memory mean something here, not quality.
 Latency: median over ``--repeats`` calls after a warm-up, models alternating per repeat.
 Peak memory: resident model tensors + the rise during one call (CUDA: ``max_memory_allocated``;
-CPU: peak RSS rise, ``VmHWM`` reset via ``/proc/self/clear_refs``, measured after all timings
-with glibc's mmap threshold lowered so freed tensors return to the OS; timings run without it,
-since every large allocation then costs an mmap and page faults). CPU figures depend on the processor's int8 support: the CPU
+CPU: peak RSS rise, ``VmHWM`` reset via ``/proc/self/clear_refs``, in a fresh process with
+glibc's mmap threshold lowered so freed tensors return to the OS; LDM-4 there without a warm-up
+call; timings run without that setting, since every large allocation then costs an mmap). CPU figures depend on the processor's int8 support: the CPU
 model and its VNNI/AMX flags are recorded with them.
 
     .venv/bin/python benchmarks/lowbit_inference.py [--device cpu|cuda] [--threads 2] [--repeats 3]
@@ -33,6 +33,7 @@ import gc
 import json
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,13 +46,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality_digits import source_commit  # noqa: E402
-from quant_overhead import PeakMemory, _lower_mmap_threshold, tensor_bytes  # noqa: E402
+from quality_digits import source_commit
+from quant_overhead import PeakMemory, _lower_mmap_threshold, tensor_bytes
 
-from saq_lightning.models import ModelSpec, build_model  # noqa: E402
-from saq_lightning.models.specs import load_model_spec  # noqa: E402
-from saq_lightning.quant import calibrate, export_student, quantize_model  # noqa: E402
-from saq_lightning.quant.runtime import load_runtime, weight_bytes  # noqa: E402
+from saq_lightning.models import ModelSpec, build_model
+from saq_lightning.models.specs import load_model_spec
+from saq_lightning.quant import calibrate, export_student, quantize_model
+from saq_lightning.quant.runtime import load_runtime, weight_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMESTEP = 500
@@ -172,11 +173,13 @@ def latencies(models: dict[str, torch.nn.Module], batch: int, device: torch.devi
 
 
 @torch.no_grad()
-def call_memory_rise(models: dict[str, torch.nn.Module], batch: int, device: torch.device) -> dict[str, int]:
-    """Transient memory of one call per model (after a warm-up call)."""
+def call_memory_rise(models: dict[str, torch.nn.Module], batch: int, device: torch.device,
+                     warmup: bool = True) -> dict[str, int]:
+    """Transient memory of one call per model (after a warm-up call unless ``warmup=False``)."""
     out = {}
     for name, fn in _calls(models, batch, device).items():
-        fn()
+        if warmup:
+            fn()
         with PeakMemory(device) as pm:
             fn()
         out[name] = int(pm.rise)
@@ -193,30 +196,62 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "gpu_measured": gpu, "models": {},
     }
     batches = {"digits": args.digits_batches, "ldm4": args.ldm_batches}
-    built = {}
-    with tempfile.TemporaryDirectory(prefix="lowbit-") as tmp:
-        for kind in ("digits", "ldm4"):
-            t0 = time.perf_counter()
-            models, info = build_models(kind, device, Path(tmp), gpu)
-            print(f"{kind}: {info['params'] / 1e6:.1f}M params, built in {time.perf_counter() - t0:.0f} s; "
-                  f"{info['report_w4a4']}", flush=True)
-            built[kind] = models
-            res["models"][kind] = {**info, "bytes": {n: model_bytes(n, m) for n, m in models.items()}, "batches": {}}
+    built = build_all(args, device, gpu, res)
     for kind, models in built.items():
         for b in batches[kind]:
             res["models"][kind]["batches"][str(b)] = latencies(models, b, device, args.repeats)
-    # memory after timing: on CPU the mmap threshold is lowered now (it slows allocation down)
-    if not gpu and not _lower_mmap_threshold():
-        print("warning: cannot lower glibc's mmap threshold: CPU peak memory may read low", flush=True)
-    for kind, models in built.items():
-        entry = res["models"][kind]
-        for b in batches[kind]:
-            for name, rise in call_memory_rise(models, b, device).items():
-                r = entry["batches"][str(b)][name]
-                r["step_rise_bytes"], r["peak_bytes"] = rise, entry["bytes"][name]["total"] + rise
     del built
     gc.collect()
+    rises = memory_rises(args, device, batches)
+    for kind, per_batch in rises.items():
+        entry = res["models"][kind]
+        for b, per_model in per_batch.items():
+            for name, rise in per_model.items():
+                r = entry["batches"][b][name]
+                r["step_rise_bytes"], r["peak_bytes"] = rise, entry["bytes"][name]["total"] + rise
     return res
+
+
+def build_all(args: argparse.Namespace, device: torch.device, gpu: bool, res: dict | None = None) -> dict:
+    built = {}
+    tmp = tempfile.mkdtemp(prefix="lowbit-")
+    for kind in args.unets:
+        t0 = time.perf_counter()
+        models, info = build_models(kind, device, Path(tmp), gpu)
+        print(f"{kind}: {info['params'] / 1e6:.1f}M params, built in {time.perf_counter() - t0:.0f} s; "
+              f"{info['report_w4a4']}", flush=True)
+        built[kind] = models
+        if res is not None:
+            res["models"][kind] = {**info, "bytes": {n: model_bytes(n, m) for n, m in models.items()}, "batches": {}}
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    return built
+
+
+def memory_rises(args: argparse.Namespace, device: torch.device, batches: dict) -> dict:
+    """Transient memory of one call per model and batch. CPU: in a fresh process whose glibc mmap
+    threshold is lowered before anything is allocated (RSS then tracks live tensors; in this
+    process freed heap pages would be reused without raising RSS)."""
+    if device.type == "cuda":
+        built = build_all(args, device, True)
+        return {k: {str(b): call_memory_rise(built[k], b, device) for b in batches[k]} for k in built}
+    cmd = [sys.executable, __file__, "--memory-worker", "--device", args.device, "--unets", ",".join(args.unets),
+           "--digits-batches", ",".join(map(str, batches["digits"])), "--ldm-batches", ",".join(map(str, batches["ldm4"]))]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def memory_worker(args: argparse.Namespace) -> None:
+    if not _lower_mmap_threshold():
+        raise SystemExit("cannot lower glibc's mmap threshold: CPU peak memory would be unreliable")
+    device = torch.device(args.device)
+    batches = {"digits": args.digits_batches, "ldm4": args.ldm_batches}
+    built = build_all(args, device, False)
+    print(json.dumps({k: {str(b): call_memory_rise(built[k], b, device, warmup=k == "digits") for b in batches[k]}
+                      for k in built}))
 
 
 def summarise(res: dict[str, Any]) -> dict[str, Any]:
@@ -269,20 +304,29 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None, help="default: 3 on CPU, 10 on CUDA")
     ap.add_argument("--digits-batches", default="1,8,32")
     ap.add_argument("--ldm-batches", default=None, help="default: 1 on CPU, 1,8,32 on CUDA")
+    ap.add_argument("--unets", default="digits,ldm4", help="which UNets (the summary needs ldm4)")
+    ap.add_argument("--memory-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help="default benchmarks/results/lowbit_inference_<device>.json")
     args = ap.parse_args()
     gpu = args.device.startswith("cuda")
     args.repeats = args.repeats or (10 if gpu else 3)
+    args.unets = args.unets.split(",")
     args.digits_batches = [int(b) for b in args.digits_batches.split(",")]
     args.ldm_batches = [int(b) for b in (args.ldm_batches or ("1,8,32" if gpu else "1")).split(",")]
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.memory_worker:  # internal: CPU memory measurement in a fresh process
+        memory_worker(args)
+        return
     t0 = time.perf_counter()
     res = run(args)
-    res["summary"] = summarise(res)
+    res["summary"] = summarise(res) if "ldm4" in res["models"] else None
     res["seconds"] = time.perf_counter() - t0
     print_table(res)
     s = res["summary"]
+    if s is None:
+        print("no ldm4 run: no summary")
+        return
     print(f"\nLDM-4 W4 weights: {s['weight_bytes_ratio_w4']:.3f} of fp32 (whole model), "
           f"{s['weight_bytes_ratio_w4_quantized_layers']:.3f} (quantized layers only); "
           f"W4A4 int8 vs fake W4A4 {s['int8_w4a4_speedup_vs_fakequant_w4a4']:.2f}x, W8A8 int8 vs fp32 "

@@ -111,7 +111,8 @@ class SAQLightningModule(L.LightningModule):
         seed: seeds the LoRA initialisation (independent of the global RNG: a run is a function
             of its config) and the on-the-fly choice of trajectory points.
         compile: run the student's training/sampling calls through ``torch.compile`` (the
-            student module itself, its state and checkpoints stay the eager ones).
+            student module itself, its state and checkpoints stay the eager ones); a string
+            names the backend (default ``inductor``; e.g. ``aot_eager``).
     """
 
     def __init__(
@@ -130,7 +131,7 @@ class SAQLightningModule(L.LightningModule):
         online_points_per_batch: int | None = None,
         max_nonfinite_steps: int = 10,
         seed: int = 0,
-        compile: bool = False,
+        compile: bool | str = False,
     ) -> None:
         super().__init__()
         if alignment not in ("mixed_order", "same_input"):
@@ -173,7 +174,7 @@ class SAQLightningModule(L.LightningModule):
             "online_points_per_batch": online_points_per_batch,
             "max_nonfinite_steps": max_nonfinite_steps,
             "seed": seed,
-            "compile": bool(compile),
+            "compile": compile,
         })
         self.teacher_spec = spec
         self.teacher: DiffusionModel = build_model(spec)  # frozen, eval mode
@@ -181,7 +182,9 @@ class SAQLightningModule(L.LightningModule):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self.student, self.quant_report = quantize_model(self.teacher.unet, self.policy)
-        net = torch.compile(self.student) if compile else self.student
+        net = self.student
+        if compile:
+            net = torch.compile(net, **({"backend": compile} if isinstance(compile, str) else {}))
         self._views = _Plain(student_model=self.teacher.with_unet(net), conditions=None)
         self.flow = TeacherFlow(self.teacher, self.teacher_settings)
         self.strict_loading = False  # checkpoints hold the student's trainable state only
