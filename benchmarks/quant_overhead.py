@@ -22,7 +22,12 @@ cost per op, and a quantized layer launches dozens of small ops where the FP lay
 so eager GPU timings of a model this size mostly measure launch overhead.
 
     .venv/bin/python benchmarks/quant_overhead.py [--device cpu|cuda] [--autocast bf16]
-        [--batch 4] [--repeats 5] [--threads 1] [--cuda-graph] [--out ...json]
+        [--batch 4] [--repeats 5] [--threads 1] [--cuda-graph] [--unet mid|ldm4] [--out ...json]
+
+``--unet ldm4``: the real architecture instead, an LDM-4-size ``UNet2DModel`` with random weights
+(``configs/models/ldm4_bedrooms.yaml``: 274M parameters, 64x64x3 latents), e.g. the GPU case
+``--device cuda --unet ldm4 --autocast bf16 --batch 32`` (not measured on GPU yet; on CPU one
+step takes minutes).
 
 Prints a table, writes JSON (default ``benchmarks/results/quant_overhead_<device>.json``); the
 last line is ``time_ratio=... mem_ratio=...`` (plus ``time_ratio_cuda_graph=...`` with graphs).
@@ -119,15 +124,24 @@ def tensor_bytes(*modules: torch.nn.Module) -> int:
 # -- benchmark -------------------------------------------------------------------------------------
 
 
-def make_unet():
+def make_unet(kind: str = "mid"):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
+    if kind == "ldm4":
+        from saq_lightning.models import build_model
+        from saq_lightning.models.specs import load_model_spec
+
+        spec = load_model_spec(Path(__file__).resolve().parents[1] / "configs/models/ldm4_bedrooms.yaml")
+        return build_model(spec, load_weights=False).unet
     return UNet2DConditionModel(**UNET_CONFIG)
 
 
-def make_batch(batch: int, device: torch.device) -> dict[str, torch.Tensor]:
+def make_batch(batch: int, device: torch.device, kind: str = "mid") -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
+    if kind == "ldm4":
+        return {"sample": torch.randn(batch, 3, 64, 64, generator=g).to(device),
+                "timestep": torch.randint(0, 1000, (batch,), generator=g).to(device)}
     return {
         "sample": torch.randn(batch, 4, 32, 32, generator=g).to(device),
         "timestep": torch.randint(0, 1000, (batch,), generator=g).to(device),
@@ -158,9 +172,9 @@ def timed(fn, device: torch.device) -> float:
 def build(args: argparse.Namespace, device: torch.device, with_student: bool = True):
     """FP UNet, its calibrated W4A4 student, a batch and a target; and the step functions."""
     autocast = {"none": None, "bf16": torch.bfloat16}[args.autocast]
-    unet = make_unet().to(device).train()
+    unet = make_unet(args.unet).to(device).train()
     fp_params = list(unet.parameters())
-    batch = make_batch(args.batch, device)
+    batch = make_batch(args.batch, device, args.unet)
     target = torch.randn_like(batch["sample"])
     steps = {}
 
@@ -173,7 +187,8 @@ def build(args: argparse.Namespace, device: torch.device, with_student: bool = T
     st_params: list[torch.nn.Parameter] = []
     if with_student:
         student, report = quantize_model(unet, "w4a4", warn=False)  # freezes unet (shared tensors)
-        calibrate(student, make_batch(max(2, args.batch), device), act_method="minmax", weight_method="minmax")
+        calibrate(student, make_batch(max(2, args.batch), device, args.unet), act_method="minmax",
+                  weight_method="minmax")
         student.train()
         st_params = [p for p in student.parameters() if p.requires_grad]
 
@@ -208,7 +223,7 @@ def peak_memory(args: argparse.Namespace, device: torch.device, which: str) -> d
 def memory_in_subprocess(args: argparse.Namespace, which: str) -> dict:
     """CPU: a fresh process per measurement, so that heap reuse from other steps cannot hide a peak."""
     cmd = [sys.executable, __file__, "--memory-worker", which, "--device", args.device, "--batch", str(args.batch),
-           "--autocast", args.autocast, "--threads", str(args.threads)]
+           "--autocast", args.autocast, "--threads", str(args.threads), "--unet", args.unet]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -263,6 +278,7 @@ def run(args: argparse.Namespace) -> dict:
             times[k].append(timed(steps[k], device))
         print(f"  fp {times['fp'][-1]:.3f} s   student {times['student'][-1]:.3f} s", flush=True)
     n_params = sum(p.numel() for p in unet.parameters())
+    unet_config = unet.config
     graph = None
     if args.cuda_graph:
         graph = cuda_graph_times(steps, clear, args.repeats)
@@ -287,7 +303,8 @@ def run(args: argparse.Namespace) -> dict:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "autocast": args.autocast,
-        "unet_config": {k: list(v) if isinstance(v, tuple) else v for k, v in UNET_CONFIG.items()},
+        "unet": args.unet,
+        "unet_config": {k: list(v) if isinstance(v, tuple) else v for k, v in dict(unet_config).items()},
         "unet_params": n_params,
         "student_trainable_params": report.trainable_params,
         "quantized_layers": len(report.quantized),
@@ -313,6 +330,8 @@ def main() -> None:
     ap.add_argument("--autocast", choices=["none", "bf16"], default="none")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/quant_overhead_<device>.json)")
     ap.add_argument("--cuda-graph", action="store_true", help="also time graph-captured steps (CUDA only)")
+    ap.add_argument("--unet", choices=["mid", "ldm4"], default="mid",
+                    help="mid: the 17.8M-param UNet2DConditionModel; ldm4: LDM-4-size UNet2DModel (random weights)")
     ap.add_argument("--memory-worker", choices=["fp", "student"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.batch is None:
@@ -330,12 +349,13 @@ def main() -> None:
         return
     res = run(args)
     mib = 1 / 2**20
-    print(f"\nUNet2DConditionModel {res['unet_params'] / 1e6:.1f}M params, batch {res['batch']}, "
+    print(f"\n{res['unet']} UNet {res['unet_params'] / 1e6:.1f}M params, batch {res['batch']}, "
           f"{res['device']} ({res['device_name']}), autocast={res['autocast']}, {res['quantized_layers']} quantized layers")
     print(f"{'':10s}{'median step [s]':>17s}{'peak memory [MiB]':>19s}")
     for k in ("fp", "student"):
         print(f"{k:10s}{res['time_s'][k]['median']:17.3f}{res['memory'][k]['peak_bytes'] * mib:19.1f}")
-    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"quant_overhead_{res['device'].split(':')[0]}.json"
+    suffix = "" if args.unet == "mid" else f"_{args.unet}"
+    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"quant_overhead_{res['device'].split(':')[0]}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     print(f"wrote {out}")

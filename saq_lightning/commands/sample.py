@@ -19,6 +19,7 @@ import torch.distributed as dist
 from jsonargparse import auto_cli
 
 from saq_lightning.metrics.evaluation import read_prompt_file, resolve_device
+from saq_lightning.metrics.runtime_model import check_runtime, with_runtime
 from saq_lightning.metrics.sample_generation import SamplerSetting
 from saq_lightning.metrics.sampling_run import make_plan, run_sampling
 from saq_lightning.metrics.students import describe_student, load_sampling_model
@@ -70,6 +71,7 @@ def sample(
     grid_size: int = 100,
     overwrite: bool = False,
     keep_parts: bool = False,
+    runtime: str = "fake",
 ) -> str:
     """Sample a model into an ADM-format .npz (arr_0 uint8 NHWC, arr_1 labels) plus grid.png.
 
@@ -95,21 +97,26 @@ def sample(
         grid_size: samples shown in grid.png (0: none).
         overwrite: discard chunks or samples of a different run in ``out``.
         keep_parts: keep the per-chunk files after merging.
+        runtime: fake (the student as trained: fake-quant float), int (low-bit runtime: int8 arithmetic
+            on packed integer weights) or weight_only (packed weights, float activations).
     """
     model = model if model is not None else ModelSpec(kind="digits")
+    check_runtime(runtime, student)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     created = _init_distributed()
     try:
         if device == "auto" and torch.cuda.is_available():
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         dev = resolve_device(device)
-        net = load_sampling_model(model, student, dev)
+        net = with_runtime(load_sampling_model(model, student, dev), runtime, student, dev)
         setting = _setting(net.sampling_defaults, net.conditioner is not None, solver, steps, spacing,
                            guidance_scale, order, eta)
         prompt_list = read_prompt_file(prompts) if prompts else None
         identity = {"model": json.loads(json.dumps(vars(model), default=str)), "student": describe_student(student)}
+        if runtime != "fake":
+            identity["runtime"] = runtime
         plan = make_plan(net, num_samples, setting, seed, batch_size, prompt_list, identity)
-        info = {"model": model.name or model.kind, "student": student or "fp", "device": str(dev)}
+        info = {"model": model.name or model.kind, "student": student or "fp", "device": str(dev), "runtime": runtime}
         path = run_sampling(net, out, plan, overwrite=overwrite, grid_size=grid_size, keep_parts=keep_parts,
                             info=info)
         if not dist.is_initialized() or dist.get_rank() == 0:

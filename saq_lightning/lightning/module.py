@@ -127,6 +127,9 @@ class SAQLightningModule(L.LightningModule):
             teacher weights (a different fingerprint) deliberately; not saved with the run.
         init_from: a student checkpoint of the same teacher and policy to start from instead of
             calibrating (e.g. ``ptq``'s ``student.ckpt``: SA-QLoRA from SA-PTQ).
+        compile: run the student's training/sampling calls through ``torch.compile`` (the
+            student module itself, its state and checkpoints stay the eager ones); a string
+            names the backend (default ``inductor``; e.g. ``aot_eager``).
     """
 
     def __init__(
@@ -147,6 +150,7 @@ class SAQLightningModule(L.LightningModule):
         seed: int = 0,
         allow_teacher_transfer: bool = False,
         init_from: str | None = None,
+        compile: bool | str = False,
     ) -> None:
         super().__init__()
         if alignment not in ("mixed_order", "same_input"):
@@ -190,6 +194,7 @@ class SAQLightningModule(L.LightningModule):
             "max_nonfinite_steps": max_nonfinite_steps,
             "seed": seed,
             "init_from": init_from,
+            "compile": compile,
         })
         self.teacher_spec = spec
         self.teacher: DiffusionModel = build_model(spec)  # frozen, eval mode
@@ -202,7 +207,10 @@ class SAQLightningModule(L.LightningModule):
             from .init_from import load_init_from
 
             load_init_from(self.student, init_from, self._identity())
-        self._views = _Plain(student_model=self.teacher.with_unet(self.student), conditions=None)
+        net = self.student
+        if compile:
+            net = torch.compile(net, **({"backend": compile} if isinstance(compile, str) else {}))
+        self._views = _Plain(student_model=self.teacher.with_unet(net), conditions=None)
         self.flow = TeacherFlow(self.teacher, self.teacher_settings)
         self.strict_loading = False  # checkpoints hold the student's trainable state only
         self.phases: list[MixStepPhase] | None = None

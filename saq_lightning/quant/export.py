@@ -2,6 +2,10 @@
 
 Folder layout::
 
+    config.json            diffusers-style model config (``_class_name`` + the UNet's config) with a
+                           ``quantization_config`` entry naming the format, policy and files, so
+                           the folder is recognisable (and loadable by ``quant.runtime.load_runtime``)
+                           without the training code; older exports without it still load
     manifest.json          format, policy, model class + config, one entry per quantized layer
     weights.safetensors    per quantized layer L:
                              L.qweight       codes of the merged weight W + LoRA delta:
@@ -41,6 +45,7 @@ from .quantizers import AffineQuantizer
 FORMAT = "saq_lightning.quant/1"
 MANIFEST = "manifest.json"
 TENSORS = "weights.safetensors"
+CONFIG = "config.json"
 
 
 # -- packing ----------------------------------------------------------------------------------
@@ -179,6 +184,7 @@ def export_student(student: QuantizedUNet, folder: str | os.PathLike, *, overwri
     try:
         save_file(tensors, str(tmp / TENSORS), metadata={"format": FORMAT})
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        (tmp / CONFIG).write_text(json.dumps(diffusers_config(manifest), indent=1))
         if folder.exists():
             _check_target(folder, overwrite)  # unchanged since the first check?
             shutil.rmtree(folder)
@@ -187,6 +193,27 @@ def export_student(student: QuantizedUNet, folder: str | os.PathLike, *, overwri
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def diffusers_config(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``config.json`` of an export: the UNet's diffusers config plus a ``quantization_config``."""
+    try:
+        import diffusers
+
+        version = diffusers.__version__
+    except ImportError:  # pragma: no cover - diffusers is a dependency
+        version = None
+    return {
+        "_class_name": manifest["model"]["class"],
+        "_diffusers_version": version,
+        **manifest["model"]["config"],
+        "quantization_config": {
+            "quant_method": FORMAT,
+            "policy": manifest["policy"]["name"],
+            "manifest": MANIFEST,
+            "weights": manifest["tensors"],
+        },
+    }
 
 
 # -- load -------------------------------------------------------------------------------------

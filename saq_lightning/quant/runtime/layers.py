@@ -1,0 +1,217 @@
+"""Runtime layers: integer weights in memory, integer (or weight-only) arithmetic.
+
+A :class:`RuntimeLayer` replaces one ``QuantConv2d``/``QuantLinear`` of an exported student. It
+keeps the weight as stored by the export (``int4x2``: two unsigned 4-bit codes per byte; 8-bit:
+one int8 per code) and per-output-channel fp32 scales with int32 zero points, and uses the
+student's own activation quantizer (``a_quant``) for the per-timestep-bucket step/zero point:
+the bucket of each sample comes from ``a_quant.bucket_for`` (the student's mapping), never from
+a re-derivation here.
+
+Arithmetics (``arithmetic``):
+
+* ``int8``: ``q_x = clamp(round(x/s_x) + z_x)`` (the fake-quant student's codes), then
+  ``acc = sum_k (q_x - z_x)(q_w - z_w)`` exactly in int32 by an int8 GEMM (``torch._int_mm``;
+  k x k convs by im2col), then ``y = acc * s_x * s_w + bias`` in fp32. Codes of <= 7 bits are
+  centred (``q - z`` fits int8); 8-bit codes are shifted by a constant into int8 and the
+  zero-point corrections ``dw * rowsum(A) + da * colsum(W) + K da dw`` are added in int32.
+* ``emulated``: the same integers multiplied in float64 (a stated fallback for devices without
+  an int8 GEMM; exact).
+* ``weight_only`` (W4A16 / W8A16): ``y = op(x, (q_w - z_w) * s_w) + bias`` with float
+  activations (the weight is dequantized per call, per layer).
+* ``fake``: fake-quantized input and dequantized weight in float (what the student computes);
+  used where the int8 path has no kernel (grouped or dilated convs), and stated.
+
+Difference to the fake-quant student in ``int8``: the integer sum is exact; only the order of
+the float operations differs (the student sums ``(q_x - z_x) s_x (q_w - z_w) s_w`` in fp32, here
+one fp32 product of the exact sum), so outputs agree to fp32 rounding of the accumulation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..functional import dequantize, quantize_codes
+from ..layers import QuantConv2d, QuantLayer
+from ..timestep_quantizer import TimestepActQuantizer
+from .kernels import emulated_gemm, im2col_nhwc, int8_gemm, pack_int4, row_sums, storage_bytes, unpack_int4
+
+ARITHMETICS = ("int8", "emulated", "weight_only", "fake")
+
+
+def _int8_offset(bits: int, qmin: int) -> int | None:
+    """Constant ``c`` with ``q - c`` in int8 for every code, or ``None`` for "centre on ``z``"
+    (codes of <= 7 bits: ``|q - z| <= 127``)."""
+    if bits <= 7:
+        return None
+    return qmin + 128
+
+
+class RuntimeLayer(nn.Module):
+    """An exported quantized Conv2d/Linear running on integer weights."""
+
+    def __init__(self, layer: QuantLayer, arithmetic: str) -> None:
+        super().__init__()
+        if arithmetic not in ARITHMETICS:
+            raise ValueError(f"unknown arithmetic {arithmetic!r}; expected one of {ARITHMETICS}")
+        if not layer.integer:
+            raise ValueError(f"{layer.name}: runtime layers are built from an exported (integer) layer")
+        wq = layer.w_quant
+        self.name = layer.name
+        self.kind = "Conv2d" if isinstance(layer, QuantConv2d) else "Linear"
+        self.weight_shape = tuple(layer.weight_shape)
+        self.w_bits, self.w_qmin = wq.bits, wq.qmin
+        self.a_quant: TimestepActQuantizer = layer.a_quant
+        self.conv = dict(layer._conv) if self.kind == "Conv2d" else None
+        self.note = ""
+        s, z = wq.effective()
+        self.register_buffer("w_scale", s.detach().float().reshape(-1).clone())
+        self.register_buffer("w_zero", z.detach().reshape(-1).round().to(torch.int32))
+        bias = layer.bias
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        codes = layer.qweight.to(torch.int16)
+        if self.w_bits <= 4:
+            self.packing = "int4x2"
+            self.register_buffer("qweight", pack_int4(codes - self.w_qmin))
+        else:
+            self.packing = "int8"
+            off = _int8_offset(self.w_bits, self.w_qmin) or 0
+            self.register_buffer("qweight", (codes - off).to(torch.int8))
+            self._w_off = off
+        self.arithmetic = arithmetic
+        if arithmetic == "int8" and self.conv is not None and (
+            self.conv["groups"] != 1 or any(d != 1 for d in self.conv["dilation"])
+        ):
+            self.arithmetic = "fake"
+            self.note = "no int8 kernel for grouped/dilated conv: fake-quant float"
+
+    # -- weights --------------------------------------------------------------------------------
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the weight as held in memory (codes + scales + zero points)."""
+        return storage_bytes(self.qweight) + storage_bytes(self.w_scale) + storage_bytes(self.w_zero)
+
+    def codes(self) -> Tensor:
+        """Integer weight codes ``[N, ...]`` (int16)."""
+        n = 1
+        for d in self.weight_shape:
+            n *= d
+        if self.packing == "int4x2":
+            return (unpack_int4(self.qweight, n).to(torch.int16) + self.w_qmin).view(self.weight_shape)
+        return (self.qweight.to(torch.int16) + self._w_off).view(self.weight_shape)
+
+    def int8_weight(self) -> tuple[Tensor, Tensor | None]:
+        """``(W [N, K] int8, dw [N] int32 or None)`` with ``q_w - z_w = W + dw``; for a conv, ``K``
+        runs over ``(i, j, c)`` (the channels-last im2col order)."""
+        n_out = self.weight_shape[0]
+        if self.packing == "int8" and _int8_offset(self.w_bits, self.w_qmin) is not None:
+            w, dw = self.qweight.view(self.weight_shape), (self._w_off - self.w_zero)
+        else:
+            w = (self.codes() - self.w_zero.view((-1,) + (1,) * (len(self.weight_shape) - 1)).to(torch.int16))
+            w, dw = w.to(torch.int8), None
+        if self.conv is not None:
+            w = w.permute(0, 2, 3, 1)
+        return w.reshape(n_out, -1), dw
+
+    def _column_sums(self, w: Tensor) -> Tensor:
+        """``W.sum(1)`` (int32), fixed per layer: computed once (per device), not per call."""
+        cached = self.__dict__.get("_colsum")
+        if cached is None or cached.device != w.device:
+            cached = self.__dict__["_colsum"] = w.to(torch.int32).sum(1)
+        return cached
+
+    def dequantized_weight(self, dtype: torch.dtype) -> Tensor:
+        view = (-1,) + (1,) * (len(self.weight_shape) - 1)
+        return dequantize(self.codes(), self.w_scale.view(view), self.w_zero.view(view)).to(dtype)
+
+    # -- activations ----------------------------------------------------------------------------
+    def _act_params(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-sample ``(step, integer zero point)`` ``[B']`` (``B'`` = 1 or the batch), fp32."""
+        idx, _ = self.a_quant.bucket_for(x)
+        s, z = self.a_quant.effective()
+        return s.detach()[idx], z.detach()[idx]
+
+    def _act_codes(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(A int8, s [B'], da [B'] int32 or None)`` with ``q_x - z_x = A + da``; for a conv,
+        ``A`` is channels last ``[B, H, W, C]``.
+
+        ``q_x - z_x = clamp(round(x / s), qmin - z, qmax - z)``: the same integers as
+        ``clamp(round(x / s) + z, qmin, qmax) - z`` (the student's codes), in fewer passes."""
+        s, z = self._act_params(x)
+        if self.conv is not None:
+            x = x.permute(0, 2, 3, 1)
+        view = (-1,) + (1,) * (x.ndim - 1)
+        aq = self.a_quant
+        zv = z.view(view)
+        centred = torch.div(x.float(), s.view(view)).round_().clamp_(aq.qmin - zv, aq.qmax - zv)
+        off = _int8_offset(aq.bits, aq.qmin)
+        if off is None:
+            return centred.to(torch.int8).contiguous(), s, None
+        da = (off - z).view(view)
+        return centred.sub_(da).to(torch.int8).contiguous(), s, da.reshape(-1).to(torch.int32)
+
+    # -- forward --------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        if self.arithmetic in ("int8", "emulated"):
+            return self._forward_int(x)
+        if self.arithmetic == "weight_only":
+            w = self.dequantized_weight(x.dtype)
+            return self._float_op(x, w, None if self.bias is None else self.bias.to(x.dtype))
+        return self._forward_fake(x)
+
+    def _float_op(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        if self.conv is None:
+            return F.linear(x, w, b)
+        c = self.conv
+        return F.conv2d(x, w, b, c["stride"], c["padding"], c["dilation"], c["groups"])
+
+    def _forward_fake(self, x: Tensor) -> Tensor:
+        s, z = self._act_params(x)
+        view = (-1,) + (1,) * (x.ndim - 1)
+        aq = self.a_quant
+        xq = dequantize(quantize_codes(x, s.view(view), z.view(view), aq.qmin, aq.qmax), s.view(view), z.view(view))
+        y = self._float_op(xq, self.dequantized_weight(torch.float32), self.bias)
+        return y.to(x.dtype)
+
+    def int_accumulate(self, x: Tensor) -> tuple[Tensor, Tensor, tuple[int, ...]]:
+        """The exact integer part: ``acc [M, N]`` int32 = ``sum_k (q_x - z_x)(q_w - z_w)``, the
+        per-row activation step ``[M]`` and the output layout ``(B, Ho, Wo)`` or ``x.shape[:-1]``."""
+        a, s, da = self._act_codes(x)
+        w, dw = self.int8_weight()
+        b = x.shape[0]
+        if self.conv is None:
+            lead = tuple(x.shape[:-1])
+            a2 = a.reshape(-1, a.shape[-1])
+        else:
+            c = self.conv
+            pad = None if da is None else (-da).expand(b)
+            a2, ho, wo = im2col_nhwc(a, self.weight_shape[2:], c["stride"], c["padding"], pad)
+            lead = (b, ho, wo)
+        rows = a2.shape[0] // b
+        gemm = int8_gemm if self.arithmetic == "int8" else emulated_gemm
+        acc = gemm(a2, w)
+        if dw is not None:
+            acc += row_sums(a2, gemm).view(-1, 1) * dw.view(1, -1)
+        if da is not None:
+            col = self._column_sums(w) + (0 if dw is None else w.shape[1] * dw)
+            acc += da.expand(b).repeat_interleave(rows).view(-1, 1) * col.view(1, -1)
+        return acc, s.expand(b).repeat_interleave(rows), lead
+
+    def _forward_int(self, x: Tensor) -> Tensor:
+        acc, s_rows, lead = self.int_accumulate(x)
+        b = lead[0]
+        acc = acc.view(b, -1, acc.shape[-1])
+        # per sample: scale [B', 1, N] = s_x * s_w; one fused pass y = bias + acc * scale
+        scale = s_rows.view(b, -1)[:, :1, None] * self.w_scale.view(1, 1, -1)
+        if self.bias is not None:
+            y = torch.addcmul(self.bias.view(1, 1, -1), acc.float(), scale)
+        else:
+            y = acc.float().mul_(scale)
+        y = y.view(*lead, -1)
+        if self.conv is not None:
+            y = y.permute(0, 3, 1, 2).contiguous()
+        return y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.kind} w{self.w_bits}a{self.a_quant.bits}, {self.packing}, {self.arithmetic}"

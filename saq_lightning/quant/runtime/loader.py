@@ -1,0 +1,218 @@
+"""``load_runtime(path)``: an exported student running on integer weights (and int8 arithmetic).
+
+The folder is what :func:`~saq_lightning.quant.export.export_student` writes: ``config.json``
+(diffusers-style, with a ``quantization_config``), ``manifest.json`` and ``weights.safetensors``.
+Exports written before ``config.json`` existed load from the manifest alone.
+
+The result is the student's own :class:`~saq_lightning.quant.model.QuantizedUNet` (same call
+signature, same timestep -> bucket mapping, same activation tables) whose quantized layers are
+:class:`~saq_lightning.quant.runtime.layers.RuntimeLayer` s; ``.runtime_report`` says what each
+layer computes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..attention import QuantAttnProcessor
+from ..export import CONFIG, FORMAT, load_exported, read_manifest
+from ..model import QuantizedUNet
+from .kernels import probe_int8_gemm
+from .layers import ARITHMETICS, RuntimeLayer
+from .report import LayerArithmetic, RuntimeReport
+
+#: what ``arithmetic=`` accepts; "int4" is refused with an explanation (no such kernel exists).
+REQUESTABLE = ("int8", "weight_only", "fake")
+
+
+def read_config(folder: Path) -> dict[str, Any] | None:
+    """The export's ``config.json`` (validated), or ``None`` for an export that predates it."""
+    path = folder / CONFIG
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    qc = config.get("quantization_config")
+    if not isinstance(qc, dict) or qc.get("quant_method") != FORMAT:
+        raise ValueError(
+            f"{path}: no quantization_config with quant_method {FORMAT!r}: not a saq_lightning integer export "
+            "(a plain diffusers folder? load it with diffusers instead)"
+        )
+    return config
+
+
+def check_export(folder: Path, manifest: dict[str, Any], config: dict[str, Any] | None) -> None:
+    """Consistency of config.json, manifest.json and the tensors' shapes (before anything is built),
+    so that a mismatch names the file and the layer."""
+    from safetensors import safe_open
+
+    if config is not None:
+        if config.get("_class_name") != manifest["model"]["class"]:
+            raise ValueError(
+                f"{folder / CONFIG}: _class_name {config.get('_class_name')!r} but {folder / 'manifest.json'} "
+                f"describes {manifest['model']['class']!r}"
+            )
+        policy = config["quantization_config"].get("policy")
+        if policy != manifest["policy"]["name"]:
+            raise ValueError(
+                f"{folder / CONFIG}: quantization_config.policy {policy!r} but manifest.json holds policy "
+                f"{manifest['policy']['name']!r} (files from two exports?)"
+            )
+    tensors_file = folder / manifest["tensors"]
+    if not tensors_file.is_file():
+        raise FileNotFoundError(f"{tensors_file}: weights file named by manifest.json is missing")
+    n_buckets = int(manifest["n_buckets"])
+    with safe_open(str(tensors_file), framework="pt") as f:
+        keys = set(f.keys())
+
+        def shape_of(key: str, layer: str) -> list[int]:
+            if key not in keys:
+                raise ValueError(f"{tensors_file}: layer {layer!r} has no tensor {key!r}")
+            return list(f.get_slice(key).get_shape())
+
+        for name, e in manifest["layers"].items():
+            numel = math.prod(e["shape"])
+            want_q = (numel + 1) // 2 if e["packing"] == "int4x2" else numel
+            got_q = math.prod(shape_of(f"{name}.qweight", name))
+            if got_q != want_q:
+                raise ValueError(
+                    f"{tensors_file}: layer {name!r}: qweight holds {got_q} bytes, {want_q} expected for "
+                    f"{e['weight_bits']}-bit {e['packing']} codes of shape {e['shape']} (export of another policy?)"
+                )
+            n_ch = e["shape"][0] if e["weight_per_channel"] else 1
+            for kind, n in (("w", n_ch), ("a", n_buckets)):
+                for what in ("scale", "zero_point"):
+                    got = math.prod(shape_of(f"{name}.{kind}_{what}", name))
+                    if got != n:
+                        raise ValueError(
+                            f"{tensors_file}: layer {name!r}: {kind}_{what} has {got} entries, {n} expected"
+                        )
+
+
+def load_runtime(
+    path: str | os.PathLike,
+    *,
+    arithmetic: str = "int8",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    model: nn.Module | None = None,
+    allow_fallback: bool = False,
+) -> QuantizedUNet:
+    """Load an export as a low-bit runtime.
+
+    Args:
+        path: export folder.
+        arithmetic: ``int8`` (W8A8 / W4A8 / W4A4: integer GEMMs, 4-bit values in int8 kernels),
+            ``weight_only`` (W4A16 / W8A16: packed weights dequantized per layer, float
+            activations) or ``fake`` (the fake-quant student, for comparison).
+        device: where it runs.
+        dtype: float dtype of the non-integer parts (activations, FP layers); default fp32
+            (e.g. ``torch.bfloat16`` on a GPU). Quantizer tables stay fp32.
+        model: FP module of the export's architecture to build on (default: built from the config).
+        allow_fallback: if the device has no int8 GEMM, multiply the integer codes in float64
+            (exact, slow) instead of raising.
+    """
+    folder = Path(path)
+    if arithmetic == "int4":
+        raise ValueError(
+            "arithmetic='int4': no 4-bit integer GEMM exists in PyTorch on any device here (Hopper GPUs have "
+            "no int4 tensor cores either); use arithmetic='int8', which runs 4-bit codes in int8 kernels"
+        )
+    if arithmetic not in REQUESTABLE:
+        raise ValueError(f"unknown arithmetic {arithmetic!r}; expected one of {REQUESTABLE}")
+    device = torch.device(device)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such export folder")
+    config = read_config(folder)
+    manifest = read_manifest(folder)
+    check_export(folder, manifest, config)
+    chosen = arithmetic
+    notes: list[str] = []
+    if arithmetic == "int8":
+        reason = probe_int8_gemm(str(device))
+        if reason is not None:
+            first = next(iter(manifest["layers"]), "?")
+            if not allow_fallback:
+                raise RuntimeError(
+                    f"{folder}: int8 arithmetic requested for layer {first!r} and {len(manifest['layers']) - 1} "
+                    f"others, but {reason}; pass allow_fallback=True for exact float64 emulation, or use "
+                    "arithmetic='weight_only'"
+                )
+            chosen = "emulated"
+            notes.append(f"fallback: {reason}; integer codes multiplied in float64")
+    try:
+        student = load_exported(folder, model=model, device="cpu")
+    except ValueError as e:
+        raise ValueError(e if str(folder) in str(e) else f"{folder}: {e}") from e
+    if arithmetic != "fake":
+        _swap_layers(student, chosen)
+    student.to(device)
+    if dtype is not None:
+        _cast_float_parts(student, dtype)
+    student.runtime_report = build_report(student, str(device), arithmetic, notes)
+    return student.eval()
+
+
+def _swap_layers(student: QuantizedUNet, arithmetic: str) -> None:
+    assert arithmetic in ARITHMETICS
+    for name, layer in list(student.quant_layers()):
+        parent_name, _, child = name.rpartition(".")
+        parent = student.unet.get_submodule(parent_name) if parent_name else student.unet
+        setattr(parent, child, RuntimeLayer(layer, arithmetic))
+
+
+def _cast_float_parts(student: QuantizedUNet, dtype: torch.dtype) -> None:
+    """Cast the float tensors of everything but the quantizer tables / runtime scales."""
+    keep = (RuntimeLayer, QuantAttnProcessor)
+    skip: set[int] = set()
+    for m in student.modules():
+        if isinstance(m, keep) or type(m).__name__.endswith("Quantizer"):
+            skip.update(id(t) for t in m.modules())
+    for m in student.modules():
+        if id(m) in skip:
+            continue
+        for key, p in m._parameters.items():
+            if p is not None and p.is_floating_point():
+                m._parameters[key] = nn.Parameter(p.detach().to(dtype), requires_grad=False)
+        for key, b in m._buffers.items():
+            if b is not None and b.is_floating_point():
+                m._buffers[key] = b.to(dtype)
+
+
+def build_report(student: QuantizedUNet, device: str, requested: str, notes: list[str]) -> RuntimeReport:
+    report = RuntimeReport(device=device, requested=requested, notes=list(notes))
+    if requested != "fake" and student.policy.quantize_attention_matmuls:
+        report.notes.append("attention matmuls (q k^T, probs v) stay fake-quant float: no integer kernel for them")
+    for name, m in student.unet.named_modules():
+        if isinstance(m, RuntimeLayer):
+            kind = m.kind if m.kind == "Linear" else f"Conv2d {m.weight_shape[2]}x{m.weight_shape[3]}"
+            note = m.note
+            if not note and m.arithmetic in ("int8", "emulated") and min(m.w_bits, m.a_quant.bits) < 8:
+                note = f"{min(m.w_bits, m.a_quant.bits)}-bit codes in int8 kernels: no 4-bit arithmetic kernel"
+            report.layers.append(LayerArithmetic(name, kind, f"w{m.w_bits}a{m.a_quant.bits}", m.packing,
+                                                 m.arithmetic, note))
+        elif hasattr(m, "w_quant") and getattr(m, "integer", False):  # arithmetic="fake"
+            w, a = m.w_quant.bits, m.a_quant.bits
+            report.layers.append(LayerArithmetic(name, type(m.base).__name__, f"w{w}a{a}",
+                                                 str(m.qweight.dtype).removeprefix("torch."), "fake"))
+        elif isinstance(m, QuantAttnProcessor):
+            report.layers.append(LayerArithmetic(name, "attention matmuls", f"a{m.quantizers['q'].bits}", "-",
+                                                 "fake", "" if requested == "fake" else "no integer kernel"))
+        elif isinstance(m, (nn.Conv2d, nn.Linear)) and not _inside_quant_layer(student, name):
+            report.layers.append(LayerArithmetic(name, type(m).__name__, "fp", str(m.weight.dtype).removeprefix("torch."),
+                                                 "fp"))
+    return report
+
+
+def _inside_quant_layer(student: QuantizedUNet, name: str) -> bool:
+    parent = name.rpartition(".")[0]
+    return parent != "" and hasattr(student.unet.get_submodule(parent), "w_quant")
