@@ -17,6 +17,11 @@ from dataclasses import dataclass
 from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningCLI
 
+from saq_lightning.lightning.run_outputs import check_fit_outputs
+from saq_lightning.user_errors import split_traceback_flag, user_errors
+
+PROG = "python -m saq_lightning"
+
 
 @dataclass(frozen=True)
 class PipelineCommand:
@@ -72,11 +77,26 @@ class SAQLightningCLI(LightningCLI):
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault(
-            "parser_kwargs", {"epilog": _pipeline_epilog(), "formatter_class": _HelpFormatter}
+            "parser_kwargs", {"epilog": _pipeline_epilog(), "formatter_class": _HelpFormatter,
+                              "prog": PROG, "exit_on_error": False}
         )
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--overwrite", type=bool, default=False,
+                            help="fit: delete an earlier run's checkpoints in the checkpoint dirpath "
+                                 "(otherwise a fresh run there is refused)")
+
+    def before_fit(self) -> None:
+        config = self.config_init[self.subcommand]
+        check_fit_outputs(self.trainer, config.get("ckpt_path"), bool(config.get("overwrite")))
+
+    def _parse_ckpt_path(self) -> None:
+        """Keep the config: LightningCLI would replace the model's arguments with the hyperparameters
+        saved in a ``--ckpt_path <file>`` (and silently train the checkpoint's policy). The module
+        compares the two on load instead (``lightning/resume.py``)."""
 
 
 def _offline() -> None:
@@ -87,11 +107,16 @@ def _offline() -> None:
 
 def main(args: list[str] | None = None) -> None:
     _offline()
-    argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] in PIPELINE_COMMANDS:
-        PIPELINE_COMMANDS[argv[0]].load()(argv[1:])
-        return
-    SAQLightningCLI(args=args)  # None: LightningCLI reads sys.argv itself
+    argv, show_traceback = split_traceback_flag(list(sys.argv[1:] if args is None else args))
+    if not argv:
+        argv = ["--help"]  # the bare command lists every subcommand
+    if args is None:  # usage lines say how the command was called; LightningCLI reads sys.argv
+        sys.argv[:] = [PROG, *argv]
+    with user_errors(argv, show_traceback):
+        if argv[0] in PIPELINE_COMMANDS:
+            PIPELINE_COMMANDS[argv[0]].load()(argv[1:])
+            return
+        SAQLightningCLI(args=None if args is None else argv)
 
 
 if __name__ == "__main__":

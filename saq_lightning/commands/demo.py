@@ -245,4 +245,4 @@ def demo(
 
 
 def main(args: list[str]) -> None:
-    auto_cli(demo, args=args, as_positional=False)
+    auto_cli(demo, args=args, as_positional=False, exit_on_error=False)

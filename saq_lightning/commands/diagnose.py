@@ -105,4 +105,4 @@ def diagnose(
 
 def main(args: list[str]) -> None:
     torch.set_grad_enabled(False)
-    auto_cli(diagnose, args=args, as_positional=False)
+    auto_cli(diagnose, args=args, as_positional=False, exit_on_error=False)

@@ -78,4 +78,4 @@ def evaluate(
 
 
 def main(args: list[str]) -> None:
-    auto_cli(evaluate, args=args, as_positional=False)
+    auto_cli(evaluate, args=args, as_positional=False, exit_on_error=False)

@@ -121,4 +121,4 @@ def sample(
 
 
 def main(args: list[str]) -> None:
-    auto_cli(sample, args=args, as_positional=False)
+    auto_cli(sample, args=args, as_positional=False, exit_on_error=False)

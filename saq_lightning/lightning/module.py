@@ -53,6 +53,7 @@ from .conditions import ConditionSource, noise_for
 from .generation import check_trajectory_meta, manifest_phases
 from .mota import group_means, mota_terms
 from .optim import build_optimizer, grad_total_norm, learning_rates
+from .resume import check_resume_settings, rebuild_lr_schedule
 from .settings import (
     CalibrationSettings,
     GenerationSettings,
@@ -184,6 +185,7 @@ class SAQLightningModule(L.LightningModule):
         self.active_phase: tuple[int, MixStepPhase] | None = None
         self.skipped_nonfinite_batch = False
         self.restored_from_checkpoint = False
+        self._resumed_hparams: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ views
     @property
@@ -293,6 +295,11 @@ class SAQLightningModule(L.LightningModule):
     def on_fit_start(self) -> None:
         # Lightning keeps module modes as they are; the student was copied from the (eval) teacher
         self.train()
+
+    def on_train_start(self) -> None:
+        if self.restored_from_checkpoint:  # optimizer and scheduler are restored by now
+            rebuild_lr_schedule(self.trainer, self.optimizer_settings,
+                                (self._resumed_hparams or {}).get("optimizer"))
 
     # ------------------------------------------------------------------ mixstep
     def on_mixstep_phase(self, index: int, phase: MixStepPhase) -> None:
@@ -433,7 +440,10 @@ class SAQLightningModule(L.LightningModule):
         checkpoint["saq"] = self._identity()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_identity(checkpoint.get("saq"), self._identity(), "checkpoint")
+        source = str(getattr(self._trainer, "ckpt_path", None) or "checkpoint")
+        check_identity(checkpoint.get("saq"), self._identity(), source)
+        self._resumed_hparams = checkpoint.get("hyper_parameters")
+        check_resume_settings(self._resumed_hparams, dict(self.hparams), source)
         load_trainable_state_dict(self.student, split_student_state(checkpoint["state_dict"]))
         self.restored_from_checkpoint = True
 
