@@ -222,9 +222,10 @@ class SAQLightningModule(L.LightningModule):
 
     # ------------------------------------------------------------------ set-up
     def configure_callbacks(self):
+        from saq_lightning.callbacks.graceful_stop import GracefulStop
         from saq_lightning.callbacks.nonfinite import NonFiniteGuard
 
-        return [NonFiniteGuard(self.max_nonfinite_steps)]
+        return [NonFiniteGuard(self.max_nonfinite_steps), GracefulStop()]
 
     def _mixstep_schedule(self) -> MixStepSchedule | None:
         from saq_lightning.callbacks.mixstep import MixStepCallback
