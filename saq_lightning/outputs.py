@@ -3,9 +3,9 @@
 ``sample`` and ``generate`` keep what matches their settings and refuse a folder made under other
 settings (see ``metrics/sampling_run.py`` and ``data/shard_writer.py``). Commands whose outputs are
 single result files (``evaluate``, ``diagnose``) and ``fit`` (checkpoints) use
-:func:`prepare_outputs`: an existing output is refused, naming the fields whose settings differ
+:func:`refuse_existing`: an existing output is refused, naming the fields whose settings differ
 (from the settings recorded in the output), unless ``overwrite`` is set, in which case the old
-outputs are removed first (so that nothing of the earlier run is mixed into the new one, e.g. two
+outputs are removed (:func:`clear_outputs`) before the new ones are written (so that nothing of the earlier run is mixed into the new one, e.g. two
 event files in one TensorBoard folder).
 """
 
@@ -43,20 +43,35 @@ def describe_difference(recorded: Mapping[str, Any] | None, settings: Mapping[st
     return f"written by an earlier run with other settings ({fields})"
 
 
-def prepare_outputs(command: str, outputs: Sequence[Path], settings: Mapping[str, Any],
+def refuse_existing(command: str, outputs: Sequence[Path], settings: Mapping[str, Any],
                     recorded: Mapping[str, Any] | None, overwrite: bool,
                     alternative: str = "use another --out") -> None:
-    """Refuse existing ``outputs`` (naming what differs) or, with ``overwrite``, remove them."""
+    """Raise :class:`OutputExistsError` for existing ``outputs`` (naming what differs from the
+    ``recorded`` settings) unless ``overwrite``. Call it before the work starts."""
     found = existing(outputs)
-    if not found:
-        return
-    if not overwrite:
+    if found and not overwrite:
         names = ", ".join(str(p) for p in found)
+        verb = "exists" if len(found) == 1 else "exist"
         raise OutputExistsError(
-            f"{command}: {names} already exist(s), {describe_difference(recorded, settings)}; "
+            f"{command}: {names} already {verb}, {describe_difference(recorded, settings)}; "
             f"{alternative}, or pass --overwrite true to replace them")
-    for path in found:
+
+
+def clear_outputs(outputs: Sequence[Path]) -> None:
+    """Remove the earlier run's outputs (right before the new ones are written)."""
+    for path in existing(outputs):
         if path.is_dir():
             shutil.rmtree(path)
         else:
             path.unlink()
+
+
+def recorded_settings(json_file: Path, key: str = "settings") -> dict[str, Any] | None:
+    """The settings an earlier run recorded in its JSON result (``None``: none recorded)."""
+    import json
+
+    try:
+        value = json.loads(Path(json_file).read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, dict) else None

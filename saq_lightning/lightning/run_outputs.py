@@ -9,13 +9,12 @@ resolves to) or ``overwrite`` removes the old run's files first.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from saq_lightning.outputs import OutputExistsError, existing
+from saq_lightning.outputs import OutputExistsError, clear_outputs, existing
 
 
 def stale_outputs(trainer: pl.Trainer) -> list[Path]:
@@ -46,5 +45,4 @@ def check_fit_outputs(trainer: pl.Trainer, ckpt_path: str | None, overwrite: boo
             f"fit: {shown} hold(s) an earlier run; a new run there would leave last.ckpt pointing "
             f"at the old one. Resume it with --ckpt_path last, give this run another checkpoint "
             f"dirpath / logger version, or pass --overwrite true to delete the old run's files")
-    for path in found:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    clear_outputs(found)
