@@ -32,7 +32,7 @@ EXIT_CODE = 2
 def user_error_types() -> tuple[type[BaseException], ...]:
     """The exception classes that mean "the input is wrong", not "the code is wrong"."""
     from saq_lightning.callbacks.nonfinite import NonFiniteLossError
-    from saq_lightning.data.errors import ManifestError, ResumeMismatchError, ShardError
+    from saq_lightning.data.errors import ManifestError, PhaseError, ResumeMismatchError, ShardError
     from saq_lightning.lightning.checkpointing import CheckpointMismatchError
     from saq_lightning.metrics.npz_format import SampleFormatError
     from saq_lightning.metrics.sampling_run import RunMismatchError
@@ -41,7 +41,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from saq_lightning.sampling.errors import SamplingError
 
     return (ArgumentError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-            ShardError, ManifestError, ResumeMismatchError, CheckpointMismatchError, CheckpointKeyError,
+            ShardError, ManifestError, PhaseError, ResumeMismatchError, CheckpointMismatchError, CheckpointKeyError,
             RunMismatchError, SampleFormatError, SamplingError, OutputExistsError, NonFiniteLossError,
             *_data_error_types())
 
@@ -84,8 +84,9 @@ def describe(error: BaseException, argv: list[str]) -> str:
 
 
 _OPTION = re.compile(r"Option '([^']+)' is not accepted")
-_GROUP = re.compile(r"Group '([^']+)' does not accept option '([^']+)'")
+_GROUP = re.compile(r"(?:Group|Subcommand) '([^']+)' does not accept option '([^']+)'")
 _UNRECOGNIZED = re.compile(r"unrecognized arguments: (\S+)")
+_WRONG_TYPE = re.compile(r"Expected a <class '([^']+)'>\. Got value: (.*)")
 _PARSER_KEY = re.compile(r'Parser key "([^"]+)"')
 _CLASS_PATH = re.compile(r"class_path '([^']+)'")
 _NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:",
@@ -104,19 +105,29 @@ def describe_argument_error(message: str, argv: list[str]) -> str:
         return _unknown_key(bad, section, _parameters(classes[-1]) if classes else [], where)
     if group:
         section, bad = group.groups()
+        if "." in bad:  # Subcommand 'fit' does not accept option 'trainer.max_stepz'
+            section, _, bad = bad.rpartition(".")
         return _unknown_key(bad, section, _parameters(_GROUP_CLASSES.get(section, "")), where)
+    wrong_type = _WRONG_TYPE.search(message)
+    if wrong_type:
+        keys = ".".join(_PARSER_KEY.findall(message))
+        expected, got = wrong_type.groups()
+        return f"{keys}: expected {expected}, got {got.strip()!r}{_in(where)}"
     unrecognized = _UNRECOGNIZED.search(message)
     if unrecognized:
         flag = unrecognized.group(1)
-        dotted = flag.lstrip("-")
-        section, _, bad = dotted.rpartition(".")
-        candidates = _parameters(_GROUP_CLASSES.get(section, "")) if section else []
-        hint = f"; did you mean {_nearest(bad, candidates)}?" if _nearest(bad, candidates) else ""
+        section, _, bad = flag.lstrip("-").rpartition(".")
+        if section:
+            candidates = [f"--{section}.{p}" for p in _parameters(_GROUP_CLASSES.get(section, ""))]
+        else:
+            candidates = [f"--{p}" for p in _command_parameters(argv)]
+        near = _nearest(flag, candidates)
+        hint = f"; did you mean {near}?" if near else ""
         return f"unknown option {flag}{hint} (--help lists the options)"
     lines = [line.strip() for line in message.splitlines()
              if line.strip() and not any(line.strip().startswith(n) or n in line for n in _NOISE)]
     text = " ".join(lines) if lines else message
-    return f"{text}{_in(where)}"
+    return re.sub(r'^Parser key "config": ', "", text) + ("" if "config" in text[:30] else _in(where))
 
 
 #: config groups whose valid keys are a class's parameters
@@ -143,6 +154,12 @@ def _parameters(target: str) -> list[str]:
         return [p for p in inspect.signature(obj).parameters if p not in ("self", "args", "kwargs")]
     except (ImportError, AttributeError, ValueError, TypeError):
         return []
+
+
+def _command_parameters(argv: list[str]) -> list[str]:
+    """The options of a pipeline command ``name`` (the function ``commands.<name>.<name>``)."""
+    name = argv[0] if argv else ""
+    return _parameters(f"saq_lightning.commands.{name}.{name}") if name.isidentifier() else []
 
 
 def _config_files(argv: list[str]) -> list[str]:

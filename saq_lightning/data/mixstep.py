@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from .errors import PhaseError
+
 MODES = ("cycle", "progressive")
 
 
@@ -141,7 +143,7 @@ class MixStepSchedule:
                if p.student_steps not in servable]
         if bad:
             listed = ", ".join(f"phase {i} (student_steps={n})" for i, n in bad)
-            raise ValueError(f"{listed}: not servable by {n_buckets} activation-quantizer timestep "
+            raise PhaseError(f"{listed}: not servable by {n_buckets} activation-quantizer timestep "
                              f"buckets; a grid of N steps needs N to divide {n_buckets} "
                              f"(servable: {servable})")
 
