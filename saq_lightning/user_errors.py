@@ -32,6 +32,7 @@ EXIT_CODE = 2
 def user_error_types() -> tuple[type[BaseException], ...]:
     """The exception classes that mean "the input is wrong", not "the code is wrong"."""
     from saq_lightning.callbacks.nonfinite import NonFiniteLossError
+    from saq_lightning.data.batch_check import DataValueError
     from saq_lightning.data.errors import ManifestError, PhaseError, ResumeMismatchError, ShardError
     from saq_lightning.lightning.checkpointing import CheckpointMismatchError
     from saq_lightning.metrics.npz_format import SampleFormatError
@@ -43,15 +44,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     return (ArgumentError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
             ShardError, ManifestError, PhaseError, ResumeMismatchError, CheckpointMismatchError, CheckpointKeyError,
             RunMismatchError, SampleFormatError, SamplingError, OutputExistsError, NonFiniteLossError,
-            *_data_error_types())
-
-
-def _data_error_types() -> tuple[type[BaseException], ...]:
-    try:
-        from saq_lightning.data.batch_check import DataValueError
-    except ImportError:  # pragma: no cover - the module is optional for this list
-        return ()
-    return (DataValueError,)
+            DataValueError)
 
 
 def split_traceback_flag(argv: list[str]) -> tuple[list[str], bool]:

@@ -264,6 +264,8 @@ class SAQLightningModule(L.LightningModule):
                 raise ValueError("targets='shard' needs trajectory shards (data.shards)")
         if self.phases is not None:
             MixStepSchedule(tuple(self.phases)).check_buckets(self.policy.n_buckets)
+        if manifest is not None and schedule is not None and hasattr(dm, "check_schedule"):
+            dm.check_schedule(schedule)  # before calibration: shards of other phases fail now
 
     @torch.no_grad()
     def calibrate_student(self) -> dict[str, Any]:
