@@ -41,7 +41,7 @@ def tiny_fit_config(path: Path, spec: ModelSpec, shards: Path, run_dir: Path, ma
             "enable_progress_bar": False, "enable_model_summary": False,
             "default_root_dir": str(run_dir),
             "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                       "init_args": {"save_dir": str(run_dir), "name": "tb"}},
+                       "init_args": {"save_dir": str(run_dir), "name": "tb", "default_hp_metric": False}},
             "callbacks": [
                 {"class_path": "saq_lightning.callbacks.MixStepCallback",
                  "init_args": {"phases": phases, "mode": "cycle", "batches_per_phase": 2}},

@@ -37,6 +37,7 @@ from .mixstep import MixStepSchedule
 from .noise_dataset import NoiseBatches
 from .shard_reader import check_shard_file
 from .trajectory_dataset import TrajectoryBatches
+from .validation_set import validation_batches, validation_folder
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +222,8 @@ class TrajectoryDataModule(pl.LightningDataModule):
             self._check_schedule_against_manifest(self.manifest, schedule)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if not self.on_the_fly and self.manifest is not None and isinstance(batch, dict):
+        training = self.trainer is None or self.trainer.training
+        if training and not self.on_the_fly and self.manifest is not None and isinstance(batch, dict):
             check_finite_batch(batch, self.manifest.shards, self.shards)
         return batch
 
@@ -317,6 +319,14 @@ class TrajectoryDataModule(pl.LightningDataModule):
         log.warning(message)
 
     # ------------------------------------------------------------------ loaders
+    def val_dataloader(self) -> DataLoader | list:
+        """The held-out points of ``<shards>/val`` (none: no validation, an empty list)."""
+        folder = None if self.on_the_fly else validation_folder(self.shards)
+        if folder is None:
+            return []
+        batches = validation_batches(folder, self.batch_size, self.float_dtype, self.time_dtype)
+        return DataLoader(batches, batch_size=None, shuffle=False)
+
     def train_dataloader(self) -> PositionedDataLoader:
         self.setup("fit")
         rank, world = self._rank_world()

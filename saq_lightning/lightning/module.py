@@ -62,6 +62,7 @@ from .settings import (
     TeacherSettings,
 )
 from .teacher_flow import TeacherFlow
+from .validation import validation_alignment
 
 log = logging.getLogger(__name__)
 
@@ -391,6 +392,10 @@ class SAQLightningModule(L.LightningModule):
             for kind, lr in learning_rates(self.trainer.optimizers[0]).items():
                 self.log(f"lr/{kind}", lr, batch_size=bs)
         return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        """Alignment loss on held-out trajectory points (``lightning/validation.py``)."""
+        return validation_alignment(self, batch)
 
     def _null_loss(self) -> Tensor:
         """A zero loss that reaches every trainable parameter but not the non-finite graph.

@@ -99,6 +99,8 @@ class GenerationSettings:
     without it ``fit`` computes the targets online. ``prompts``: text models only, a file with
     one prompt per line (trajectory ``i`` uses line ``i % lines``). ``num_classes``: class models
     only, the number of real classes (default: the conditioner's, without the null class).
+    ``validation_trajectories_per_phase``: held-out trajectories per phase that ``generate`` also
+    writes to ``<shards>/val`` (another noise seed; the validation set, ``val/alignment_loss``).
     """
 
     trajectories_per_phase: int | list[int] = 256
@@ -109,8 +111,12 @@ class GenerationSettings:
     seed: int = 0
     prompts: str | None = None
     num_classes: int | None = None
+    validation_trajectories_per_phase: int = 0
 
     def __post_init__(self) -> None:
+        if self.validation_trajectories_per_phase < 0:
+            raise ValueError(f"generation.validation_trajectories_per_phase must be >= 0, got "
+                             f"{self.validation_trajectories_per_phase}")
         if self.trajectories_per_shard < 1:
             raise ValueError(f"generation.trajectories_per_shard must be >= 1, got "
                              f"{self.trajectories_per_shard}")
