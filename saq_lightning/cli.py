@@ -18,6 +18,7 @@ from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningCLI
 
 from saq_lightning.lightning.run_outputs import check_fit_outputs
+from saq_lightning.quiet import silence_known_harmless
 from saq_lightning.user_errors import split_traceback_flag, user_errors
 
 PROG = "python -m saq_lightning"
@@ -107,6 +108,7 @@ def _offline() -> None:
 
 def main(args: list[str] | None = None) -> None:
     _offline()
+    silence_known_harmless()
     argv, show_traceback = split_traceback_flag(list(sys.argv[1:] if args is None else args))
     if not argv:
         argv = ["--help"]  # the bare command lists every subcommand

@@ -225,8 +225,10 @@ class SAQLightningModule(L.LightningModule):
     def configure_callbacks(self):
         from saq_lightning.callbacks.graceful_stop import GracefulStop
         from saq_lightning.callbacks.nonfinite import NonFiniteGuard
+        from saq_lightning.callbacks.step_progress import step_progress_bar_for
 
-        return [NonFiniteGuard(self.max_nonfinite_steps), GracefulStop()]
+        bar = step_progress_bar_for(self.trainer)
+        return [NonFiniteGuard(self.max_nonfinite_steps), GracefulStop(), *([bar] if bar else [])]
 
     def _mixstep_schedule(self) -> MixStepSchedule | None:
         from saq_lightning.callbacks.mixstep import MixStepCallback
