@@ -64,3 +64,34 @@ def test_signal_saves_last_ckpt_exits_nonzero_and_resume_equals_uninterrupted(se
     assert state.keys() == full_state.keys()
     for key, value in full_state.items():
         torch.testing.assert_close(state[key], value, rtol=1e-6, atol=0, msg=key)
+
+
+SLURM_ENV = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "42", "SLURM_PROCID": "0",
+             "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "node1"}
+
+
+def test_under_slurm_sigterm_and_sigusr1_stay_lightnings(monkeypatch):
+    """With Lightning's SLURM environment active only SIGINT is taken over: SIGTERM (and the
+    SIGUSR1 requeue signal) keep the handlers Lightning's SLURM support installed."""
+    import lightning.pytorch as pl
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    from saq_lightning.callbacks.graceful_stop import GracefulStop
+
+    for key, value in SLURM_ENV.items():
+        monkeypatch.setenv(key, value)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         plugins=[SLURMEnvironment(auto_requeue=True)])
+    callback = GracefulStop()
+    assert callback.signals(trainer) == (signal.SIGINT,)
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    callback.on_train_start(trainer, None)
+    try:
+        assert {s: signal.getsignal(s) for s in before} == before
+        assert signal.getsignal(signal.SIGINT) == callback._handle
+    finally:
+        callback._restore()
+    for key in SLURM_ENV:
+        monkeypatch.delenv(key)
+    plain = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
+    assert GracefulStop().signals(plain) == (signal.SIGTERM, signal.SIGINT)

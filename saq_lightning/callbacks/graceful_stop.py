@@ -103,7 +103,7 @@ class GracefulStop(pl.Callback):
                 # the resumed run's ModelCheckpoint then takes this file for its own last.ckpt
                 # (else it would write last-v1.ckpt next to it)
                 callback.last_model_path = str(path)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # resumable: optimizer, loops, callbacks
         sig = signal.Signals(signum)
         log.warning("saved %s at step %d after %s; resume with --ckpt_path last", path,
                     trainer.global_step, sig.name)
