@@ -48,3 +48,19 @@ def test_fit_logs_the_validation_alignment_loss_per_order_and_phase(run):
     assert all(0.0 < e.value < 10.0 for e in curve)
     hp = [e.value for e in events.Scalars("hp_metric")]
     assert hp[-1] == pytest.approx(curve[-1].value, rel=1e-6) and -1.0 not in hp
+
+
+def test_digits_fd_callback_samples_the_student_with_its_trained_sampler(tmp_path):
+    from test_training_helpers import PHASES, tiny_module
+
+    from saq_lightning.callbacks.digits_fd import DigitsFDCallback
+
+    module = tiny_module(save_tiny_teacher(tmp_path / "teacher"), guidance_scale=2.0)
+    module.phases = list(PHASES)
+    module.calibrate_student()
+    callback = DigitsFDCallback(num_samples=20)
+    setting = callback.trained_setting(module)
+    assert (setting.solver, setting.steps, setting.guidance_scale) == ("dpm1", 10, 2.0)
+    first, again = callback.measure(module), callback.measure(module)
+    assert first["val/digits_fd"] > 0 and 0.0 <= first["val/digits_accuracy"] <= 1.0
+    assert again == first  # the same noises every time: the figure moves only with the student
