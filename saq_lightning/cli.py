@@ -114,6 +114,8 @@ def main(args: list[str] | None = None) -> None:
         argv = ["--help"]  # the bare command lists every subcommand
     if args is None:  # usage lines say how the command was called; LightningCLI reads sys.argv
         sys.argv[:] = [PROG, *argv]
+        if argv[0] in PIPELINE_COMMANDS:
+            sys.argv[0] = f"{PROG} {argv[0]}"
     with user_errors(argv, show_traceback):
         if argv[0] in PIPELINE_COMMANDS:
             PIPELINE_COMMANDS[argv[0]].load()(argv[1:])
