@@ -112,10 +112,10 @@ def main(args: list[str] | None = None) -> None:
     argv, show_traceback = split_traceback_flag(list(sys.argv[1:] if args is None else args))
     if not argv:
         argv = ["--help"]  # the bare command lists every subcommand
-    if args is None:  # usage lines say how the command was called; LightningCLI reads sys.argv
-        sys.argv[:] = [PROG, *argv]
-        if argv[0] in PIPELINE_COMMANDS:
-            sys.argv[0] = f"{PROG} {argv[0]}"
+    if args is None:  # LightningCLI reads sys.argv; usage lines say how the command was called
+        # (LightningCLI's prog is PROG; argparse names a pipeline command's usage after argv[0];
+        # Lightning's srun hint reads "srun python" + argv)
+        sys.argv[:] = [f"{PROG} {argv[0]}" if argv[0] in PIPELINE_COMMANDS else "-m saq_lightning", *argv]
     with user_errors(argv, show_traceback):
         if argv[0] in PIPELINE_COMMANDS:
             PIPELINE_COMMANDS[argv[0]].load()(argv[1:])
