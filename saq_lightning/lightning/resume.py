@@ -26,7 +26,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 
-from saq_lightning.data.manifest import diff_values, format_mismatches
+from saq_lightning.data.manifest import _MISSING, diff_values, format_mismatches
 
 from .checkpointing import PORTABLE_SPEC_FIELDS, CheckpointMismatchError
 from .optim import LinearDecay, group_kind
@@ -50,7 +50,8 @@ def resume_mismatches(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[
         return out
 
     mismatches = diff_values(comparable(saved), comparable(now), "", subset=False)
-    return [m for m in mismatches if m[0] not in RESUMABLE_CHANGES]
+    # a setting the checkpoint does not record is newer than the checkpoint's code: not a change
+    return [m for m in mismatches if m[0] not in RESUMABLE_CHANGES and m[1] is not _MISSING]
 
 
 def check_resume_settings(saved: Mapping[str, Any] | None, now: Mapping[str, Any], source: str) -> None:
