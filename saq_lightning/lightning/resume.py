@@ -51,7 +51,7 @@ def resume_mismatches(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[
 
     mismatches = diff_values(comparable(saved), comparable(now), "", subset=False)
     # a setting the checkpoint does not record is newer than the checkpoint's code: not a change
-    return [m for m in mismatches if m[0] not in RESUMABLE_CHANGES and m[1] is not _MISSING]
+    return [m for m in mismatches if m[0] not in RESUMABLE_CHANGES and not (isinstance(m[1], str) and m[1] == _MISSING)]
 
 
 def check_resume_settings(saved: Mapping[str, Any] | None, now: Mapping[str, Any], source: str) -> None:
