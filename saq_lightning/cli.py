@@ -17,6 +17,12 @@ from dataclasses import dataclass
 from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningCLI
 
+from saq_lightning.lightning.run_outputs import check_fit_outputs
+from saq_lightning.quiet import silence_known_harmless
+from saq_lightning.user_errors import split_traceback_flag, user_errors
+
+PROG = "python -m saq_lightning"
+
 
 @dataclass(frozen=True)
 class PipelineCommand:
@@ -76,7 +82,8 @@ class SAQLightningCLI(LightningCLI):
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault(
-            "parser_kwargs", {"epilog": _pipeline_epilog(), "formatter_class": _HelpFormatter}
+            "parser_kwargs", {"epilog": _pipeline_epilog(), "formatter_class": _HelpFormatter,
+                              "prog": PROG, "exit_on_error": False}
         )
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
@@ -88,6 +95,18 @@ class SAQLightningCLI(LightningCLI):
 
         parser.add_argument("--ptq", type=PTQSettings | None, default=None,
                             help="block reconstruction settings of the `ptq` command (ignored by fit)")
+        parser.add_argument("--overwrite", type=bool, default=False,
+                            help="fit: delete an earlier run's checkpoints in the checkpoint dirpath "
+                                 "(otherwise a fresh run there is refused)")
+
+    def before_fit(self) -> None:
+        config = self.config_init[self.subcommand]
+        check_fit_outputs(self.trainer, config.get("ckpt_path"), bool(config.get("overwrite")))
+
+    def _parse_ckpt_path(self) -> None:
+        """Keep the config: LightningCLI would replace the model's arguments with the hyperparameters
+        saved in a ``--ckpt_path <file>`` (and silently train the checkpoint's policy). The module
+        compares the two on load instead (``lightning/resume.py``)."""
 
 
 def _offline() -> None:
@@ -98,11 +117,19 @@ def _offline() -> None:
 
 def main(args: list[str] | None = None) -> None:
     _offline()
-    argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] in PIPELINE_COMMANDS:
-        PIPELINE_COMMANDS[argv[0]].load()(argv[1:])
-        return
-    SAQLightningCLI(args=args)  # None: LightningCLI reads sys.argv itself
+    silence_known_harmless()
+    argv, show_traceback = split_traceback_flag(list(sys.argv[1:] if args is None else args))
+    if not argv:
+        argv = ["--help"]  # the bare command lists every subcommand
+    if args is None:  # LightningCLI reads sys.argv; usage lines say how the command was called
+        # (LightningCLI's prog is PROG; argparse names a pipeline command's usage after argv[0];
+        # Lightning's srun hint reads "srun python" + argv)
+        sys.argv[:] = [f"{PROG} {argv[0]}" if argv[0] in PIPELINE_COMMANDS else "-m saq_lightning", *argv]
+    with user_errors(argv, show_traceback):
+        if argv[0] in PIPELINE_COMMANDS:
+            PIPELINE_COMMANDS[argv[0]].load()(argv[1:])
+            return
+        SAQLightningCLI(args=None if args is None else argv)
 
 
 if __name__ == "__main__":

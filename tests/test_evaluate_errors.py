@@ -30,10 +30,13 @@ def test_float_samples_are_refused_with_the_file_field_and_a_fix(tmp_path):
         evaluate_samples(path)
 
 
-def test_the_cli_raises_the_same_clear_error(tmp_path):
+def test_the_cli_prints_the_same_clear_error_and_exits_2(tmp_path, capsys):
     path = save(tmp_path / "s.npz", arr_0=np.zeros((4, 1, 8, 8), np.uint8))
-    with pytest.raises(SampleFormatError, match="this looks like NCHW"):
+    with pytest.raises(SystemExit) as stop:
         main(["evaluate", "--samples", path])
+    assert stop.value.code == 2 and "this looks like NCHW" in capsys.readouterr().err
+    with pytest.raises(SampleFormatError, match="this looks like NCHW"):
+        main(["evaluate", "--samples", path, "--traceback"])
 
 
 def test_images_in_zero_one_are_refused(tmp_path):

@@ -35,7 +35,8 @@ def test_sample_file_has_the_adm_layout_with_class_balanced_labels(sampled):
 
 
 def test_sample_writes_a_grid_and_its_settings_and_removes_the_parts(sampled):
-    assert Image.open(sampled / "grid.png").size == (10 * 8 * 4, 2 * 8 * 4)  # 20 samples, 10 per row, x4
+    # 20 samples, 10 per row, x4, 2 px gaps, a title and a class header line of 12 px each
+    assert Image.open(sampled / "grid.png").size == (10 * 8 * 4 + 9 * 2, 2 * 12 + 2 * 8 * 4 + 2)
     meta = json.loads((sampled / "samples.json").read_text())
     assert meta["settings"]["solver"] == "ddim" and meta["settings"]["steps"] == 4
     assert meta["settings"]["guidance_scale"] == 2.0  # the default for a class-conditional model

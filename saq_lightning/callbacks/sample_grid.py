@@ -24,6 +24,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
+from saq_lightning.metrics.grids import labelled_grid
+
 log = logging.getLogger(__name__)
 
 TAG = "samples/teacher_top_student_bottom"
@@ -42,6 +44,26 @@ def image_grid(rows: list[Tensor], pad: int = 1) -> Tensor:
             top, left = pad + r * (h + pad), pad + i * (w + pad)
             out[:, top:top + h, left:left + w] = x[i]
     return out
+
+
+def grid_labels(pl_module: pl.LightningModule, n: int) -> tuple[list[str], list[str] | None]:
+    """Row labels (model, solver order, steps of the active phase) and column labels (class)."""
+    phase = pl_module.active_phase[1] if getattr(pl_module, "active_phase", None) else None
+    if phase is None and getattr(pl_module, "phases", None):
+        phase = pl_module.phases[0]
+    if phase is not None:
+        rows = [f"teacher DPM-{phase.teacher_order} @{phase.teacher_steps}",
+                f"student DPM-{phase.student_order} @{phase.student_steps}"]
+    else:
+        rows = ["teacher", "student"]
+    cols = None
+    try:
+        cond = pl_module.conditions(range(n), device="cpu")
+    except Exception:  # noqa: BLE001 - labels are a convenience; text or unconditional: none
+        cond = None
+    if isinstance(cond, Tensor) and not cond.is_floating_point() and cond.ndim == 1:
+        cols = [str(int(v)) for v in cond.tolist()]
+    return rows, cols
 
 
 class SampleGridCallback(Callback):
@@ -73,11 +95,12 @@ class SampleGridCallback(Callback):
         if experiment is None or not hasattr(experiment, "add_image"):
             return
         teacher, student = pl_module.sample_comparison(self.num_samples, self.seed)
-        grid = image_grid([teacher, student])
         factor = self.upscale or max(1, math.ceil(64 / teacher.shape[-2]))
-        if factor > 1:
-            grid = grid.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
-        experiment.add_image(TAG, grid, global_step=trainer.global_step)
+        rows, cols = grid_labels(pl_module, self.num_samples)
+        grid = labelled_grid(torch.cat([teacher, student]), nrow=teacher.shape[0], scale=factor,
+                             row_labels=rows, col_labels=cols,
+                             title=f"step {trainer.global_step}: teacher (top) vs student (bottom)")
+        experiment.add_image(TAG, grid, global_step=trainer.global_step, dataformats="HWC")
         self.last_logged_step = int(trainer.global_step)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -58,7 +58,8 @@ def teacher_report(
         "fd_val_vs_train": digits_fd(classifier, val, train),
         "seconds": time.perf_counter() - t0,
     }
-    save_grid(samples[:100], out / "teacher_samples.png")
+    save_grid(samples[:100], out / "teacher_samples.png", col_labels=[str(k) for k in range(10)],
+              title="FP teacher (columns: class)")
     table = Table(title=f"FP teacher, {setting.label()}, {num_samples} class-balanced samples")
     for col in ("FD vs real digits", "class accuracy", "FD Gaussian noise", "FD real val vs train"):
         table.add_column(col, justify="right")
@@ -133,7 +134,8 @@ def evaluate(name: str, model, setting: SamplerSetting, n: int, seed: int, class
     t0 = time.perf_counter()
     samples, labels = sample_class_balanced(model, n, setting, seed)
     quality = digits_quality(classifier, samples, labels, real)
-    save_grid(samples[:100], out / f"{grid_name}.png")
+    save_grid(samples[:100], out / f"{grid_name}.png", col_labels=[str(k) for k in range(10)],
+              title=f"{name}, {setting.label()} (columns: class)")
     return {"model": name, "sampler": setting.label(), "solver": setting.solver, "steps": setting.steps,
             "nfe": setting.steps * int(setting.solver[-1]), **quality.as_dict(),
             "seconds": time.perf_counter() - t0, "grid": f"{grid_name}.png"}
@@ -252,4 +254,4 @@ def demo(
 
 
 def main(args: list[str]) -> None:
-    auto_cli(demo, args=args, as_positional=False)
+    auto_cli(demo, args=args, as_positional=False, exit_on_error=False)

@@ -29,6 +29,7 @@ from saq_lightning.metrics.trajectory_diagnostics import (
     trajectory_diagnostics,
 )
 from saq_lightning.models import ModelSpec
+from saq_lightning.outputs import clear_outputs, recorded_settings, refuse_existing
 from saq_lightning.sampling import time_grid
 
 
@@ -47,6 +48,7 @@ def diagnose(
     seed: int = 0,
     device: str = "auto",
     tensorboard: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Compare a student's sampling trajectories with the FP teacher's from the same x_T.
 
@@ -65,7 +67,15 @@ def diagnose(
         seed: seed of x_T.
         device: auto, cpu, cuda, ...
         tensorboard: also write TensorBoard scalars under out/tensorboard.
+        overwrite: replace an earlier run's outputs in ``out`` (otherwise they are refused: two
+            runs would share one TensorBoard folder).
     """
+    run_settings = json.loads(json.dumps(
+        {k: v for k, v in locals().items() if k not in ("out", "overwrite")},
+        default=lambda o: vars(o) if hasattr(o, "__dict__") else str(o)))
+    folder = Path(out)
+    outputs = [folder / "diagnostics.json", folder / "trajectory_diagnostics.png", folder / "tensorboard"]
+    refuse_existing("diagnose", outputs, run_settings, recorded_settings(outputs[0]), overwrite)
     model = model if model is not None else ModelSpec(kind="digits")
     dev = resolve_device(device)
     teacher = load_sampling_model(model, None, dev)
@@ -85,10 +95,10 @@ def diagnose(
         time_grid(schedule, steps, spacing), schedule, cond=cond, solver=solver, orders=orders,
         aligned_solver=aligned_solver, aligned_order=aligned_order,
     )
-    folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
+    clear_outputs(outputs)
     result = {"student": student, "model": model.name or model.kind, "steps": steps, "spacing": spacing,
-              "guidance_scale": scale, "seed": seed, **diag.as_dict()}
+              "guidance_scale": scale, "seed": seed, **diag.as_dict(), "settings": run_settings}
     (folder / "diagnostics.json").write_text(json.dumps(result, indent=2) + "\n")
     title = f"{student} vs FP: {num_samples} samples, {steps} steps ({spacing}), cfg {scale:g}"
     save_diagnostics_plot(diag, folder / "trajectory_diagnostics.png", title)
@@ -105,4 +115,4 @@ def diagnose(
 
 def main(args: list[str]) -> None:
     torch.set_grad_enabled(False)
-    auto_cli(diagnose, args=args, as_positional=False)
+    auto_cli(diagnose, args=args, as_positional=False, exit_on_error=False)

@@ -14,6 +14,7 @@ from pathlib import Path
 from jsonargparse import auto_cli
 
 from saq_lightning.metrics.evaluation import EvaluationSettings, evaluate_samples, read_prompt_file
+from saq_lightning.outputs import clear_outputs, recorded_settings, refuse_existing
 
 
 def evaluate(
@@ -34,6 +35,7 @@ def evaluate(
     max_reference_features: int = 10000,
     stats_cache: str | None = None,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> dict:
     """Score a sample .npz (ADM format) and write <out>.json and <out>.md.
 
@@ -60,7 +62,12 @@ def evaluate(
         max_reference_features: reference features kept for KID and precision/recall.
         stats_cache: folder for cached reference statistics (default: next to the reference).
         seed: seed of KID subsets and of the reference feature subset.
+        overwrite: replace an earlier <out>.json / <out>.md (otherwise an existing one is refused).
     """
+    run_settings = {k: v for k, v in locals().items() if k not in ("out", "overwrite")}
+    stem = Path(out) if out else Path(samples).with_name("eval")
+    json_path, md_path = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".md")
+    refuse_existing("evaluate", [json_path, md_path], run_settings, recorded_settings(json_path), overwrite)
     settings = EvaluationSettings(
         inception_weights=inception_weights, clip_model=clip_model, clip_weights=clip_weights,
         batch_size=batch_size, device=device, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
@@ -69,9 +76,9 @@ def evaluate(
     )
     result = evaluate_samples(samples, reference, metrics or "auto", settings,
                               read_prompt_file(prompts) if prompts else None)
-    stem = Path(out) if out else Path(samples).with_name("eval")
     stem.parent.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".md")
+    result.info["settings"] = run_settings
+    clear_outputs([json_path, md_path])
     result.write(json_path, md_path)
     print(result.to_markdown())
     print(f"wrote {json_path} and {md_path}")
@@ -79,4 +86,4 @@ def evaluate(
 
 
 def main(args: list[str]) -> None:
-    auto_cli(evaluate, args=args, as_positional=False)
+    auto_cli(evaluate, args=args, as_positional=False, exit_on_error=False)

@@ -36,6 +36,8 @@ options:
                          write only rank R's shards of W (default: from torchrun/srun, else 0 of 1)
   --progress {true,false}
                          show a progress bar (default true)
+  --verify               generate nothing: check every shard of the existing folder against its
+                         manifest (size and sha256) and report the bad ones
 Any other argument is a LightningCLI override of the config (e.g. --model.generation.seed 1).
 """
 
@@ -63,6 +65,7 @@ def parse_options(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--rank", type=int, default=None)
     parser.add_argument("--world_size", type=int, default=None)
     parser.add_argument("--progress", type=_bool, default=True)
+    parser.add_argument("--verify", action="store_true")
     opts, rest = parser.parse_known_args(args)
     if opts.devices < 1:
         parser.error(f"--devices must be >= 1, got {opts.devices}")
@@ -183,9 +186,34 @@ def _print_summary(summary: dict) -> None:
         print("manifest not complete yet: other ranks are still writing their shards")
 
 
+def verify_folder(config_args: list[str]) -> dict:
+    """Check every shard of the config's trajectory folder (size and sha256 against the manifest);
+    raise :class:`ShardError` naming every bad one."""
+    from pathlib import Path
+
+    from saq_lightning.data.errors import ShardError
+    from saq_lightning.data.manifest import load_manifest
+    from saq_lightning.data.shard_reader import check_shard_file
+
+    folder = shards_folder(config_args)
+    if folder is None:
+        raise ValueError("data.shards is null (on-the-fly mode): there are no shards to verify")
+    manifest = load_manifest(folder)
+    bad = [(s.name, why) for s in manifest.shards
+           if (why := check_shard_file(Path(folder) / s.name, s, "sha256")) is not None]
+    if bad:
+        listed = "; ".join(f"{Path(folder) / name}: {why}" for name, why in bad)
+        raise ShardError(f"{len(bad)} of {len(manifest.shards)} shard(s) failed verification: {listed} "
+                         f"(delete them and rerun generate to redo them)")
+    print(f"verified {len(manifest.shards)} shards of {folder}: sizes and sha256 match the manifest")
+    return {"folder": str(folder), "verified": len(manifest.shards)}
+
+
 def generate(args: list[str]) -> dict | None:
     """Entry point with parsed command-line arguments; returns rank 0's summary in-process."""
     opts, config_args = parse_options(args)
+    if opts.verify:
+        return verify_folder(config_args)
     if opts.rank is not None:
         placement = Placement(opts.rank, opts.world_size, opts.rank)
     else:

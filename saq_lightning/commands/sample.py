@@ -23,6 +23,7 @@ from saq_lightning.metrics.runtime_model import check_runtime, with_runtime
 from saq_lightning.metrics.sample_generation import SamplerSetting
 from saq_lightning.metrics.sampling_run import make_plan, run_sampling
 from saq_lightning.metrics.students import describe_student, load_sampling_model
+from saq_lightning.metrics.trained_sampler import departure_line, trained_sampler
 from saq_lightning.models import ModelSpec
 
 DEFAULTS = SamplerSetting()
@@ -75,8 +76,10 @@ def sample(
 ) -> str:
     """Sample a model into an ADM-format .npz (arr_0 uint8 NHWC, arr_1 labels) plus grid.png.
 
-    Unset sampler options come from the model spec's ``sampling:`` block, then from
-    ddim / 50 steps / time_uniform / CFG 2 (1 for unconditional models).
+    Unset sampler options come from what a ``.ckpt`` student was trained for (solver and order,
+    first phase's steps, spacing, guidance; an option that departs prints one line), then from the
+    model spec's ``sampling:`` block, then from ddim / 50 steps / time_uniform / CFG 2 (1 for
+    unconditional models).
 
     Args:
         out: output folder (samples.npz, samples.json, grid.png; parts/ while running).
@@ -109,8 +112,11 @@ def sample(
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         dev = resolve_device(device)
         net = with_runtime(load_sampling_model(model, student, dev), runtime, student, dev)
-        setting = _setting(net.sampling_defaults, net.conditioner is not None, solver, steps, spacing,
-                           guidance_scale, order, eta)
+        trained = trained_sampler(student)  # a .ckpt student: the sampler it was trained for
+        setting = _setting({**net.sampling_defaults, **trained}, net.conditioner is not None, solver,
+                           steps, spacing, guidance_scale, order, eta)
+        if (note := departure_line(trained, setting, str(student))) and (not dist.is_initialized() or dist.get_rank() == 0):
+            print(note)
         prompt_list = read_prompt_file(prompts) if prompts else None
         identity = {"model": json.loads(json.dumps(vars(model), default=str)), "student": describe_student(student)}
         if runtime != "fake":
@@ -128,4 +134,4 @@ def sample(
 
 
 def main(args: list[str]) -> None:
-    auto_cli(sample, args=args, as_positional=False)
+    auto_cli(sample, args=args, as_positional=False, exit_on_error=False)

@@ -35,3 +35,7 @@ class ManifestMismatchError(ManifestError):
 
 class ResumeMismatchError(RuntimeError):
     """A checkpoint's data position was saved under another data configuration."""
+
+
+class PhaseError(ValueError):
+    """A mixstep phase the run cannot serve (e.g. a student grid the timestep buckets do not fit)."""

@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from .errors import PhaseError
+
 MODES = ("cycle", "progressive")
 PHASE_BATCHES = ("equal", "steps")
 
@@ -172,7 +174,7 @@ class MixStepSchedule:
         bad = [(i, p.student_steps) for i, p in enumerate(self.phases) if p.student_steps > n_buckets]
         if bad:
             listed = ", ".join(f"phase {i} (student_steps={n})" for i, n in bad)
-            raise ValueError(f"{listed}: more steps than the {n_buckets} activation-quantizer "
+            raise PhaseError(f"{listed}: more steps than the {n_buckets} activation-quantizer "
                              f"timestep buckets; distinct steps need distinct buckets")
 
     def to_dict(self) -> dict[str, Any]:

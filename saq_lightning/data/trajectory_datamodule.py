@@ -22,6 +22,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
+from .batch_check import check_finite_batch
 from .batch_plan import BatchPlan, Selector
 from .errors import ManifestError, ManifestMismatchError, ResumeMismatchError, ShardError
 from .manifest import (
@@ -36,6 +37,7 @@ from .mixstep import MixStepSchedule
 from .noise_dataset import NoiseBatches
 from .shard_reader import check_shard_file
 from .trajectory_dataset import TrajectoryBatches
+from .validation_set import validation_batches, validation_folder
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +86,9 @@ class TrajectoryDataModule(pl.LightningDataModule):
         on_bad_shard: ``raise`` (default): a missing, truncated or corrupt shard is an error
             naming it. ``skip``: every shard is verified in ``setup``; bad ones are left out and
             counted (``skipped_shards``, ``skipped_records``).
-        verify: ``sha256`` (default) or ``size``: how shards are checked when read.
+        verify: ``sha256`` (default) or ``size``: how shards are checked when read; ``true``:
+            also check every shard's sha256 at the start (``setup``, before calibration), so that
+            a corrupt shard is found at once, not when it is first read.
         dtype: dtype of float tensors in batches; ``time_dtype``: of ``s`` and ``t``.
         image_shape, num_classes: on-the-fly mode: shape of ``x_T``; number of classes for
             class-balanced labels (``None``: unconditional, no ``cond``).
@@ -105,7 +109,7 @@ class TrajectoryDataModule(pl.LightningDataModule):
         phases: list[int] | None = None,
         expect: dict[str, Any] | None = None,
         on_bad_shard: Literal["raise", "skip"] = "raise",
-        verify: Literal["sha256", "size"] = "sha256",
+        verify: bool | Literal["sha256", "size"] = "sha256",
         dtype: str = "float32",
         time_dtype: str = "float32",
         image_shape: list[int] | None = None,
@@ -121,8 +125,8 @@ class TrajectoryDataModule(pl.LightningDataModule):
             raise ValueError(f"seed must be >= 0, got {seed}")
         if on_bad_shard not in ("raise", "skip"):
             raise ValueError(f"on_bad_shard must be 'raise' or 'skip', got {on_bad_shard!r}")
-        if verify not in ("sha256", "size"):
-            raise ValueError(f"verify must be 'sha256' or 'size', got {verify!r}")
+        if verify not in ("sha256", "size") and not isinstance(verify, bool):
+            raise ValueError(f"verify must be true, false, 'sha256' or 'size', got {verify!r}")
         if shards is None and (image_shape is None or batches_per_epoch is None):
             raise ValueError("on-the-fly mode (shards=None) needs image_shape and "
                              "batches_per_epoch")
@@ -134,7 +138,8 @@ class TrajectoryDataModule(pl.LightningDataModule):
         self.phases = tuple(sorted(set(phases))) if phases is not None else None
         self.expect = dict(expect or {})
         self.on_bad_shard = on_bad_shard
-        self.verify = verify
+        self.verify_at_start = verify is True
+        self.verify = "sha256" if verify is True else ("size" if verify is False else verify)
         self.float_dtype, self.time_dtype = _dtype(dtype), _dtype(time_dtype)
         self.image_shape = list(image_shape) if image_shape is not None else None
         self.num_classes = num_classes
@@ -195,7 +200,8 @@ class TrajectoryDataModule(pl.LightningDataModule):
             expect.setdefault("image_shape", self.image_shape)
         check_expected(manifest, expect, source=f"{Path(self.shards) / 'manifest.json'}")
         root = Path(self.shards)
-        level = self.verify if self.on_bad_shard == "skip" else "size"
+        level = ("sha256" if self.verify_at_start
+                 else self.verify if self.on_bad_shard == "skip" else "size")
         bad = [(s, why) for s in manifest.shards
                if (why := check_shard_file(root / s.name, s, level)) is not None]
         if bad and self.on_bad_shard == "raise":
@@ -209,8 +215,21 @@ class TrajectoryDataModule(pl.LightningDataModule):
         self._usable = [s for s in manifest.shards if s.name not in skipped]
         self.manifest = manifest
 
-    def _check_schedule_against_manifest(self, manifest: Manifest) -> None:
-        schedule = self.mixstep
+    def check_schedule(self, schedule: MixStepSchedule | None) -> None:
+        """The manifest's phases must be the schedule's (``fit`` calls this in its setup, before
+        calibration, so that shards of other phases are refused at once)."""
+        if self.manifest is not None:
+            self._check_schedule_against_manifest(self.manifest, schedule)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        training = self.trainer is None or self.trainer.training
+        if training and not self.on_the_fly and self.manifest is not None and isinstance(batch, dict):
+            check_finite_batch(batch, self.manifest.shards, self.shards)
+        return batch
+
+    def _check_schedule_against_manifest(self, manifest: Manifest,
+                                         schedule: MixStepSchedule | None = None) -> None:
+        schedule = schedule if schedule is not None else self.mixstep
         if schedule is None:
             return
         found = manifest.meta.get("phases")
@@ -300,6 +319,14 @@ class TrajectoryDataModule(pl.LightningDataModule):
         log.warning(message)
 
     # ------------------------------------------------------------------ loaders
+    def val_dataloader(self) -> DataLoader | list:
+        """The held-out points of ``<shards>/val`` (none: no validation, an empty list)."""
+        folder = None if self.on_the_fly else validation_folder(self.shards)
+        if folder is None:
+            return []
+        batches = validation_batches(folder, self.batch_size, self.float_dtype, self.time_dtype)
+        return DataLoader(batches, batch_size=None, shuffle=False)
+
     def train_dataloader(self) -> PositionedDataLoader:
         self.setup("fit")
         rank, world = self._rank_world()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,11 +32,14 @@ from saq_lightning.data.trajectory_records import trajectory_records
 from .conditions import ConditionSource, noise_for
 from .settings import GenerationSettings
 from .teacher_flow import TeacherFlow
+from .validation import VALIDATION_SEED_OFFSET
 
 if TYPE_CHECKING:  # pragma: no cover
     from .module import SAQLightningModule
 
 GENERATOR = "saq_lightning.generate/1"
+#: subfolder of the trajectory folder holding the held-out validation trajectories
+VALIDATION_FOLDER = "val"
 #: manifest meta fields a training run must agree with (the rest describes how data was made)
 CHECKED_META = ("model_id", "teacher", "schedule", "image_shape", "teacher_solver", "spacing",
                 "guidance_scale", "conditions")
@@ -168,7 +171,7 @@ def generate_trajectories(
     rollout = TrajectoryRollout(module.flow, schedule.phases, PhaseLayout(tuple(counts)),
                                 module.conditions, settings.seed, settings.store_targets, device,
                                 settings.store_pairs)
-    return write_trajectory_shards(
+    report = write_trajectory_shards(
         folder, rollout,
         num_trajectories=sum(counts),
         trajectories_per_shard=settings.trajectories_per_shard,
@@ -177,6 +180,27 @@ def generate_trajectories(
         rollout_batch_size=settings.rollout_batch_size,
         rank=rank, world_size=world_size, progress=progress,
     )
+    if settings.validation_trajectories_per_phase:
+        write_validation_trajectories(module, schedule, Path(folder) / VALIDATION_FOLDER, device,
+                                      rank=rank, world_size=world_size, progress=progress)
+    return report
+
+
+def write_validation_trajectories(
+    module: SAQLightningModule, schedule: MixStepSchedule, folder: Path, device: torch.device,
+    *, rank: int = 0, world_size: int = 1, progress: bool = True,
+) -> WriteReport:
+    """The held-out validation trajectories (``lightning/validation.py``): one shard per phase."""
+    n = module.generation.validation_trajectories_per_phase
+    settings = replace(module.generation, trajectories_per_phase=n, trajectories_per_shard=n,
+                       rollout_batch_size=None,
+                       seed=module.generation.seed + VALIDATION_SEED_OFFSET)
+    rollout = TrajectoryRollout(module.flow, schedule.phases, PhaseLayout((n,) * schedule.num_phases),
+                                module.conditions, settings.seed, settings.store_targets, device)
+    return write_trajectory_shards(
+        folder, rollout, num_trajectories=n * schedule.num_phases, trajectories_per_shard=n,
+        meta={**trajectory_meta(module, schedule, settings), "split": "validation"},
+        storage_dtype=settings.storage_dtype, rank=rank, world_size=world_size, progress=progress)
 
 
 def manifest_phases(manifest: Manifest) -> list[MixStepPhase] | None:

@@ -62,6 +62,7 @@ from .conditions import ConditionSource, noise_for
 from .generation import check_trajectory_meta, manifest_phases
 from .mota import group_means, mota_terms, reduce_mota
 from .optim import build_optimizer, grad_total_norm, learning_rates
+from .resume import check_resume_settings, rebuild_lr_schedule
 from .settings import (
     CalibrationSettings,
     GenerationSettings,
@@ -71,6 +72,7 @@ from .settings import (
 )
 from .student_step import check_phase_solvers, student_effective_direction
 from .teacher_flow import PointHistory, TeacherFlow, history_points
+from .validation import validation_alignment
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +222,7 @@ class SAQLightningModule(L.LightningModule):
         self.allow_teacher_transfer = bool(allow_teacher_transfer)
         # of the weights as loaded from their file (before any precision plugin casts them)
         self.teacher_fingerprint = teacher_fingerprint(self.teacher)
+        self._resumed_hparams: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ views
     @property
@@ -256,9 +259,12 @@ class SAQLightningModule(L.LightningModule):
 
     # ------------------------------------------------------------------ set-up
     def configure_callbacks(self):
+        from saq_lightning.callbacks.graceful_stop import GracefulStop
         from saq_lightning.callbacks.nonfinite import NonFiniteGuard
+        from saq_lightning.callbacks.step_progress import step_progress_bar_for
 
-        return [NonFiniteGuard(self.max_nonfinite_steps)]
+        bar = step_progress_bar_for(self.trainer)
+        return [NonFiniteGuard(self.max_nonfinite_steps), GracefulStop(), *([bar] if bar else [])]
 
     def _mixstep_schedule(self) -> MixStepSchedule | None:
         from saq_lightning.callbacks.mixstep import MixStepCallback
@@ -300,6 +306,9 @@ class SAQLightningModule(L.LightningModule):
             check_phase_solvers(self.flow, self.phases,
                                 None if manifest is None else manifest.fields,
                                 f"{getattr(dm, 'shards', '?')}/manifest.json")
+        if manifest is not None and schedule is not None and hasattr(dm, "check_schedule"):
+            dm.check_schedule(schedule)  # before calibration: shards of other phases fail now
+        if self.phases is not None:
             self.bind_bucket_map(self.phases)
 
     def bind_bucket_map(self, phases: list[MixStepPhase] | tuple[MixStepPhase, ...]) -> None:
@@ -341,6 +350,11 @@ class SAQLightningModule(L.LightningModule):
     def on_fit_start(self) -> None:
         # Lightning keeps module modes as they are; the student was copied from the (eval) teacher
         self.train()
+
+    def on_train_start(self) -> None:
+        if self.restored_from_checkpoint:  # optimizer and scheduler are restored by now
+            rebuild_lr_schedule(self.trainer, self.optimizer_settings,
+                                (self._resumed_hparams or {}).get("optimizer"))
 
     # ------------------------------------------------------------------ mixstep
     def on_mixstep_phase(self, index: int, phase: MixStepPhase) -> None:
@@ -450,6 +464,10 @@ class SAQLightningModule(L.LightningModule):
                 self.log(f"lr/{kind}", lr, batch_size=bs)
         return loss
 
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        """Alignment loss on held-out trajectory points (``lightning/validation.py``)."""
+        return validation_alignment(self, batch)
+
     def _null_loss(self) -> Tensor:
         """A zero loss that reaches every trainable parameter but not the non-finite graph.
 
@@ -504,10 +522,13 @@ class SAQLightningModule(L.LightningModule):
         checkpoint["saq"]["teacher_fingerprint"] = self.teacher_fingerprint
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_identity(checkpoint.get("saq"), self._identity(), "checkpoint")
-        check_teacher_fingerprint(checkpoint["saq"], self.teacher_fingerprint, "checkpoint",
+        source = str(getattr(self._trainer, "ckpt_path", None) or "checkpoint")
+        check_identity(checkpoint.get("saq"), self._identity(), source)
+        check_teacher_fingerprint(checkpoint["saq"], self.teacher_fingerprint, source,
                                   self.allow_teacher_transfer)
-        restore_bucket_map(self.student, checkpoint["saq"], "checkpoint")
+        restore_bucket_map(self.student, checkpoint["saq"], source)
+        self._resumed_hparams = checkpoint.get("hyper_parameters")
+        check_resume_settings(self._resumed_hparams, dict(self.hparams), source)
         load_trainable_state_dict(self.student, split_student_state(checkpoint["state_dict"]))
         self.restored_from_checkpoint = True
 

@@ -116,6 +116,8 @@ class GenerationSettings:
     ``store_pairs``: also write every point's second-order intermediate point (``x_mid``,
     ``s_mid``, ``paired``; see :mod:`saq_lightning.data.trajectory_pairs`), the calibration pairs of
     SA-PTQ; needs teacher order 2 and ``teacher_steps == student_steps`` in every phase.
+    ``validation_trajectories_per_phase``: held-out trajectories per phase that ``generate`` also
+    writes to ``<shards>/val`` (another noise seed; the validation set, ``val/alignment_loss``).
     """
 
     trajectories_per_phase: int | list[int] = 256
@@ -127,8 +129,12 @@ class GenerationSettings:
     prompts: str | None = None
     num_classes: int | None = None
     store_pairs: bool = False
+    validation_trajectories_per_phase: int = 0
 
     def __post_init__(self) -> None:
+        if self.validation_trajectories_per_phase < 0:
+            raise ValueError(f"generation.validation_trajectories_per_phase must be >= 0, got "
+                             f"{self.validation_trajectories_per_phase}")
         if self.trajectories_per_shard < 1:
             raise ValueError(f"generation.trajectories_per_shard must be >= 1, got "
                              f"{self.trajectories_per_shard}")

@@ -108,16 +108,26 @@ def _draw_panel(draw, font, panel: Panel, box: tuple[int, int, int, int]) -> Non
         draw.text((px0 + 36, ly), s.label, fill="black", font=font)
 
 
+def readable_font():
+    """Pillow's fixed-width bitmap font (6 px per character, every character a full cell).
+
+    ``ImageFont.load_default()`` is a small proportional FreeType font in which '.' and ' ' are
+    about 2 px wide, so that labels read "lastckpt" and "studentorder"."""
+    from PIL import ImageFont
+
+    return ImageFont.load_default_imagefont()
+
+
 def save_line_chart(panels: Sequence[Panel], path: str | os.PathLike, title: str = "",
                     panel_size: tuple[int, int] = (460, 340)) -> None:
     """Panels side by side in one PNG."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     w, h = panel_size
     head = 24 if title else 0
     img = Image.new("RGB", (w * len(panels), h + head), "white")
     draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
+    font = readable_font()
     if title:
         draw.text((10, 6), title, fill="black", font=font)
     for i, panel in enumerate(panels):

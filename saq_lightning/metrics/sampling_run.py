@@ -279,7 +279,10 @@ def _merge(out: Path, parts: Path, plan: SamplingPlan, fingerprint: dict[str, An
             if got >= grid_size:
                 break
         nrow = 10 if plan.classes is None else min(len(plan.classes), 10)
-        save_grid(np.concatenate(head), out / GRID_FILE, nrow=nrow)
+        cols = None if labels is None else [f"class {int(v)}" if nrow <= 5 else str(int(v))
+                                            for v in labels[:nrow]]
+        save_grid(np.concatenate(head), out / GRID_FILE, nrow=nrow, col_labels=cols,
+                  title=f"{info.get('student', 'fp') if info else 'fp'}: {plan.setting.label()}")
     meta = {"fingerprint": fingerprint, "settings": {**plan.setting.as_dict(), "label": plan.setting.label()},
             "num_samples": plan.num_samples, "seed": plan.seed, **info}
     (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
