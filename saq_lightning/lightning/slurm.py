@@ -239,13 +239,16 @@ class SlurmRequeue(pl.Callback):
 
 
 def batch_log_progress(trainer: pl.Trainer, stream: Any = None) -> None:
-    """Progress bars refresh every :data:`BATCH_LOG_REFRESH` batches when stdout is not a terminal
-    (a batch log), instead of every batch; a bar whose refresh rate was configured is left alone."""
+    """When stdout is not a terminal (a batch log), a progress bar refreshing more often than every
+    :data:`BATCH_LOG_REFRESH` batches (TQDM's default is every batch: one log line each) refreshes
+    every :data:`BATCH_LOG_REFRESH`; Rich's default bar (100, and no live output off a terminal) and a
+    disabled bar (0) are left as they are."""
     stream = sys.stdout if stream is None else stream
     bar = trainer.progress_bar_callback
     if bar is None or (hasattr(stream, "isatty") and stream.isatty()):
         return
-    if getattr(bar, "_refresh_rate", None) == 1:  # Lightning's default for TQDM and Rich bars
+    rate = getattr(bar, "_refresh_rate", None)  # both Lightning bars keep it there (read-only property)
+    if isinstance(rate, int) and 0 < rate < BATCH_LOG_REFRESH:
         bar._refresh_rate = BATCH_LOG_REFRESH
 
 
