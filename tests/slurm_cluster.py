@@ -2,7 +2,7 @@
 
 ``start_cluster(folder)`` installs Debian's ``slurm-wlm`` and ``munge`` when they are missing
 (only as root with package access; otherwise it raises :class:`ClusterUnavailable` with the
-reason), writes a ``slurm.conf`` for this machine (one node with ``nproc`` CPUs, ``SlurmUser=root``,
+reason), writes a ``slurm.conf`` for this machine (one node with 2 x ``nproc`` CPUs, ``SlurmUser=root``,
 ``ProctrackType=proctrack/linuxproc``, ``TaskPlugin=task/none``), starts a private ``munged`` and
 the two SLURM daemons with every file under ``folder``, and waits until the node is idle.
 ``Cluster.stop()`` ends the daemons it started (by their pids) and nothing else.
@@ -73,7 +73,7 @@ SlurmdPort={_free_port()}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket={folder}/munge.sock,cred_expire=10
+AuthInfo=socket={folder}/munge.sock,cred_expire=5
 CredType=cred/munge
 StateSaveLocation={folder}/state
 SlurmdSpoolDir={folder}/spool
@@ -151,7 +151,9 @@ def start_cluster(folder: Path) -> Cluster:
     folder.chmod(0o755)
     for sub in ("state", "spool"):
         (folder / sub).mkdir(exist_ok=True)
-    cpus = max(2, os.cpu_count() or 2)
+    # twice the cores: two 2-task jobs (the preempted fit and its uninterrupted reference) run side by
+    # side; slurmd accepts the count with SlurmdParameters=config_overrides
+    cpus = 2 * max(1, os.cpu_count() or 1)
     memory_mb = max(1024, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 // 2)
     conf = folder / "slurm.conf"
     conf.write_text(slurm_conf(folder, cpus, memory_mb))

@@ -142,38 +142,31 @@ def shards(cluster, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(cluster, shards, tmp_path_factory):
-    root = tmp_path_factory.mktemp("slurm_full")
-    config = reduced_config(root, shards)
-    job = submit(cluster, "fit.sbatch", [str(config)], root / "fit.out", "--ntasks-per-node=2")
-    info = wait_done(cluster, job)
-    assert info["JobState"] == "COMPLETED", (root / "fit.out").read_text()[-3000:]
-    return loss_curve(root / "run")
-
-
-@pytest.fixture(scope="module")
 def preempted(cluster, shards, tmp_path_factory):
-    """SIGUSR1 after step 4 -> self-requeue; SIGKILL after step 10 + scontrol requeue; finish."""
-    root = tmp_path_factory.mktemp("slurm_preempted")
-    config = reduced_config(root, shards)
-    log = root / "fit.out"
-    job = submit(cluster, "fit.sbatch", [str(config)], log, "--ntasks-per-node=2")
+    """Two 2-task jobs side by side: an uninterrupted reference, and one that gets SIGUSR1 after
+    step 4 (self-requeue), then SIGKILL after step 10 and ``scontrol requeue``, and finishes."""
+    roots = {name: tmp_path_factory.mktemp(f"slurm_{name}") for name in ("full", "preempted")}
+    jobs = {name: submit(cluster, "fit.sbatch", [str(reduced_config(root, shards))], root / "fit.out",
+                         "--ntasks-per-node=2") for name, root in roots.items()}
+    root, job = roots["preempted"], jobs["preempted"]
     last = root / "run" / "checkpoints" / "last.ckpt"
-    wait_for(lambda: checkpoint_step(last) >= 4, 300, "last.ckpt at step 4")
+    wait_for(lambda: checkpoint_step(last) >= 4, 400, "last.ckpt at step 4")
     cluster.run("scancel", "--signal=USR1", job)  # to the job's steps (srun tasks), as --signal does
     wait_for(lambda: job_info(cluster, job).get("Restarts") == "1"
              and job_info(cluster, job).get("JobState") == "RUNNING", 120, "the self-requeued start")
-    wait_for(lambda: checkpoint_step(last) >= 10, 300, "last.ckpt at step 10 after the requeue")
-    cluster.run("scancel", "--signal=KILL", job)  # hard kill of the step: nothing is saved
+    wait_for(lambda: checkpoint_step(last) >= 10, 400, "last.ckpt at step 10 after the requeue")
+    cluster.run("scancel", "--signal=KILL", job)  # hard kill (steps and batch shell): nothing is saved
     wait_for(lambda: job_info(cluster, job).get("JobState") in ("FAILED", "COMPLETED", "CANCELLED"), 60,
              "the killed job to end")
     killed_at = checkpoint_step(last)
     cluster.run("scontrol", "requeue", job)
-    info = wait_done(cluster, job)
-    text = log.read_text()
-    assert info["JobState"] == "COMPLETED", text[-3000:]
-    return {"job": job, "info": info, "log": text, "root": root, "config": config, "killed_at": killed_at,
-            "curve": loss_curve(root / "run")}
+    infos = {name: wait_done(cluster, j) for name, j in jobs.items()}
+    logs = {name: (r / "fit.out").read_text() for name, r in roots.items()}
+    for name, info in infos.items():
+        assert info["JobState"] == "COMPLETED", logs[name][-3000:]
+    return {"job": job, "info": infos["preempted"], "log": logs["preempted"], "root": root,
+            "config": root / "digits_w4a4.yaml", "killed_at": killed_at,
+            "curve": loss_curve(root / "run"), "uninterrupted": loss_curve(roots["full"] / "run")}
 
 
 def test_sigusr1_saves_at_a_step_boundary_requeues_and_the_next_start_resumes(preempted):
@@ -193,8 +186,8 @@ def test_hard_kill_then_requeue_resumes_from_the_newest_last_ckpt(preempted):
     assert checkpoint_step(last) == STEPS
 
 
-def test_requeued_run_logs_the_uninterrupted_loss_curve_in_one_tensorboard_run(preempted, uninterrupted):
-    full, full_runs = uninterrupted
+def test_requeued_run_logs_the_uninterrupted_loss_curve_in_one_tensorboard_run(preempted):
+    full, full_runs = preempted["uninterrupted"]
     curve, runs = preempted["curve"]
     assert len(full_runs) == 1 and len(runs) == 1, runs  # one version_N across three starts
     assert sorted(curve) == sorted(full) == list(range(STEPS))

@@ -74,7 +74,7 @@ def check_fit_layout(trainer: Mapping[str, Any], env: Mapping[str, str]) -> str:
     per_node = tasks_per_node(env)
     if devices is not None and devices != per_node:
         raise SlurmCheckError(
-            f"--ntasks-per-node={per_node} but trainer.devices is {trainer.get('devices')!r} ({devices} "
+            f"--ntasks-per-node={per_node} but trainer.devices is {trainer.get('devices')} ({devices} "
             f"process(es) per node): they must be equal, one task per device. Submit with "
             f"--ntasks-per-node={devices}, or override --trainer.devices {per_node}")
     nodes = int(env.get("SLURM_JOB_NUM_NODES", env.get("SLURM_NNODES", "1")))
