@@ -12,6 +12,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from saq_lightning.commands.placement import requeue_on_sigusr1
 from saq_lightning.commands.slurm_check import SlurmCheckError, check_fit_layout, resolve_devices
 from saq_lightning.lightning.slurm import (
     BATCH_LOG_REFRESH,
@@ -115,3 +116,24 @@ def test_ntasks_per_node_must_equal_the_trainer_devices():
         check_fit_layout({"devices": 8, "num_nodes": 1}, env)
     with pytest.raises(SlurmCheckError, match="without --ntasks-per-node"):
         check_fit_layout({"devices": 2}, {"SLURM_NTASKS": "2"})
+
+
+def test_sigusr1_in_an_srun_step_of_a_pipeline_command_requeues_the_job_and_exits(tmp_path):
+    """generate/sample: task 0 runs `scontrol requeue <job>` (a stand-in scontrol on PATH records it)."""
+    import os
+    import subprocess
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'called'}\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    code = ("import os, signal, time\nfrom saq_lightning.commands.placement import requeue_on_sigusr1\n"
+            "assert requeue_on_sigusr1()\nos.kill(os.getpid(), signal.SIGUSR1)\ntime.sleep(30)\nraise SystemExit(3)\n")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_STEP_ID": "0", "SLURM_JOB_ID": "77",
+           "SLURM_PROCID": "0", "SLURM_JOB_NAME": "sample"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0 and "requeued job 77" in done.stdout
+    assert (tmp_path / "called").read_text().split() == ["requeue", "77"]
+    assert not requeue_on_sigusr1({})  # outside an srun step nothing is installed

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from saq_lightning.commands.placement import Placement, environment_placement
+from saq_lightning.commands.placement import Placement, environment_placement, requeue_on_sigusr1
 
 HELP = """usage: python -m saq_lightning generate --config CONFIG [LightningCLI overrides] [options]
 
@@ -169,6 +169,7 @@ def _print_summary(summary: dict) -> None:
 def generate(args: list[str]) -> dict | None:
     """Entry point with parsed command-line arguments; returns rank 0's summary in-process."""
     opts, config_args = parse_options(args)
+    requeue_on_sigusr1()  # under srun: SIGUSR1 requeues the job, which keeps the finished shards
     if opts.rank is not None:
         placement = Placement(opts.rank, opts.world_size, opts.rank)
     else:

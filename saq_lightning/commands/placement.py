@@ -10,6 +10,9 @@ make a command run outside ``srun`` believe it is rank 0 of several.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -63,4 +66,29 @@ def init_process_group(placement: Placement | None) -> bool:
         address, port = rendezvous_address()
         dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=placement.rank,
                                 world_size=placement.world_size)
+    return True
+
+
+def requeue_on_sigusr1(env: Mapping[str, str] | None = None) -> bool:
+    """Under an srun step of a batch job: SIGUSR1 (``#SBATCH --signal=SIGUSR1@90``, a preemption)
+    makes task 0 run ``scontrol requeue`` and every task exit at once. ``generate`` and ``sample``
+    keep what they finished (shards and chunks appear atomically), so the requeued start continues
+    where they were; without this, SIGUSR1's default action would end the job as failed. Returns
+    whether the handler was installed."""
+    env = os.environ if env is None else env
+    if "SLURM_STEP_ID" not in env or "SLURM_JOB_ID" not in env or env.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+        return False
+    job = (f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}" if env.get("SLURM_ARRAY_TASK_ID")
+           else env["SLURM_JOB_ID"])
+    first = env.get("SLURM_PROCID", "0") == "0"
+
+    def handler(signum: int, frame: object) -> None:
+        if first:
+            done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, check=False)
+            print(f"SLURM: signal {signum}: requeued job {job}" if done.returncode == 0 else
+                  f"SLURM: signal {signum}: `scontrol requeue {job}` failed: {done.stderr.strip()}", flush=True)
+        sys.stdout.flush()
+        os._exit(0)  # finished work is on disk; a half-done shard/chunk is redone on the next start
+
+    signal.signal(signal.SIGUSR1, handler)
     return True

@@ -19,7 +19,11 @@ import torch
 import torch.distributed as dist
 from jsonargparse import auto_cli
 
-from saq_lightning.commands.placement import environment_placement, init_process_group
+from saq_lightning.commands.placement import (
+    environment_placement,
+    init_process_group,
+    requeue_on_sigusr1,
+)
 from saq_lightning.metrics.evaluation import read_prompt_file, resolve_device
 from saq_lightning.metrics.sample_generation import SamplerSetting
 from saq_lightning.metrics.sampling_run import make_plan, run_sampling
@@ -101,6 +105,7 @@ def sample(
     model = model if model is not None else ModelSpec(kind="digits")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     placement = environment_placement()  # torchrun or an srun step
+    requeue_on_sigusr1()  # under srun: SIGUSR1 requeues the job, which resumes from the finished chunks
     created = init_process_group(placement)
     try:
         if device == "auto" and torch.cuda.is_available():
