@@ -65,6 +65,8 @@ def test_a_requeued_start_takes_the_newest_checkpoint_of_its_own_job(tmp_path):
     (tmp_path / "ckpt" / "last-v2.ckpt").write_bytes(b"cut short by a kill")  # unreadable: skipped
     run = resolve_resume_ckpt(config, env={**JOB, "SLURM_RESTART_COUNT": "1"})
     assert run.resume.path == tmp_path / "ckpt" / "last.ckpt" and run.resume.global_step == 8
+    assert resolve_resume_ckpt({**config, "ckpt_path": "last"}, env={**JOB, "SLURM_RESTART_COUNT": "1"}).resume == run.resume
+    assert resolve_resume_ckpt({**config, "ckpt_path": "x.ckpt"}, env={**JOB, "SLURM_RESTART_COUNT": "1"}).resume is None
 
     from jsonargparse import Namespace
 

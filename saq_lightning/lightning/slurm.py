@@ -12,7 +12,8 @@ What happens (docs/slurm.md tells it from the user's side):
   of the config's ``ModelCheckpoint`` (``save_last``, ``every_n_train_steps``) is the resume point.
 - **The requeued start** (``SLURM_RESTART_COUNT`` >= 1): :func:`resolve_resume_ckpt` picks the
   newest (highest ``global_step``) of those checkpoints *written by this same job* and sets
-  ``ckpt_path`` to it, so no ``--ckpt_path`` is needed; it also sets the TensorBoard logger's
+  ``ckpt_path`` to it, so no ``--ckpt_path`` is needed (``--ckpt_path last`` is resolved the same
+  way; an explicit path is left alone); it also sets the TensorBoard logger's
   ``version`` to the one the checkpoint was logged under (one run, one loss curve). A config that
   changed between the runs is an error listing every changed field.
 
@@ -160,7 +161,8 @@ def resolve_resume_ckpt(config: Any, env: Mapping[str, str] | None = None) -> Sl
     if hasattr(config, "as_dict"):  # a parsed jsonargparse Namespace
         config = config.as_dict()
     current = comparable_config(config)
-    if config.get("ckpt_path") is not None or int(env.get("SLURM_RESTART_COUNT", "0")) < 1:
+    given = config.get("ckpt_path")  # "last" (the configs' resume advice) is resolved here, requeue.ckpt included
+    if given not in (None, "last") or int(env.get("SLURM_RESTART_COUNT", "0")) < 1:
         return SlurmRun(job, current, None)
     found = newest_checkpoint_of_job(resume_candidates(config), job)
     if found is None:
