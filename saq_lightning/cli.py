@@ -108,6 +108,21 @@ class SAQLightningCLI(LightningCLI):
         saved in a ``--ckpt_path <file>`` (and silently train the checkpoint's policy). The module
         compares the two on load instead (``lightning/resume.py``)."""
 
+    def before_instantiate_classes(self) -> None:
+        # SLURM requeue: resume this job's newest checkpoint with no --ckpt_path (docs/slurm.md)
+        from saq_lightning.lightning.slurm import apply_resume, resolve_resume_ckpt
+
+        fit = self.config.get("fit") if self.subcommand == "fit" else None
+        self.slurm_run = resolve_resume_ckpt(fit) if fit is not None else None
+        apply_resume(fit, self.slurm_run)
+
+    def instantiate_trainer(self, **kwargs):
+        from saq_lightning.lightning.slurm import configure_trainer
+
+        trainer = super().instantiate_trainer(**kwargs)
+        configure_trainer(trainer, getattr(self, "slurm_run", None))  # requeue on SIGUSR1, quiet batch logs
+        return trainer
+
 
 def _offline() -> None:
     """No network at run time: every weight comes from a local path."""

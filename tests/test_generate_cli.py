@@ -10,7 +10,8 @@ import yaml
 from test_training_helpers import TINY_POLICY, save_tiny_teacher
 
 from saq_lightning.cli import main
-from saq_lightning.commands.generate import HELP, Placement, environment_placement, parse_options
+from saq_lightning.commands.generate import HELP, parse_options
+from saq_lightning.commands.placement import Placement, environment_placement
 from saq_lightning.data import load_manifest
 
 
@@ -90,7 +91,9 @@ def test_generate_options_are_split_from_the_config_overrides():
 
 @pytest.mark.parametrize("env, expected", [
     ({"WORLD_SIZE": "4", "RANK": "2", "LOCAL_RANK": "0"}, Placement(2, 4, 0)),          # torchrun
-    ({"SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "1"}, Placement(1, 2, 1)),  # srun
+    ({"SLURM_NTASKS": "2", "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "1",
+      "SLURM_LOCALID": "1"}, Placement(1, 2, 1)),                                       # srun step
+    ({"SLURM_NTASKS": "2", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}, None),  # batch script, no srun
     ({}, None),
 ])
 def test_rank_and_world_size_come_from_torchrun_or_srun(env, expected):

@@ -14,13 +14,14 @@ the command resumes: finished shards are kept, a half-written shard is redone.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from saq_lightning.commands.placement import Placement, environment_placement, requeue_on_sigusr1
 
 HELP = """usage: python -m saq_lightning generate --config CONFIG [LightningCLI overrides] [options]
 
@@ -40,13 +41,6 @@ options:
                          manifest (size and sha256) and report the bad ones
 Any other argument is a LightningCLI override of the config (e.g. --model.generation.seed 1).
 """
-
-
-@dataclass(frozen=True)
-class Placement:
-    rank: int
-    world_size: int
-    local_rank: int
 
 
 def _bool(value: str) -> bool:
@@ -72,17 +66,6 @@ def parse_options(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
     if (opts.rank is None) != (opts.world_size is None):
         parser.error("give both --rank and --world_size, or neither")
     return opts, rest
-
-
-def environment_placement(env: dict[str, str] | None = None) -> Placement | None:
-    """Rank and world size from torchrun (``RANK``/``WORLD_SIZE``) or srun (``SLURM_PROCID``)."""
-    env = dict(os.environ if env is None else env)
-    if int(env.get("WORLD_SIZE", "1")) > 1:
-        return Placement(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0")))
-    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
-        return Placement(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]),
-                         int(env.get("SLURM_LOCALID", "0")))
-    return None
 
 
 def device_for(accelerator: str, local_rank: int) -> torch.device:
@@ -214,6 +197,7 @@ def generate(args: list[str]) -> dict | None:
     opts, config_args = parse_options(args)
     if opts.verify:
         return verify_folder(config_args)
+    requeue_on_sigusr1()  # under srun: SIGUSR1 requeues the job, which keeps the finished shards
     if opts.rank is not None:
         placement = Placement(opts.rank, opts.world_size, opts.rank)
     else:

@@ -1,5 +1,7 @@
 """``python -m saq_lightning sample``: N samples of the FP model or a quantized student, written in
-the ADM format (``samples.npz``) with a PNG grid; resumable, and spread over ranks under torchrun.
+the ADM format (``samples.npz``) with a PNG grid; resumable, and spread over ranks under torchrun or
+srun (one task per device), or over the tasks of a SLURM job array (``--piece i/n``,
+slurm/sample.sbatch).
 
     python -m saq_lightning sample --out runs/samples/fp                     # digits teacher
     python -m saq_lightning sample --out runs/samples/w4a4 --student runs/w4a4/last.ckpt --steps 10
@@ -11,13 +13,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from jsonargparse import auto_cli
 
+from saq_lightning.commands.placement import (
+    environment_placement,
+    init_process_group,
+    requeue_on_sigusr1,
+)
 from saq_lightning.metrics.evaluation import read_prompt_file, resolve_device
 from saq_lightning.metrics.runtime_model import check_runtime, with_runtime
 from saq_lightning.metrics.sample_generation import SamplerSetting
@@ -42,16 +48,13 @@ def _setting(defaults: dict, conditional: bool, solver: str | None, steps: int |
     )
 
 
-def _init_distributed() -> bool:
-    """Join the process group that torchrun describes (``WORLD_SIZE`` > 1) unless one exists;
-    returns whether this call created it."""
-    if dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend)
-    return True
+def _piece(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    index, sep, count = text.partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and int(count) >= 1):
+        raise ValueError(f"--piece must be i/n (e.g. 0/4), got {text!r}")
+    return int(index), int(count)
 
 
 def sample(
@@ -73,6 +76,7 @@ def sample(
     overwrite: bool = False,
     keep_parts: bool = False,
     runtime: str = "fake",
+    piece: str | None = None,
 ) -> str:
     """Sample a model into an ADM-format .npz (arr_0 uint8 NHWC, arr_1 labels) plus grid.png.
 
@@ -102,14 +106,18 @@ def sample(
         keep_parts: keep the per-chunk files after merging.
         runtime: fake (the student as trained: fake-quant float), int (low-bit runtime: int8 arithmetic
             on packed integer weights) or weight_only (packed weights, float activations).
+        piece: ``i/n``: sample only piece i of n (one task of a SLURM job array, see
+            slurm/sample.sbatch); the piece that completes the set merges samples.npz.
     """
     model = model if model is not None else ModelSpec(kind="digits")
     check_runtime(runtime, student)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    created = _init_distributed()
+    placement = environment_placement()  # torchrun or an srun step
+    requeue_on_sigusr1()  # under srun: SIGUSR1 requeues the job, which resumes from the finished chunks
+    created = init_process_group(placement)
     try:
         if device == "auto" and torch.cuda.is_available():
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+            device = f"cuda:{placement.local_rank if placement else 0}"
         dev = resolve_device(device)
         net = with_runtime(load_sampling_model(model, student, dev), runtime, student, dev)
         trained = trained_sampler(student)  # a .ckpt student: the sampler it was trained for
@@ -124,8 +132,10 @@ def sample(
         plan = make_plan(net, num_samples, setting, seed, batch_size, prompt_list, identity)
         info = {"model": model.name or model.kind, "student": student or "fp", "device": str(dev), "runtime": runtime}
         path = run_sampling(net, out, plan, overwrite=overwrite, grid_size=grid_size, keep_parts=keep_parts,
-                            info=info)
-        if not dist.is_initialized() or dist.get_rank() == 0:
+                            info=info, piece=_piece(piece))
+        if piece is not None and not path.is_file():
+            print(f"piece {piece} of {out} done; samples.npz is merged by the piece that completes the set")
+        elif not dist.is_initialized() or dist.get_rank() == 0:
             print(f"wrote {path} ({num_samples} samples, {setting.label()}) and {Path(out) / 'grid.png'}")
         return str(path)
     finally:

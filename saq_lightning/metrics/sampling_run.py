@@ -13,6 +13,9 @@ appears atomically when its batch is done, so an interrupted run restarted with 
 only samples the missing chunks; other settings in the same folder are an error (or, with
 ``overwrite``, a fresh start). Rank 0 merges the chunks in index order, streaming, and removes
 ``parts/`` unless ``keep_parts``.
+
+A *piece* ``(i, n)`` is one process of a job array (no process group): it samples the chunks
+``c % n == i``, and the piece that finds every chunk written merges (one claim file decides which).
 """
 
 from __future__ import annotations
@@ -199,6 +202,42 @@ def _prepare_parts(out: Path, plan: SamplingPlan, overwrite: bool, rank: int) ->
     return parts
 
 
+def _prepare_piece_parts(out: Path, plan: SamplingPlan) -> Path:
+    """``parts/`` for concurrent pieces: nothing is cleared, ``run.json`` is written atomically."""
+    fingerprint = plan.fingerprint()
+    _check_folder(out, fingerprint, overwrite=False)
+    parts = out / PARTS
+    parts.mkdir(parents=True, exist_ok=True)
+    run_file = parts / "run.json"
+    if not run_file.is_file():
+        tmp = parts / f".run.{uuid.uuid4().hex[:8]}.tmp"
+        tmp.write_text(json.dumps(fingerprint, indent=2) + "\n")
+        os.replace(tmp, run_file)
+    return parts
+
+
+def _claim_merge(parts: Path) -> bool:
+    """True for exactly one of the pieces that find every chunk written."""
+    try:
+        os.close(os.open(parts / "merge.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def _piece_world(piece: tuple[int, int] | None, overwrite: bool) -> tuple[int, int]:
+    if piece is None:
+        return _rank_world()
+    index, count = piece
+    if not 0 <= index < count:
+        raise ValueError(f"piece {index}/{count}: the index must be in [0, {count})")
+    if dist.is_available() and dist.is_initialized():
+        raise ValueError("a piece of a job array is one process; do not combine it with torchrun/srun ranks")
+    if overwrite:
+        raise ValueError("overwrite cannot be combined with a piece: the pieces run at the same time")
+    return index, count
+
+
 def run_sampling(
     model: DiffusionModel,
     out: str | os.PathLike,
@@ -209,21 +248,23 @@ def run_sampling(
     keep_parts: bool = False,
     info: dict[str, Any] | None = None,
     progress: bool = True,
+    piece: tuple[int, int] | None = None,
 ) -> Path:
     """Sample ``plan`` with ``model`` (already on its device) into ``out``; returns the ``.npz`` path.
 
     Every rank calls this; rank 0 merges. Already finished runs with the same fingerprint return at
-    once.
+    once. With ``piece=(i, n)`` only that piece's chunks are sampled; the ``.npz`` exists once every
+    piece is done (the last one merges).
     """
     out = Path(out)
-    rank, world = _rank_world()
+    rank, world = _piece_world(piece, overwrite)
     fingerprint = plan.fingerprint()
     final = out / SAMPLES_FILE
     meta_file = out / META_FILE
     finished = final.is_file() and meta_file.is_file() and not overwrite
     if finished and json.loads(meta_file.read_text()).get("fingerprint") == fingerprint:
         return final
-    parts = _prepare_parts(out, plan, overwrite, rank)
+    parts = _prepare_parts(out, plan, overwrite, rank) if piece is None else _prepare_piece_parts(out, plan)
     mine = [c for c in range(plan.num_chunks) if c % world == rank]
     t0, sampled = time.perf_counter(), 0
     image_shape = None
@@ -248,10 +289,18 @@ def run_sampling(
         if progress:
             log.info("rank %d: chunk %d (%d/%d of this rank)", rank, chunk, k + 1, len(mine))
     seconds = time.perf_counter() - t0
+    info = {**(info or {}), "seconds_rank0": round(seconds, 3), "sampled_rank0": sampled, "world_size": world}
+    if piece is not None:
+        if all(_chunk_ok(_chunk_path(parts, c), plan, c, None) for c in range(plan.num_chunks)) \
+                and _claim_merge(parts):
+            _merge(out, parts, plan, fingerprint, grid_size, keep_parts, {**info, "merged_by_piece": rank})
+            (parts / "merge.claim").unlink(missing_ok=True)
+        else:
+            log.info("piece %d/%d: %d chunk(s) sampled; another piece merges", rank, world, sampled)
+        return final
     _barrier()
     if rank == 0:
-        _merge(out, parts, plan, fingerprint, grid_size, keep_parts,
-               {**(info or {}), "seconds_rank0": round(seconds, 3), "sampled_rank0": sampled, "world_size": world})
+        _merge(out, parts, plan, fingerprint, grid_size, keep_parts, info)
     _barrier()
     return final
 

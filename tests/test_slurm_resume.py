@@ -1,0 +1,141 @@
+"""The SLURM resume decision and the batch-script checks, without a cluster (environments as dicts).
+
+The real preemption, requeue and resume runs are in tests/test_slurm_cluster.py.
+"""
+
+from __future__ import annotations
+
+import io
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+
+from saq_lightning.commands.placement import requeue_on_sigusr1
+from saq_lightning.commands.slurm_check import SlurmCheckError, check_fit_layout, resolve_devices
+from saq_lightning.lightning.slurm import (
+    BATCH_LOG_REFRESH,
+    RECORD_KEY,
+    SlurmResumeError,
+    apply_resume,
+    batch_log_progress,
+    resolve_resume_ckpt,
+    slurm_job,
+)
+
+JOB = {"SLURM_JOB_ID": "41", "SLURM_JOB_NAME": "fit", "SLURM_CLUSTER_NAME": "c", "SLURM_NTASKS": "2"}
+
+
+def fit_config(root, lr=0.0005):
+    return {"config": ["a.yaml"], "ckpt_path": None,
+            "trainer": {"default_root_dir": str(root),
+                        "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                                   "init_args": {"save_dir": str(root), "version": None}},
+                        "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                       "init_args": {"dirpath": str(root / "ckpt")}}]},
+            "model": {"init_args": {"optimizer": {"lr": lr}}}}
+
+
+def save(path, step, job, config, version=3):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from saq_lightning.lightning.slurm import comparable_config
+
+    torch.save({"global_step": step, RECORD_KEY: {"job": job, "config": comparable_config(config),
+                                                   "logger_versions": [version]}}, path)
+
+
+def test_outside_a_batch_job_or_interactively_fit_is_left_alone(tmp_path):
+    assert resolve_resume_ckpt(fit_config(tmp_path), env={}) is None
+    assert resolve_resume_ckpt(fit_config(tmp_path), env={**JOB, "SLURM_JOB_NAME": "interactive"}) is None
+
+
+def test_the_first_start_of_a_job_never_resumes(tmp_path):
+    config = fit_config(tmp_path)
+    save(tmp_path / "ckpt" / "last.ckpt", 8, "c:41", config)
+    run = resolve_resume_ckpt(config, env=JOB)
+    assert run.job == "c:41" and run.resume is None
+
+
+def test_a_requeued_start_takes_the_newest_checkpoint_of_its_own_job(tmp_path):
+    config = fit_config(tmp_path)
+    save(tmp_path / "requeue.ckpt", 5, "c:41", config)
+    save(tmp_path / "ckpt" / "last.ckpt", 8, "c:41", config, version=3)
+    save(tmp_path / "ckpt" / "last-v1.ckpt", 12, "c:99", config)  # another job's: never taken
+    (tmp_path / "ckpt" / "last-v2.ckpt").write_bytes(b"cut short by a kill")  # unreadable: skipped
+    run = resolve_resume_ckpt(config, env={**JOB, "SLURM_RESTART_COUNT": "1"})
+    assert run.resume.path == tmp_path / "ckpt" / "last.ckpt" and run.resume.global_step == 8
+    assert resolve_resume_ckpt({**config, "ckpt_path": "last"}, env={**JOB, "SLURM_RESTART_COUNT": "1"}).resume == run.resume
+    assert resolve_resume_ckpt({**config, "ckpt_path": "x.ckpt"}, env={**JOB, "SLURM_RESTART_COUNT": "1"}).resume is None
+
+    from jsonargparse import Namespace
+
+    namespace = Namespace(ckpt_path=None)
+    namespace["trainer.logger"] = Namespace(class_path="TensorBoardLogger", init_args=Namespace(version=None))
+    apply_resume(namespace, run)
+    assert namespace.ckpt_path == str(tmp_path / "ckpt" / "last.ckpt")
+    assert namespace.trainer.logger.init_args.version == 3  # the same TensorBoard run
+
+
+def test_a_requeued_job_whose_config_changed_gets_every_changed_field(tmp_path):
+    save(tmp_path / "requeue.ckpt", 5, "c:41", fit_config(tmp_path))
+    with pytest.raises(SlurmResumeError, match=r"model\.init_args\.optimizer\.lr: expected 0\.0005, found 0\.001"):
+        resolve_resume_ckpt(fit_config(tmp_path, lr=0.001), env={**JOB, "SLURM_RESTART_COUNT": "2"})
+
+
+def test_job_arrays_resume_per_array_element():
+    env = {**JOB, "SLURM_ARRAY_JOB_ID": "40", "SLURM_ARRAY_TASK_ID": "3"}
+    assert slurm_job(env) == "c:40_3"
+
+
+def test_progress_bars_refresh_rarely_when_stdout_is_not_a_terminal(tmp_path):
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for stream, rate in ((io.StringIO(), BATCH_LOG_REFRESH), (Tty(), 1)):
+        trainer = pl.Trainer(default_root_dir=tmp_path, logger=False, enable_checkpointing=False,
+                             callbacks=[TQDMProgressBar(refresh_rate=1)])
+        batch_log_progress(trainer, stream)
+        assert trainer.progress_bar_callback.refresh_rate == rate
+    rich = pl.Trainer(default_root_dir=tmp_path, logger=False, enable_checkpointing=False)
+    batch_log_progress(rich, io.StringIO())
+    assert rich.progress_bar_callback.refresh_rate == 100  # Rich's default: already rare
+
+
+@pytest.mark.parametrize("devices, accelerator, expected", [
+    (2, "cpu", 2), ("4", "gpu", 4), ([0, 1, 2], "gpu", 3), ("0,1", "gpu", 2), ("auto", "cpu", 1)])
+def test_devices_are_counted_as_lightning_counts_them(devices, accelerator, expected):
+    assert resolve_devices(devices, accelerator) == expected
+
+
+def test_ntasks_per_node_must_equal_the_trainer_devices():
+    env = {"SLURM_NTASKS_PER_NODE": "8", "SLURM_NTASKS": "16", "SLURM_JOB_NUM_NODES": "2"}
+    assert check_fit_layout({"devices": 8, "num_nodes": 2}, env) == "2 node(s) x 8 task(s), one per device"
+    with pytest.raises(SlurmCheckError, match=r"--ntasks-per-node=8 but trainer.devices is 4"):
+        check_fit_layout({"devices": 4, "num_nodes": 2}, env)
+    with pytest.raises(SlurmCheckError, match=r"2 node\(s\) but trainer.num_nodes is 1"):
+        check_fit_layout({"devices": 8, "num_nodes": 1}, env)
+    with pytest.raises(SlurmCheckError, match="without --ntasks-per-node"):
+        check_fit_layout({"devices": 2}, {"SLURM_NTASKS": "2"})
+
+
+def test_sigusr1_in_an_srun_step_of_a_pipeline_command_requeues_the_job_and_exits(tmp_path):
+    """generate/sample: task 0 runs `scontrol requeue <job>` (a stand-in scontrol on PATH records it)."""
+    import os
+    import subprocess
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'called'}\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    code = ("import os, signal, time\nfrom saq_lightning.commands.placement import requeue_on_sigusr1\n"
+            "assert requeue_on_sigusr1()\nos.kill(os.getpid(), signal.SIGUSR1)\ntime.sleep(30)\nraise SystemExit(3)\n")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_STEP_ID": "0", "SLURM_JOB_ID": "77",
+           "SLURM_PROCID": "0", "SLURM_JOB_NAME": "sample"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0 and "requeued job 77" in done.stdout
+    assert (tmp_path / "called").read_text().split() == ["requeue", "77"]
+    assert not requeue_on_sigusr1({})  # outside an srun step nothing is installed
