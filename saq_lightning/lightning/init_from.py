@@ -16,15 +16,27 @@ from torch import nn
 
 from saq_lightning.quant import load_trainable_state_dict
 
-from .checkpointing import CheckpointMismatchError, check_identity, split_student_state
+from saq_lightning.quant.bucket_map import BucketMap
+
+from .checkpointing import (
+    CheckpointMismatchError,
+    check_identity,
+    check_teacher_fingerprint,
+    restore_bucket_map,
+    split_student_state,
+)
 
 
-def load_init_from(student: nn.Module, path: str | Path, identity_now: dict[str, Any]) -> None:
-    """Load the student state of ``path`` into ``student``.
+def load_init_from(student: nn.Module, path: str | Path, identity_now: dict[str, Any],
+                   allow_teacher_transfer: bool = False) -> None:
+    """Load the student state and bucket map of ``path`` into ``student``.
+
+    ``identity_now``: this run's ``checkpoint["saq"]`` (teacher spec, policy, teacher fingerprint).
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointMismatchError: another teacher or policy, or not a student checkpoint.
+        CheckpointMismatchError: another teacher (architecture or weights) or policy, or not a
+            student checkpoint.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -32,8 +44,23 @@ def load_init_from(student: nn.Module, path: str | Path, identity_now: dict[str,
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointMismatchError(f"model.init_from: {path} is not a student checkpoint (no state_dict)")
-    check_identity(ckpt.get("saq"), identity_now, f"model.init_from: {path}")
+    source = f"model.init_from: {path}"
+    check_identity(ckpt.get("saq"), identity_now, source)
+    check_teacher_fingerprint(ckpt["saq"], identity_now["teacher_fingerprint"], source,
+                              allow_teacher_transfer)
+    restore_bucket_map(student, ckpt["saq"], source)
     try:
         load_trainable_state_dict(student, split_student_state(ckpt["state_dict"]))
     except ValueError as err:
         raise CheckpointMismatchError(f"model.init_from: {path}: {err}") from err
+
+
+def check_init_bucket_map(loaded: BucketMap, now: BucketMap, path: str | Path) -> None:
+    """Refuse phases whose grids give other timestep buckets than the ``init_from`` student's: its
+    activation step sizes were calibrated (or reconstructed) for the buckets of its own grids."""
+    if loaded.trained and not loaded.same_as(now):
+        raise CheckpointMismatchError(
+            f"model.init_from: {path}: the student was calibrated on the grids "
+            f"{[(g.spacing, g.steps) for g in loaded.grids]}, this run's phases give "
+            f"{[(g.spacing, g.steps) for g in now.grids]}, whose timestep-bucket tables differ; use "
+            f"the phases and spacing of the run that wrote it (e.g. the ptq config's)")

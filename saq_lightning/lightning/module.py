@@ -60,6 +60,7 @@ from .checkpointing import (
 )
 from .conditions import ConditionSource, noise_for
 from .generation import check_trajectory_meta, manifest_phases
+from .init_from import check_init_bucket_map, load_init_from
 from .mota import group_means, mota_terms, reduce_mota
 from .optim import build_optimizer, grad_total_norm, learning_rates
 from .resume import check_resume_settings, rebuild_lr_schedule
@@ -204,11 +205,6 @@ class SAQLightningModule(L.LightningModule):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self.student, self.quant_report = quantize_model(self.teacher.unet, self.policy)
-        self.init_from = init_from
-        if init_from is not None:  # e.g. an SA-PTQ student: its state replaces the calibration
-            from .init_from import load_init_from
-
-            load_init_from(self.student, init_from, self._identity())
         net = self.student
         if compile:
             net = torch.compile(net, **({"backend": compile} if isinstance(compile, str) else {}))
@@ -222,6 +218,9 @@ class SAQLightningModule(L.LightningModule):
         self.allow_teacher_transfer = bool(allow_teacher_transfer)
         # of the weights as loaded from their file (before any precision plugin casts them)
         self.teacher_fingerprint = teacher_fingerprint(self.teacher)
+        self.init_from = init_from
+        if init_from is not None:  # e.g. an SA-PTQ student: its state replaces the calibration
+            load_init_from(self.student, init_from, self.checkpoint_identity(), self.allow_teacher_transfer)
         self._resumed_hparams: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ views
@@ -312,9 +311,13 @@ class SAQLightningModule(L.LightningModule):
             self.bind_bucket_map(self.phases)
 
     def bind_bucket_map(self, phases: list[MixStepPhase] | tuple[MixStepPhase, ...]) -> None:
-        """Give the student the step-to-bucket tables of ``phases``' grids (raises on collisions)."""
-        self.student.set_bucket_map(bucket_map_for(self.flow.schedule, self.teacher_settings.spacing,
-                                                   phases, self.policy.n_buckets))
+        """Give the student the step-to-bucket tables of ``phases``' grids (raises on collisions,
+        and when an ``init_from`` student was calibrated on other grids)."""
+        bucket_map = bucket_map_for(self.flow.schedule, self.teacher_settings.spacing, phases,
+                                    self.policy.n_buckets)
+        if self.init_from is not None:
+            check_init_bucket_map(self.student.bucket_map, bucket_map, self.init_from)
+        self.student.set_bucket_map(bucket_map)
 
     @torch.no_grad()
     def calibrate_student(self) -> dict[str, Any]:
@@ -515,11 +518,15 @@ class SAQLightningModule(L.LightningModule):
     def _identity(self) -> dict[str, Any]:
         return identity(asdict(self.teacher_spec), self.policy.to_dict())
 
+    def checkpoint_identity(self) -> dict[str, Any]:
+        """``checkpoint["saq"]``: teacher spec and policy, the student's bucket map and the
+        fingerprint of the teacher's weights (every student checkpoint: fit's and ptq's)."""
+        return {**self._identity(), "bucket_map": self.student.bucket_map.to_dict(),
+                "teacher_fingerprint": self.teacher_fingerprint}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = student_state_dict(self.student)
-        checkpoint["saq"] = self._identity()
-        checkpoint["saq"]["bucket_map"] = self.student.bucket_map.to_dict()
-        checkpoint["saq"]["teacher_fingerprint"] = self.teacher_fingerprint
+        checkpoint["saq"] = self.checkpoint_identity()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         source = str(getattr(self._trainer, "ckpt_path", None) or "checkpoint")

@@ -40,7 +40,7 @@ from saq_lightning.quant.reconstruction import (
 from saq_lightning.sampling.predictor import select_batch
 
 from .checkpointing import student_state_dict
-from .generation import check_trajectory_meta
+from .generation import check_trajectory_meta, manifest_phases
 
 CHECKPOINT = "student.ckpt"
 RESULTS = "ptq_results.json"
@@ -104,6 +104,9 @@ def run_ptq(
     shards = Path(shards)
     manifest = load_manifest(shards)
     check_trajectory_meta(manifest.meta, module.expected_trajectory_meta(), f"{shards}/manifest.json")
+    phases = manifest_phases(manifest)
+    if phases:  # the shards' grids give the activation buckets, as in fit
+        module.bind_bucket_map(phases)
     points = load_calibration_points(shards, rec.num_samples, rec.seed, pairs=rec.objective == "mixed_order")
     fp_x, fp_t, q_x, q_t = _sides(points, rec)
     device = next(module.teacher.unet.parameters()).device
@@ -126,7 +129,7 @@ def run_ptq(
 
             yield fp, quant, int(chunk.numel())
 
-    meta = {"reconstruction": asdict(rec), "saq": module._identity(), "shards": str(shards),
+    meta = {"reconstruction": asdict(rec), "saq": module.checkpoint_identity(), "shards": str(shards),
             "manifest_layout": manifest.layout.digest()}
     tb = _TensorBoard(out / "tb") if comm.rank == 0 else None
     module.student.eval()  # no dropout during recording or reconstruction; gradients still flow
@@ -146,7 +149,7 @@ def run_ptq(
 
 def _write_outputs(module: Any, out: Path, report: ReconstructionReport, settings: PTQSettings) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    ckpt = {"saq": module._identity(), "state_dict": {k: v.cpu() for k, v in student_state_dict(module.student).items()},
+    ckpt = {"saq": module.checkpoint_identity(), "state_dict": {k: v.cpu() for k, v in student_state_dict(module.student).items()},
             "ptq": {"settings": asdict(settings), "blocks": [asdict(b) for b in report.blocks]}}
     tmp = out / f".{CHECKPOINT}.tmp"
     torch.save(ckpt, tmp)
