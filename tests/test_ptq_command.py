@@ -94,6 +94,35 @@ def test_fit_starts_from_the_ptq_student_with_init_from_and_refuses_another_poli
         tiny_module(spec, init_from=str(ckpt), policy={"preset": "w4a8", "lora_rank": 2, "n_buckets": 10})
 
 
+def test_the_ptq_student_records_its_grids_buckets_and_teacher_fingerprint(base):
+    from saq_lightning.lightning.checkpointing import teacher_fingerprint
+    from saq_lightning.models import build_model
+
+    root, spec, *_ = base
+    saq = torch.load(root / "one" / "student.ckpt", map_location="cpu", weights_only=True)["saq"]
+    assert saq["teacher_fingerprint"] == teacher_fingerprint(build_model(spec))
+    assert [(g["spacing"], g["steps"]) for g in saq["bucket_map"]["grids"]] == [("time_uniform", 10)]
+
+
+def test_init_from_refuses_a_ptq_student_of_other_teacher_weights(base, tmp_path):
+    from test_training_helpers import save_tiny_teacher
+
+    root, *_ = base
+    other = save_tiny_teacher(tmp_path / "other", seed=1)  # same architecture, other weights
+    with pytest.raises(CheckpointMismatchError, match=r"model.init_from.*fingerprint"):
+        tiny_module(other, init_from=str(root / "one" / "student.ckpt"))
+
+
+def test_init_from_refuses_phases_whose_buckets_differ_from_the_ptq_grids(base):
+    from saq_lightning.data.mixstep import MixStepPhase
+
+    root, spec, *_ = base
+    module = tiny_module(spec, init_from=str(root / "one" / "student.ckpt"))
+    with pytest.raises(CheckpointMismatchError, match=r"model.init_from.*calibrated on the grids"):
+        module.bind_bucket_map([MixStepPhase(student_steps=5, student_order=1, teacher_order=2)])
+    module.bind_bucket_map([MixStepPhase(student_steps=10, student_order=1, teacher_order=2)])  # ptq's
+
+
 def test_a_stopped_and_resumed_run_equals_the_uninterrupted_one(base):
     root, spec, shards, _summary = base
     cfg = ptq_config(root / "resume.yaml", spec, shards, root / "resumed")
