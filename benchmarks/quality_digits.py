@@ -105,10 +105,12 @@ def build_row_model(row: Row, base: Path, out: Path, max_steps: int, console: Co
     if row.config is not None:
         base = resolve_config(row.config)
     config = row_config(base, out / row.key, row, max_steps)
-    module = load_run(["--config", str(config)]).model
+    parts = load_run(["--config", str(config)])
+    module = parts.model
     if row.policy is None:
         return module.teacher, 0.0
     if row.alignment is None:
+        module.bind_bucket_map(parts.schedule.phases)  # as fit does before calibrating
         module.calibrate_student()
         return module.student_model.eval(), 0.0
     t0 = time.perf_counter()

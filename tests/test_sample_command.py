@@ -45,7 +45,9 @@ def test_sample_writes_a_grid_and_its_settings_and_removes_the_parts(sampled):
 
 def test_evaluate_scores_the_digits_samples_against_the_real_digits(evaluated):
     m = evaluated["metrics"]
-    assert set(m) == {"digits_fd", "digits_class_accuracy", "digits_precision", "digits_recall"}
+    assert set(m) == {"digits_fd", "digits_class_accuracy", "digits_precision", "digits_recall",
+                      "digits_pixel_fd", "digits_pixel_precision", "digits_pixel_recall"}
+    assert 0 < m["digits_pixel_fd"] < 20 and 0 <= m["digits_pixel_precision"] <= 1
     # the trained teacher, even at 4 DDIM steps: recognisable digits of the asked class
     assert 0 < m["digits_fd"] < 20
     assert m["digits_class_accuracy"] >= 0.8

@@ -46,7 +46,11 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("fit")
     spec = save_tiny_teacher(root / "teacher")
     shards = write_tiny_shards(spec, root / "shards")
-    module = tiny_module(spec)
+    # act_lr 1e-3 (helpers: 1e-2, 20x the project default): at 1e-2 this 24-step fit diverged
+    # (0.025 -> 0.09..0.21 for three calibration draws) once teacher targets used the reference
+    # DPM-Solver intermediate points and calibration a uniform reservoir; either change alone did not
+    module = tiny_module(spec, optimizer={"lr": 1e-2, "act_lr": 1e-3, "weight_step_lr": 1e-4,
+                                          "decay": "constant"})
     module.calibrate_student()  # what configure_optimizers does again (deterministically) in fit
     before = dataset_loss(module, shards)
     module.eval()  # as after an evaluation (or load_run): fit must still train the student in train mode
@@ -80,7 +84,7 @@ def dataset_loss(module, shards) -> float:
 
 
 def test_loss_over_all_trajectory_points_falls_by_40_percent_in_a_short_fit(run):
-    # measured: 0.0265 -> 0.0135 (deterministic on CPU); the bound leaves room for other platforms
+    # measured: 0.0247 -> 0.0121 (deterministic on CPU); the bound leaves room for other platforms
     assert run["after"] < 0.6 * run["before"], (run["before"], run["after"])
     assert len(run["losses"]) == STEPS and all(math.isfinite(v) for v in run["losses"])
 

@@ -146,7 +146,9 @@ def compare(run_config: Path, checkpoint: Path, out: Path, n: int, steps: int, s
     from saq_lightning.lightning.student_loading import load_student
 
     console.rule(f"compare at {steps} steps ({n} class-balanced samples each)")
-    module = load_run(["--config", str(run_config)]).model
+    parts = load_run(["--config", str(run_config)])
+    module = parts.model
+    module.bind_bucket_map(parts.schedule.phases)  # the buckets (and calibration grid) fit binds
     module.calibrate_student()  # the same deterministic calibration the trained student started from
     naive = module.student_model.eval()
     trained = load_student(checkpoint)

@@ -43,32 +43,54 @@ def _subset(n: int, k: int, generator: torch.Generator) -> Tensor:
 class Reservoir:
     """A uniform random sample, without replacement, of at most ``size`` values of a stream.
 
-    Memory is ``size`` values whatever the stream's length: a new chunk of ``m`` values joins
-    ``n`` seen ones by drawing how many of the ``size`` kept values come from it
-    (hypergeometric), then that many from the chunk and the rest from the reservoir, uniformly.
+    Memory is bounded whatever the stream's length: chunks wait in a buffer of at most
+    ``4 * size`` values (plus the last chunk), which then joins the ``n`` values seen so far by
+    drawing how many of the ``size`` kept values come from it (hypergeometric), then that many
+    from the buffer and the rest from the reservoir, uniformly. Merging a buffer at once or its
+    chunks one by one gives the same distribution; at once is far fewer small tensor ops.
     """
 
     def __init__(self, size: int, generator: torch.Generator) -> None:
         self.size = int(size)
         self.generator = generator
-        self.seen = 0
-        self.values = torch.empty(0)
+        self._seen = 0
+        self._kept = torch.empty(0)
+        self._pending: list[Tensor] = []
+        self._pending_count = 0
         self._np = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+
+    @property
+    def seen(self) -> int:
+        """Values added so far."""
+        return self._seen + self._pending_count
+
+    @property
+    def values(self) -> Tensor:
+        self._flush()
+        return self._kept
 
     def add(self, v: Tensor) -> None:
         v = v.detach().reshape(-1).float()
-        m = v.numel()
-        if m == 0:
+        if v.numel() == 0:
             return
-        n, k = self.seen, self.size
+        self._pending.append(v.cpu())
+        self._pending_count += v.numel()
+        if self._pending_count >= 4 * self.size:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        v = torch.cat(self._pending)
+        self._pending, self._pending_count = [], 0
+        m, n, k = v.numel(), self._seen, self.size
         if n + m <= k:
-            self.values = torch.cat([self.values, v.cpu()])
+            self._kept = torch.cat([self._kept, v])
         else:
-            j = int(self._np.hypergeometric(m, n, k)) if n else k  # from the chunk
-            keep_old = self.values[_subset(self.values.numel(), k - j, self.generator)]
-            new = v[_subset(m, j, self.generator).to(v.device)].cpu()
-            self.values = torch.cat([keep_old, new])
-        self.seen = n + m
+            j = int(self._np.hypergeometric(m, n, k)) if n else k  # from the buffer
+            keep_old = self._kept[_subset(self._kept.numel(), k - j, self.generator)]
+            self._kept = torch.cat([keep_old, v[_subset(m, j, self.generator)]])
+        self._seen = n + m
 
 
 class BucketObserver:
