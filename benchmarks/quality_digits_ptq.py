@@ -1,7 +1,8 @@
 """PTQ rows of ``benchmarks/quality_digits.py``: BRECQ, SA-PTQ (both pair roles), SA-QLoRA from SA-PTQ.
 
-Naive calibration of every policy is ``quality_digits.py``'s own ``W8A8/W4A8/W4A4 naive`` rows (the
-same calibration every PTQ row starts from). Each PTQ row runs ``ptq`` on
+``PTQ naive`` rows are the PTQ rows' own starting point: the same L_p calibration, nearest
+rounding, no iteration (``quality_digits.py``'s ``naive`` rows are the same recipe with the training
+config's calibration, which ``--ptq_calibration_*`` may make lighter for the PTQ rows). Each PTQ row runs ``ptq`` on
 ``configs/digits_w8a8_saptq.yaml`` with the row's policy and objective; calibration pairs come from
 one shared ``generate`` folder (DPM-Solver-2 at 20 and 10 steps, CFG 2, the quality table's guidance).
 ``--ptq_iters`` / ``--ptq_act_iters`` / ``--ptq_samples`` reduce the lineage's 10k / 5k / 1024.
@@ -28,6 +29,7 @@ class PTQRow:
     objective: str
     pair_roles: str = "fp_first_order"
     qlora: bool = False  # SA-QLoRA started from this policy's SA-PTQ (fp_first_order) student
+    naive: bool = False  # no iterations: nearest rounding from the same calibration as the PTQ rows
 
     @property
     def key(self) -> str:
@@ -38,7 +40,8 @@ def _rows() -> list[PTQRow]:
     rows = []
     for p in ("w8a8", "w4a8", "w4a4"):
         P = p.upper()
-        rows += [PTQRow(f"{P} BRECQ", p, "same_input"),
+        rows += [PTQRow(f"{P} PTQ naive", p, "same_input", naive=True),
+                 PTQRow(f"{P} BRECQ", p, "same_input"),
                  PTQRow(f"{P} SA-PTQ (fp first-order)", p, "mixed_order", "fp_first_order"),
                  PTQRow(f"{P} SA-PTQ (fp second-order)", p, "mixed_order", "fp_second_order"),
                  PTQRow(f"{P} SA-QLoRA from SA-PTQ", p, "mixed_order", "fp_first_order", qlora=True)]
@@ -49,11 +52,17 @@ PTQ_ROWS = _rows()
 
 
 def _ptq_args(row: PTQRow, out: Path, args: Any) -> list[str]:
-    return ["--config", str(PTQ_CONFIG), "--model.init_args.policy", row.policy,
-            "--data.init_args.shards", str(out / "ptq_pairs"), "--ptq.output", str(out / f"ptq_{row.policy}_{row.objective}_{row.pair_roles}"),
-            "--ptq.objective", row.objective, "--ptq.pair_roles", row.pair_roles,
-            "--ptq.iters", str(args.ptq_iters), "--ptq.act_iters", str(args.ptq_act_iters),
-            "--ptq.num_samples", str(args.ptq_samples)]
+    tag = "naive" if row.naive else f"{row.objective}_{row.pair_roles}"
+    iters, act_iters = (0, 0) if row.naive else (args.ptq_iters, args.ptq_act_iters)
+    cli = ["--config", str(PTQ_CONFIG), "--model.init_args.policy", row.policy,
+           "--data.init_args.shards", str(out / "ptq_pairs"), "--ptq.output", str(out / f"ptq_{row.policy}_{tag}"),
+           "--ptq.objective", row.objective, "--ptq.pair_roles", row.pair_roles,
+           "--ptq.iters", str(iters), "--ptq.act_iters", str(act_iters),
+           "--ptq.num_samples", str(args.ptq_samples)]
+    if args.ptq_calibration_samples is not None:  # the initial L_p calibration (all PTQ rows alike)
+        cli += ["--model.init_args.calibration.num_samples", str(args.ptq_calibration_samples),
+                "--model.init_args.calibration.steps", str(args.ptq_calibration_steps)]
+    return cli
 
 
 def ptq_student(row: PTQRow, out: Path, args: Any) -> tuple[Path, float]:
@@ -108,3 +117,7 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--ptq_iters", type=int, default=10000, help="AdaRound iterations per block")
     parser.add_argument("--ptq_act_iters", type=int, default=5000, help="activation-step iterations per block")
     parser.add_argument("--ptq_samples", type=int, default=1024, help="calibration pairs")
+    parser.add_argument("--ptq_calibration_samples", type=int, default=None,
+                        help="initial L_p calibration of the PTQ rows: trajectories (default: the config's)")
+    parser.add_argument("--ptq_calibration_steps", type=int, default=100,
+                        help="initial L_p calibration of the PTQ rows: DDIM steps per trajectory")

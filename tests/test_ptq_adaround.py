@@ -126,3 +126,26 @@ def _shape_args(layer: nn.Module):
     if isinstance(layer, nn.Conv2d):
         return layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding
     return layer.in_features, layer.out_features
+
+
+def test_lora_trains_through_hard_rounding_on_the_merged_weight():
+    """SA-QLoRA from an SA-PTQ student: the rounding decisions stay, LoRA gets gradients (STE floor)."""
+    from saq_lightning.quant.rounding import AdaRound
+
+    torch.manual_seed(2)
+    teacher = Net(nn.Linear(24, 16)).eval()
+    policy = QuantPolicy(name="w4a8", weight_bits=4, act_bits=8, lora_rank=2, rules=[], fp_patterns=[], n_buckets=1)
+    student, _ = quantize_model(teacher, policy, warn=False)
+    x = torch.randn(32, 24)
+    calibrate(student, [{"sample": x, "timestep": torch.zeros(32)}])
+    layer = student.unet.layer
+    layer.rounding = AdaRound.from_weight(layer.merged_weight(), layer.w_quant)
+    layer.rounding.harden()
+    codes = layer.weight_codes()
+    with torch.no_grad():
+        layer.lora.B.normal_(0, 1e-3)  # a small delta: most codes keep their decision
+    out = student(x, torch.zeros(32))
+    out.pow(2).mean().backward()
+    assert layer.lora.B.grad is not None and float(layer.lora.B.grad.abs().sum()) > 0
+    assert layer.rounding.V is None  # the decisions are fixed, not trained
+    assert float((layer.weight_codes() == codes).float().mean()) > 0.9
