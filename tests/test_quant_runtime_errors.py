@@ -9,7 +9,13 @@ import torch
 from conftest import make_tiny_unet2d
 from quant_helpers import calibrated_cond_student, cond_batch
 
-from saq_lightning.quant import QuantPolicy, calibrate, export_student, load_exported, quantize_model
+from saq_lightning.quant import (
+    QuantPolicy,
+    calibrate,
+    export_student,
+    load_exported,
+    quantize_model,
+)
 from saq_lightning.quant.runtime import kernels, load_runtime, read_config
 
 
