@@ -42,3 +42,10 @@ def test_compiled_student_gives_the_eager_loss(tmp_path):
     p = _points()
     # aot_eager runs the captured graph with eager kernels: fp32 rounding at most
     torch.testing.assert_close(_loss(compiled, p), _loss(eager, p), rtol=1e-5, atol=1e-7)
+
+
+def test_compile_true_wraps_the_students_calls_with_the_default_backend(tmp_path):
+    module = tiny_module(save_tiny_teacher(tmp_path / "teacher"), compile=True)
+    assert isinstance(module.student_model.unet, torch._dynamo.eval_frame.OptimizedModule)
+    assert module.student_model.unet._orig_mod is module.student
+    assert module.hparams["compile"] is True
