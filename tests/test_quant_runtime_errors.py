@@ -9,7 +9,13 @@ import torch
 from conftest import make_tiny_unet2d
 from quant_helpers import calibrated_cond_student, cond_batch
 
-from saq_lightning.quant import export_student
+from saq_lightning.quant import (
+    QuantPolicy,
+    calibrate,
+    export_student,
+    load_exported,
+    quantize_model,
+)
 from saq_lightning.quant.runtime import kernels, load_runtime, read_config
 
 
@@ -135,3 +141,37 @@ def test_the_stated_fallback_is_exact_float64_emulation(export, monkeypatch):
     assert torch.equal(got, want)  # the same integers, the same dequantization
     assert rt.runtime_report.counts()["emulated"] > 0 and "fallback" in rt.runtime_report.notes[0]
     assert all(r.arithmetic == "emulated" for r in rt.runtime_report.fallbacks())
+
+
+class _Convs(torch.nn.Module):
+    """Conv shapes the UNets' default policies do not quantize: strided, 1x1, grouped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.strided = torch.nn.Conv2d(4, 8, 3, stride=2, padding=1)
+        self.pointwise = torch.nn.Conv2d(8, 8, 1)
+        self.grouped = torch.nn.Conv2d(8, 8, 3, padding=1, groups=2)
+
+    def forward(self, x, t):
+        return self.grouped(self.pointwise(self.strided(x)))
+
+
+@pytest.mark.parametrize("policy", ["w8a8", "w4a4"])
+def test_strided_and_pointwise_convs_run_int8_and_a_grouped_conv_falls_back_stated(policy, tmp_path):
+    bits = int(policy[1])
+    model = _Convs().eval()
+    pol = QuantPolicy(name=policy, weight_bits=bits, act_bits=bits, rules=[], fp_patterns=[], lora_rank=0)
+    student, _ = quantize_model(model, pol, warn=False)
+    x = torch.randn(3, 4, 9, 9)
+    t = torch.tensor([10, 500, 990])
+    calibrate(student, [{"sample": x, "timestep": t}], act_method="minmax", weight_method="minmax")
+    folder = export_student(student.eval(), tmp_path / "convs")
+    rt = load_runtime(folder, model=_Convs())
+    rows = {r.name: r for r in rt.runtime_report.layers}
+    assert rows["strided"].arithmetic == rows["pointwise"].arithmetic == "int8"
+    assert rows["grouped"].arithmetic == "fake" and "grouped/dilated" in rows["grouped"].note
+    assert [r.name for r in rt.runtime_report.fallbacks()] == ["grouped"]
+    fake = load_exported(folder, model=_Convs())
+    with torch.no_grad():
+        want = fake(x, t)
+        torch.testing.assert_close(rt(x, t), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())

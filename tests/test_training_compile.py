@@ -21,22 +21,15 @@ def _points(seed: int = 5) -> dict[str, torch.Tensor]:
             "cond": torch.tensor([1, 2, 3, 4]), "target": torch.randn(4, 1, 8, 8, generator=g)}
 
 
-def _loss_and_grads(module, p) -> tuple[torch.Tensor, list[torch.Tensor]]:
+@torch.no_grad()
+def _loss(module, p) -> torch.Tensor:
     module.student.train()
     pred = module.student_direction(p["x"], p["s"], p["cond"])
-    loss = (pred - p["target"]).square().mean()
-    params = [q for q in module.student.parameters() if q.requires_grad]
-    return loss.detach(), torch.autograd.grad(loss, params)
-
-
-def test_compile_true_wraps_the_students_calls_with_the_default_backend(tmp_path):
-    module = tiny_module(save_tiny_teacher(tmp_path / "teacher"), compile=True)
-    assert isinstance(module.student_model.unet, torch._dynamo.eval_frame.OptimizedModule)
-    assert module.hparams["compile"] is True
+    return (pred - p["target"]).square().mean()
 
 
 @pytest.mark.slow
-def test_compiled_student_gives_the_eager_loss_and_gradients(tmp_path):
+def test_compiled_student_gives_the_eager_loss(tmp_path):
     spec = save_tiny_teacher(tmp_path / "teacher")
     eager, compiled = tiny_module(spec), tiny_module(spec, compile="aot_eager")
     g = torch.Generator().manual_seed(1)
@@ -47,9 +40,12 @@ def test_compiled_student_gives_the_eager_loss_and_gradients(tmp_path):
     assert isinstance(compiled.student_model.unet, torch._dynamo.eval_frame.OptimizedModule)
     assert not isinstance(compiled.student, torch._dynamo.eval_frame.OptimizedModule)  # state stays eager
     p = _points()
-    loss_e, grads_e = _loss_and_grads(eager, p)
-    loss_c, grads_c = _loss_and_grads(compiled, p)
-    # inductor may fuse/reorder fp32 ops: agreement to fp32 rounding, not bit-identity
-    torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-7)
-    for ge, gc in zip(grads_e, grads_c, strict=True):
-        torch.testing.assert_close(gc, ge, rtol=1e-3, atol=1e-6)
+    # aot_eager runs the captured graph with eager kernels: fp32 rounding at most
+    torch.testing.assert_close(_loss(compiled, p), _loss(eager, p), rtol=1e-5, atol=1e-7)
+
+
+def test_compile_true_wraps_the_students_calls_with_the_default_backend(tmp_path):
+    module = tiny_module(save_tiny_teacher(tmp_path / "teacher"), compile=True)
+    assert isinstance(module.student_model.unet, torch._dynamo.eval_frame.OptimizedModule)
+    assert module.student_model.unet._orig_mod is module.student
+    assert module.hparams["compile"] is True

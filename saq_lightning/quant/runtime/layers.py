@@ -35,7 +35,15 @@ from torch import Tensor, nn
 from ..functional import dequantize, quantize_codes
 from ..layers import QuantConv2d, QuantLayer
 from ..timestep_quantizer import TimestepActQuantizer
-from .kernels import emulated_gemm, im2col_nhwc, int8_gemm, pack_int4, row_sums, storage_bytes, unpack_int4
+from .kernels import (
+    emulated_gemm,
+    im2col_nhwc,
+    int8_gemm,
+    pack_int4,
+    row_sums,
+    storage_bytes,
+    unpack_int4,
+)
 
 ARITHMETICS = ("int8", "emulated", "weight_only", "fake")
 
