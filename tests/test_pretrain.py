@@ -45,11 +45,14 @@ def test_fit_exports_ema_weights_that_load_as_a_teacher(tmp_path):
     assert out.shape == (2, 1, 8, 8) and torch.isfinite(out).all()
 
 
-def test_fit_refuses_to_start_when_the_export_would_overwrite(tmp_path):
+def test_fit_refuses_to_start_when_the_export_would_overwrite(tmp_path, capsys):
     export = tmp_path / "teacher.safetensors"
     export.write_bytes(b"precious")
-    with pytest.raises(FileExistsError, match="overwrite"):
+    with pytest.raises(SystemExit) as stop:  # a user error: one message, exit code 2
         main(fit_args(tmp_path, export))
+    assert stop.value.code == 2 and "overwrite" in capsys.readouterr().err
+    with pytest.raises(FileExistsError, match="overwrite"):
+        main(fit_args(tmp_path, export) + ["--traceback"])
     assert export.read_bytes() == b"precious"
     assert not list(tmp_path.glob("**/*.ckpt"))  # failed before any training step
 
