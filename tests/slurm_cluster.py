@@ -161,7 +161,12 @@ def start_cluster(folder: Path) -> Cluster:
     key.write_bytes(os.urandom(128))
     key.chmod(0o400)
     env = {**os.environ, "SLURM_CONF": str(conf)}
-    for var in [v for v in env if v.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_")) and v != "SLURM_CONF"]:
+    # jobs must not inherit a launcher's placement: SLURM's own variables, nor torch.distributed's and
+    # Lightning's (MASTER_PORT left by an in-process DDP test would give every job the same port)
+    launcher = ("SLURM_", "SBATCH_", "SRUN_", "SALLOC_", "TORCHELASTIC_", "PL_")
+    placement = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK",
+                 "LOCAL_WORLD_SIZE")
+    for var in [v for v in env if (v.startswith(launcher) or v in placement) and v != "SLURM_CONF"]:
         env.pop(var)
     cluster = Cluster(folder, env)
     try:
