@@ -65,10 +65,15 @@ def _sbin(name: str) -> str:
 
 def slurm_conf(folder: Path, cpus: int, memory_mb: int) -> str:
     host = socket.gethostname().split(".")[0]
+    ctld_port = _free_port()
+    # job ids from a random start: Lightning and `sample` derive the rendezvous port from the job id
+    # (15000 + its last 4 digits), so two clusters (one per xdist worker) must not both run job 2
+    first_job = 1000 + ctld_port % 8000
     return f"""\
 ClusterName=saqtest
+FirstJobId={first_job}
 SlurmctldHost={host}(127.0.0.1)
-SlurmctldPort={_free_port()}
+SlurmctldPort={ctld_port}
 SlurmdPort={_free_port()}
 SlurmUser=root
 SlurmdUser=root
