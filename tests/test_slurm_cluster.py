@@ -37,19 +37,40 @@ STEPS = 16
 pytestmark = [pytest.mark.slow]
 
 
-def shared_once(tmp_path_factory, name: str, compute):
-    """``compute()`` once per test session, also under ``pytest -n 2``: the first xdist worker that
-    needs it computes it, the other waits and reads the JSON result (the scenario below takes
-    minutes; it must not run once per worker)."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
+def shared_once(name: str, compute):
+    """``compute()`` (a JSON value) once per test session, also under ``pytest -n 2``: the first
+    xdist worker that needs it computes it, the other waits and reads the result (the scenario
+    below takes minutes; it must not run once per worker). The few-KB results stay in
+    ``/tmp/saqslurm-shared-<run id>``."""
+    uid = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not uid:
         return compute()
-    shared = tmp_path_factory.getbasetemp().parent  # the session's folder, common to its workers
-    path = shared / f"slurm_{name}.json"
-    with open(shared / f"slurm_{name}.lock", "w") as lock:
+    shared = Path(tempfile.gettempdir()) / f"saqslurm-shared-{uid}"
+    shared.mkdir(exist_ok=True)
+    path = shared / f"{name}.json"
+    with open(shared / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not path.is_file():
             path.write_text(json.dumps(compute()))
         return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def work():
+    """This worker's job folders, outside pytest's numbered temp folders (other pytest sessions on
+    the machine prune those while jobs still write there)."""
+    folder = Path(tempfile.mkdtemp(prefix="saqslurm-work"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def fresh(work: Path, name: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))
+
+
+@pytest.fixture
+def job_dir(work, request) -> Path:
+    return fresh(work, request.node.name[:40])
 
 
 @pytest.fixture(scope="module")
@@ -149,22 +170,22 @@ def loss_curve(run_dir: Path) -> tuple[dict[int, float], list[Path]]:
 
 
 @pytest.fixture(scope="module")
-def shards(cluster, tmp_path_factory):
+def shards(cluster, work):
     def generate():
-        root = tmp_path_factory.mktemp("slurm_shards")
+        root = fresh(work, "shards")
         config = reduced_config(root / "gen", root / "trajectories")
         subprocess.run([sys.executable, "-m", "saq_lightning", "generate", "--config", str(config),
                         "--accelerator", "cpu", "--progress", "false"], env=cluster.env, check=True,
                        capture_output=True, timeout=300)
         return str(root / "trajectories")
-    return Path(shared_once(tmp_path_factory, "shards", generate))
+    return Path(shared_once("shards", generate))
 
 
-def preemption_scenario(cluster: Cluster, shards: Path, tmp_path_factory) -> dict:
+def preemption_scenario(cluster: Cluster, shards: Path, work: Path) -> dict:
     """Two 2-task jobs side by side: an uninterrupted reference, and one that gets SIGUSR1 after
     step 4 (self-requeue), then SIGKILL after step 10 and ``scontrol requeue``, and finishes; then
     its config is edited and the finished job requeued once more (it must refuse to start)."""
-    roots = {name: tmp_path_factory.mktemp(f"slurm_{name}") for name in ("full", "preempted")}
+    roots = {name: fresh(work, name) for name in ("full", "preempted")}
     jobs = {name: submit(cluster, "fit.sbatch", [str(reduced_config(root, shards))], root / "fit.out",
                          "--ntasks-per-node=2") for name, root in roots.items()}
     root, job = roots["preempted"], jobs["preempted"]
@@ -199,9 +220,8 @@ def preemption_scenario(cluster: Cluster, shards: Path, tmp_path_factory) -> dic
 
 
 @pytest.fixture(scope="module")
-def preempted(cluster, shards, tmp_path_factory):
-    return shared_once(tmp_path_factory, "preempted",
-                       lambda: preemption_scenario(cluster, shards, tmp_path_factory))
+def preempted(cluster, shards, work):
+    return shared_once("preempted", lambda: preemption_scenario(cluster, shards, work))
 
 
 def test_sigusr1_saves_at_a_step_boundary_requeues_and_the_next_start_resumes(preempted):
@@ -237,20 +257,20 @@ def test_requeued_job_whose_config_changed_stops_with_a_field_by_field_diff(pree
     assert "Initializing distributed" not in text  # stopped before srun started anything
 
 
-def test_ntasks_per_node_other_than_the_trainer_devices_is_refused_before_srun(cluster, shards, tmp_path):
-    config = reduced_config(tmp_path, shards)
-    job = submit(cluster, "fit.sbatch", [str(config), "--trainer.devices", "1"], tmp_path / "fit.out",
+def test_ntasks_per_node_other_than_the_trainer_devices_is_refused_before_srun(cluster, shards, job_dir):
+    config = reduced_config(job_dir, shards)
+    job = submit(cluster, "fit.sbatch", [str(config), "--trainer.devices", "1"], job_dir / "fit.out",
                  "--ntasks-per-node=2")
     assert wait_done(cluster, job, timeout=200)["JobState"] == "FAILED"
-    text = (tmp_path / "fit.out").read_text()
+    text = (job_dir / "fit.out").read_text()
     assert "--ntasks-per-node=2 but trainer.devices is 1" in text
-    assert not (tmp_path / "run").exists()
+    assert not (job_dir / "run").exists()
 
 
-def test_config_missing_on_the_compute_node_is_refused_before_srun(cluster, tmp_path):
-    job = submit(cluster, "fit.sbatch", [str(tmp_path / "nowhere.yaml")], tmp_path / "fit.out", "--ntasks-per-node=2")
+def test_config_missing_on_the_compute_node_is_refused_before_srun(cluster, job_dir):
+    job = submit(cluster, "fit.sbatch", [str(job_dir / "nowhere.yaml")], job_dir / "fit.out", "--ntasks-per-node=2")
     assert wait_done(cluster, job, timeout=100)["JobState"] == "FAILED"
-    assert f"config {tmp_path / 'nowhere.yaml'} does not exist on" in (tmp_path / "fit.out").read_text()
+    assert f"config {job_dir / 'nowhere.yaml'} does not exist on" in (job_dir / "fit.out").read_text()
 
 
 SAMPLE = {"num_samples": 12, "steps": 3, "batch_size": 2, "grid_size": 0, "device": "cpu"}
@@ -268,22 +288,23 @@ def npz_arrays(path: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def single_process_samples(cluster, tmp_path_factory):
+def single_process_samples(cluster, work):
     def run():
-        out = tmp_path_factory.mktemp("sample_single") / "single"
+        out = fresh(work, "sample_single") / "single"
+        out.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, "-m", "saq_lightning", "sample", "--config",
                         str(sample_config(out, "single"))], env=cluster.env, check=True, capture_output=True,
                        timeout=300)
-        return str(out / "samples.npz")
-    return npz_arrays(Path(shared_once(tmp_path_factory, "single_samples", run)))
+        return {k: {"dtype": str(a.dtype), "data": a.tolist()} for k, a in npz_arrays(out / "samples.npz").items()}
+    return {k: np.asarray(v["data"], dtype=v["dtype"]) for k, v in shared_once("single_samples", run).items()}
 
 
-def test_sample_with_two_srun_tasks_writes_the_single_process_npz(cluster, single_process_samples, tmp_path):
-    out = tmp_path / "two_tasks"
-    job = submit(cluster, "sample.sbatch", [str(sample_config(out, "two"))], tmp_path / "sample.out",
+def test_sample_with_two_srun_tasks_writes_the_single_process_npz(cluster, single_process_samples, job_dir):
+    out = job_dir / "two_tasks"
+    job = submit(cluster, "sample.sbatch", [str(sample_config(out, "two"))], job_dir / "sample.out",
                  "--ntasks-per-node=2")
     info = wait_done(cluster, job, timeout=300)
-    assert info["JobState"] == "COMPLETED", (tmp_path / "sample.out").read_text()[-2000:]
+    assert info["JobState"] == "COMPLETED", (job_dir / "sample.out").read_text()[-2000:]
     meta = yaml.safe_load((out / "samples.json").read_text())
     assert meta["world_size"] == 2
     got = npz_arrays(out / "samples.npz")
@@ -292,9 +313,9 @@ def test_sample_with_two_srun_tasks_writes_the_single_process_npz(cluster, singl
         np.testing.assert_array_equal(got[key], want)
 
 
-def test_sample_job_array_pieces_merge_into_the_single_process_npz(cluster, single_process_samples, tmp_path):
-    out = tmp_path / "array"
-    job = submit(cluster, "sample.sbatch", [str(sample_config(out, "array"))], tmp_path / "sample_%a.out",
+def test_sample_job_array_pieces_merge_into_the_single_process_npz(cluster, single_process_samples, job_dir):
+    out = job_dir / "array"
+    job = submit(cluster, "sample.sbatch", [str(sample_config(out, "array"))], job_dir / "sample_%a.out",
                  "--array=0-1", "--ntasks=1")
     for task in ("0", "1"):
         assert wait_done(cluster, f"{job}_{task}", timeout=300)["JobState"] == "COMPLETED"
