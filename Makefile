@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/python -m saq_lightning demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --durations=15 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check saq_lightning tests benchmarks

@@ -65,10 +65,15 @@ def _sbin(name: str) -> str:
 
 def slurm_conf(folder: Path, cpus: int, memory_mb: int) -> str:
     host = socket.gethostname().split(".")[0]
+    ctld_port = _free_port()
+    # job ids from a random start: Lightning and `sample` derive the rendezvous port from the job id
+    # (15000 + its last 4 digits), so two clusters (one per xdist worker) must not both run job 2
+    first_job = 1000 + ctld_port % 8000
     return f"""\
 ClusterName=saqtest
+FirstJobId={first_job}
 SlurmctldHost={host}(127.0.0.1)
-SlurmctldPort={_free_port()}
+SlurmctldPort={ctld_port}
 SlurmdPort={_free_port()}
 SlurmUser=root
 SlurmdUser=root
@@ -161,7 +166,12 @@ def start_cluster(folder: Path) -> Cluster:
     key.write_bytes(os.urandom(128))
     key.chmod(0o400)
     env = {**os.environ, "SLURM_CONF": str(conf)}
-    for var in [v for v in env if v.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_")) and v != "SLURM_CONF"]:
+    # jobs must not inherit a launcher's placement: SLURM's own variables, nor torch.distributed's and
+    # Lightning's (MASTER_PORT left by an in-process DDP test would give every job the same port)
+    launcher = ("SLURM_", "SBATCH_", "SRUN_", "SALLOC_", "TORCHELASTIC_", "PL_")
+    placement = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK",
+                 "LOCAL_WORLD_SIZE")
+    for var in [v for v in env if (v.startswith(launcher) or v in placement) and v != "SLURM_CONF"]:
         env.pop(var)
     cluster = Cluster(folder, env)
     try:

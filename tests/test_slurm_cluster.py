@@ -13,6 +13,8 @@ with one line saying why; with ``CI=true`` that is a failure instead, so CI cann
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import re
 import shutil
@@ -32,7 +34,43 @@ from saq_lightning.commands.demo import demo_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 16
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
+pytestmark = [pytest.mark.slow]
+
+
+def shared_once(name: str, compute):
+    """``compute()`` (a JSON value) once per test session, also under ``pytest -n 2``: the first
+    xdist worker that needs it computes it, the other waits and reads the result (the scenario
+    below takes minutes; it must not run once per worker). The few-KB results stay in
+    ``/tmp/saqslurm-shared-<run id>``."""
+    uid = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not uid:
+        return compute()
+    shared = Path(tempfile.gettempdir()) / f"saqslurm-shared-{uid}"
+    shared.mkdir(exist_ok=True)
+    path = shared / f"{name}.json"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.is_file():
+            path.write_text(json.dumps(compute()))
+        return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def work():
+    """This worker's job folders, outside pytest's numbered temp folders (other pytest sessions on
+    the machine prune those while jobs still write there)."""
+    folder = Path(tempfile.mkdtemp(prefix="saqslurm-work"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def fresh(work: Path, name: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))
+
+
+@pytest.fixture
+def job_dir(work, request) -> Path:
+    return fresh(work, request.node.name[:40])
 
 
 @pytest.fixture(scope="module")
@@ -132,20 +170,22 @@ def loss_curve(run_dir: Path) -> tuple[dict[int, float], list[Path]]:
 
 
 @pytest.fixture(scope="module")
-def shards(cluster, tmp_path_factory):
-    root = tmp_path_factory.mktemp("slurm_shards")
-    config = reduced_config(root / "gen", root / "trajectories")
-    subprocess.run([sys.executable, "-m", "saq_lightning", "generate", "--config", str(config),
-                    "--accelerator", "cpu", "--progress", "false"], env=cluster.env, check=True,
-                   capture_output=True, timeout=300)
-    return root / "trajectories"
+def shards(cluster, work):
+    def generate():
+        root = fresh(work, "shards")
+        config = reduced_config(root / "gen", root / "trajectories")
+        subprocess.run([sys.executable, "-m", "saq_lightning", "generate", "--config", str(config),
+                        "--accelerator", "cpu", "--progress", "false"], env=cluster.env, check=True,
+                       capture_output=True, timeout=300)
+        return str(root / "trajectories")
+    return Path(shared_once("shards", generate))
 
 
-@pytest.fixture(scope="module")
-def preempted(cluster, shards, tmp_path_factory):
+def preemption_scenario(cluster: Cluster, shards: Path, work: Path) -> dict:
     """Two 2-task jobs side by side: an uninterrupted reference, and one that gets SIGUSR1 after
-    step 4 (self-requeue), then SIGKILL after step 10 and ``scontrol requeue``, and finishes."""
-    roots = {name: tmp_path_factory.mktemp(f"slurm_{name}") for name in ("full", "preempted")}
+    step 4 (self-requeue), then SIGKILL after step 10 and ``scontrol requeue``, and finishes; then
+    its config is edited and the finished job requeued once more (it must refuse to start)."""
+    roots = {name: fresh(work, name) for name in ("full", "preempted")}
     jobs = {name: submit(cluster, "fit.sbatch", [str(reduced_config(root, shards))], root / "fit.out",
                          "--ntasks-per-node=2") for name, root in roots.items()}
     root, job = roots["preempted"], jobs["preempted"]
@@ -164,9 +204,24 @@ def preempted(cluster, shards, tmp_path_factory):
     logs = {name: (r / "fit.out").read_text() for name, r in roots.items()}
     for name, info in infos.items():
         assert info["JobState"] == "COMPLETED", logs[name][-3000:]
-    return {"job": job, "info": infos["preempted"], "log": logs["preempted"], "root": root,
-            "config": root / "digits_w4a4.yaml", "killed_at": killed_at,
-            "curve": loss_curve(root / "run"), "uninterrupted": loss_curve(roots["full"] / "run")}
+    curve, runs = loss_curve(root / "run")
+    full, full_runs = loss_curve(roots["full"] / "run")
+    result = {"log": logs["preempted"], "restarts": infos["preempted"]["Restarts"], "root": str(root),
+              "killed_at": killed_at, "final_step": checkpoint_step(last), "curve": sorted(curve.items()),
+              "runs": len(runs), "full_curve": sorted(full.items()), "full_runs": len(full_runs)}
+    config = root / "digits_w4a4.yaml"
+    cfg = yaml.safe_load(config.read_text())
+    cfg["model"]["init_args"]["optimizer"]["lr"] = 0.001
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    cluster.run("scontrol", "requeue", job)
+    result["changed_state"] = wait_done(cluster, job, timeout=200)["JobState"]
+    result["changed_log"] = (root / "fit.out").read_text()[len(logs["preempted"]):]
+    return result
+
+
+@pytest.fixture(scope="module")
+def preempted(cluster, shards, work):
+    return shared_once("preempted", lambda: preemption_scenario(cluster, shards, work))
 
 
 def test_sigusr1_saves_at_a_step_boundary_requeues_and_the_next_start_resumes(preempted):
@@ -179,51 +234,43 @@ def test_sigusr1_saves_at_a_step_boundary_requeues_and_the_next_start_resumes(pr
 
 
 def test_hard_kill_then_requeue_resumes_from_the_newest_last_ckpt(preempted):
-    last = preempted["root"] / "run" / "checkpoints" / "last.ckpt"
+    last = Path(preempted["root"]) / "run" / "checkpoints" / "last.ckpt"
     assert preempted["killed_at"] >= 10
     assert f"resumes {last} (step {preempted['killed_at']})" in preempted["log"]
-    assert preempted["info"]["Restarts"] == "2"
-    assert checkpoint_step(last) == STEPS
+    assert preempted["restarts"] == "2"
+    assert preempted["final_step"] == STEPS
 
 
 def test_requeued_run_logs_the_uninterrupted_loss_curve_in_one_tensorboard_run(preempted):
-    full, full_runs = preempted["uninterrupted"]
-    curve, runs = preempted["curve"]
-    assert len(full_runs) == 1 and len(runs) == 1, runs  # one version_N across three starts
+    curve, full = dict(preempted["curve"]), dict(preempted["full_curve"])
+    assert preempted["full_runs"] == 1 and preempted["runs"] == 1  # one version_N across three starts
     assert sorted(curve) == sorted(full) == list(range(STEPS))
     torch.testing.assert_close(torch.tensor([curve[s] for s in range(STEPS)]),
                                torch.tensor([full[s] for s in range(STEPS)]), rtol=1e-5, atol=0)
 
 
-def test_requeued_job_whose_config_changed_stops_with_a_field_by_field_diff(cluster, preempted):
-    config = preempted["config"]
-    cfg = yaml.safe_load(config.read_text())
-    cfg["model"]["init_args"]["optimizer"]["lr"] = 0.001
-    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    before = len(preempted["log"])
-    cluster.run("scontrol", "requeue", preempted["job"])
-    info = wait_done(cluster, preempted["job"], timeout=200)
-    text = (preempted["root"] / "fit.out").read_text()[before:]
-    assert info["JobState"] == "FAILED"
+def test_requeued_job_whose_config_changed_stops_with_a_field_by_field_diff(preempted):
+    text = preempted["changed_log"]
+    assert preempted["changed_state"] == "FAILED"
     assert "the config changed since" in text
     assert "model.init_args.optimizer.lr: expected 0.0005, found 0.001" in text
     assert "Initializing distributed" not in text  # stopped before srun started anything
 
 
-def test_ntasks_per_node_other_than_the_trainer_devices_is_refused_before_srun(cluster, shards, tmp_path):
-    config = reduced_config(tmp_path, shards)
-    job = submit(cluster, "fit.sbatch", [str(config), "--trainer.devices", "1"], tmp_path / "fit.out",
+def test_ntasks_per_node_other_than_the_trainer_devices_is_refused_before_srun(cluster, shards, job_dir):
+    config = reduced_config(job_dir, shards)
+    job = submit(cluster, "fit.sbatch", [str(config), "--trainer.devices", "1"], job_dir / "fit.out",
                  "--ntasks-per-node=2")
     assert wait_done(cluster, job, timeout=200)["JobState"] == "FAILED"
-    text = (tmp_path / "fit.out").read_text()
+    text = (job_dir / "fit.out").read_text()
     assert "--ntasks-per-node=2 but trainer.devices is 1" in text
-    assert not (tmp_path / "run").exists()
+    assert not (job_dir / "run").exists()
 
 
-def test_config_missing_on_the_compute_node_is_refused_before_srun(cluster, tmp_path):
-    job = submit(cluster, "fit.sbatch", [str(tmp_path / "nowhere.yaml")], tmp_path / "fit.out", "--ntasks-per-node=2")
+def test_config_missing_on_the_compute_node_is_refused_before_srun(cluster, job_dir):
+    job = submit(cluster, "fit.sbatch", [str(job_dir / "nowhere.yaml")], job_dir / "fit.out", "--ntasks-per-node=2")
     assert wait_done(cluster, job, timeout=100)["JobState"] == "FAILED"
-    assert f"config {tmp_path / 'nowhere.yaml'} does not exist on" in (tmp_path / "fit.out").read_text()
+    assert f"config {job_dir / 'nowhere.yaml'} does not exist on" in (job_dir / "fit.out").read_text()
 
 
 SAMPLE = {"num_samples": 12, "steps": 3, "batch_size": 2, "grid_size": 0, "device": "cpu"}
@@ -241,19 +288,23 @@ def npz_arrays(path: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def single_process_samples(cluster, tmp_path_factory):
-    out = tmp_path_factory.mktemp("sample_single") / "single"
-    subprocess.run([sys.executable, "-m", "saq_lightning", "sample", "--config", str(sample_config(out, "single"))],
-                   env=cluster.env, check=True, capture_output=True, timeout=300)
-    return npz_arrays(out / "samples.npz")
+def single_process_samples(cluster, work):
+    def run():
+        out = fresh(work, "sample_single") / "single"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "saq_lightning", "sample", "--config",
+                        str(sample_config(out, "single"))], env=cluster.env, check=True, capture_output=True,
+                       timeout=300)
+        return {k: {"dtype": str(a.dtype), "data": a.tolist()} for k, a in npz_arrays(out / "samples.npz").items()}
+    return {k: np.asarray(v["data"], dtype=v["dtype"]) for k, v in shared_once("single_samples", run).items()}
 
 
-def test_sample_with_two_srun_tasks_writes_the_single_process_npz(cluster, single_process_samples, tmp_path):
-    out = tmp_path / "two_tasks"
-    job = submit(cluster, "sample.sbatch", [str(sample_config(out, "two"))], tmp_path / "sample.out",
+def test_sample_with_two_srun_tasks_writes_the_single_process_npz(cluster, single_process_samples, job_dir):
+    out = job_dir / "two_tasks"
+    job = submit(cluster, "sample.sbatch", [str(sample_config(out, "two"))], job_dir / "sample.out",
                  "--ntasks-per-node=2")
     info = wait_done(cluster, job, timeout=300)
-    assert info["JobState"] == "COMPLETED", (tmp_path / "sample.out").read_text()[-2000:]
+    assert info["JobState"] == "COMPLETED", (job_dir / "sample.out").read_text()[-2000:]
     meta = yaml.safe_load((out / "samples.json").read_text())
     assert meta["world_size"] == 2
     got = npz_arrays(out / "samples.npz")
@@ -262,9 +313,9 @@ def test_sample_with_two_srun_tasks_writes_the_single_process_npz(cluster, singl
         np.testing.assert_array_equal(got[key], want)
 
 
-def test_sample_job_array_pieces_merge_into_the_single_process_npz(cluster, single_process_samples, tmp_path):
-    out = tmp_path / "array"
-    job = submit(cluster, "sample.sbatch", [str(sample_config(out, "array"))], tmp_path / "sample_%a.out",
+def test_sample_job_array_pieces_merge_into_the_single_process_npz(cluster, single_process_samples, job_dir):
+    out = job_dir / "array"
+    job = submit(cluster, "sample.sbatch", [str(sample_config(out, "array"))], job_dir / "sample_%a.out",
                  "--array=0-1", "--ntasks=1")
     for task in ("0", "1"):
         assert wait_done(cluster, f"{job}_{task}", timeout=300)["JobState"] == "COMPLETED"
