@@ -443,7 +443,7 @@ class SAQLightningModule(L.LightningModule):
             pred = self.student_direction(points["x_s"], points["s"], points["cond"])
         else:  # the student's own step of its phase's solver and order (order 1: the same)
             pred = student_effective_direction(self.flow, self.flow.predictor(self.student_model),
-                                               self.phases, points)
+                                               self.phases, points, self.student_direction)
         w = self.loss_settings
         terms = mota_terms(pred, target, w.w_mse, w.w_cos)
         loss, per_sample = reduce_mota(terms, pred[0].numel(), w.w_mse, w.w_cos, w.mse_reduction,

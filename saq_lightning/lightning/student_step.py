@@ -19,7 +19,7 @@ Rows of higher orders are stepped per phase (their solvers may differ) and put b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -51,8 +51,13 @@ def student_effective_direction(
     student: NoisePredictor,
     phases: Sequence[MixStepPhase],
     points: dict[str, Any],
+    first_order: Callable[[Tensor, Tensor, Any], Tensor] | None = None,
 ) -> Tensor:
-    """``eps_eff`` of the student's own step at every point of a batch (with gradients)."""
+    """``eps_eff`` of the student's own step at every point of a batch (with gradients).
+
+    ``first_order(x_s, s, cond)`` evaluates the order-1 rows (default: ``student``); the module
+    passes its ``student_direction``, so that order 1 is today's MOTA call itself."""
+    first_order = first_order or student
     x_s, s, t, cond = points["x_s"], points["s"], points["t"], points["cond"]
     phase_index = points["phase"].to(x_s.device)
     step = points.get("step")
@@ -66,7 +71,7 @@ def student_effective_direction(
     groups: list[tuple[int | None, Tensor | None]] = []
     first = orders == 1
     if bool(first.all()):
-        return student(x_s, s, cond)
+        return first_order(x_s, s, cond)
     if bool(first.any()):
         groups.append((None, torch.nonzero(first).flatten()))
     for p in torch.unique(phase_index[~first]).tolist():
@@ -75,7 +80,7 @@ def student_effective_direction(
     for p, rows in groups:
         xr, sr, cr = x_s[rows], s[rows], select_batch(cond, rows, b)
         if p is None:
-            eps = student(xr, sr, cr)
+            eps = first_order(xr, sr, cr)
         else:
             eps = eps_eff_at_points(student, flow.student_solver(phases[p]), xr, sr, t[rows],
                                     orders[rows], cr, **history.rows(rows)._asdict())
