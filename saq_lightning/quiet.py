@@ -9,6 +9,8 @@ Every ``fit`` printed these, and a user cannot tell them from real problems:
   splits its shards per rank and per worker itself (``docs/data.md``), so ``__len__`` is exact.
 * "Found N module(s) in eval mode at the start of training": the frozen FP teacher, in eval mode
   on purpose (``docs/training.md``).
+* Lightning's "callbacks returned in configure_callbacks will override ... ProgressBar": the
+  module swaps in the step-counting progress bar on purpose (``callbacks/step_progress.py``).
 * diffusers' "Cannot initialize model with low cpu memory usage because `accelerate` was not
   found": a loading-speed hint; the weights load the same way without ``accelerate``.
 
@@ -30,6 +32,8 @@ _WARNINGS = (
 _LOG_RECORDS = (
     ("lightning.pytorch.utilities.rank_zero", "💡 Tip:"),
     ("diffusers.models.modeling_utils", "Cannot initialize model with low cpu memory usage"),
+    ("lightning.pytorch.utilities.rank_zero", "The following callbacks returned in `LightningModule.configure_callbacks` will override existing callbacks passed to Trainer: RichProgressBar"),
+    ("lightning.pytorch.utilities.rank_zero", "The following callbacks returned in `LightningModule.configure_callbacks` will override existing callbacks passed to Trainer: TQDMProgressBar"),
 )
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
 
 class StepProgressBar(TQDMProgressBar):
@@ -56,10 +56,38 @@ class StepProgressBar(TQDMProgressBar):
         return metrics
 
 
-def step_progress_bar_for(trainer: pl.Trainer) -> StepProgressBar | None:
-    """The replacement for the trainer's bar when it is Lightning's default one (else ``None``)."""
+class RichStepProgressBar(RichProgressBar):
+    """The same for Lightning's rich bar (its default when ``rich`` is installed)."""
+
+    @property
+    def total_train_batches(self) -> int | float:
+        total = self.trainer.max_steps
+        return int(total) if total is not None and total >= 0 else super().total_train_batches
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return "train (steps)"
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        if not self.is_disabled and self.train_progress_bar_id is None:
+            self._initialize_train_progress_bar_id()
+        self._update(self.train_progress_bar_id, trainer.global_step)
+        self._update_metrics(trainer, pl_module)
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
+
+def step_progress_bar_for(trainer: pl.Trainer) -> TQDMProgressBar | RichProgressBar | None:
+    """The replacement for the trainer's bar when it is one of Lightning's default ones (else
+    ``None``), with its refresh rate."""
     current = getattr(trainer, "progress_bar_callback", None)
-    if type(current) is not TQDMProgressBar:
-        return None
-    return StepProgressBar(refresh_rate=current.refresh_rate, process_position=current.process_position,
-                           leave=getattr(current, "_leave", False))
+    if type(current) is TQDMProgressBar:
+        return StepProgressBar(refresh_rate=current.refresh_rate, process_position=current.process_position,
+                               leave=getattr(current, "_leave", False))
+    if type(current) is RichProgressBar:
+        return RichStepProgressBar(refresh_rate=current.refresh_rate, leave=getattr(current, "_leave", False),
+                                   theme=current.theme)
+    return None
