@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from saq_lightning.quant import load_trainable_state_dict
-
 from saq_lightning.quant.bucket_map import BucketMap
 
 from .checkpointing import (
