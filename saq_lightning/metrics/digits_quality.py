@@ -29,7 +29,10 @@ def digits_fd(
     device = next(classifier.parameters()).device
     metric = FrechetInceptionDistance(
         # set_dtype(float64) converts the feature extractor in place: give it a private copy.
-        feature=DigitsFeatureExtractor(copy.deepcopy(classifier)), normalize=True, input_img_size=(1, 8, 8)
+        feature=DigitsFeatureExtractor(copy.deepcopy(classifier)), normalize=True, input_img_size=(1, 8, 8),
+        # the FD of the images given here, never a gather across ranks: under DDP only rank 0 calls
+        # this (the DigitsFDCallback), and a sync would wait for ranks that never come
+        sync_on_compute=False,
     ).to(device)
     metric.set_dtype(torch.float64)
     for images, real in ((reference, True), (samples, False)):
