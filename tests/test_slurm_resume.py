@@ -77,6 +77,15 @@ def test_a_requeued_start_takes_the_newest_checkpoint_of_its_own_job(tmp_path):
     assert namespace.trainer.logger.init_args.version == 3  # the same TensorBoard run
 
 
+def test_on_a_tie_of_steps_the_requeue_checkpoint_wins_over_a_newer_last_ckpt(tmp_path):
+    """A stopped run may write last.ckpt at the signal's step after requeue.ckpt, as it winds down."""
+    config = fit_config(tmp_path)
+    save(tmp_path / "requeue.ckpt", 6, "c:41", config)
+    save(tmp_path / "ckpt" / "last.ckpt", 6, "c:41", config)  # written later: the newer file
+    run = resolve_resume_ckpt(config, env={**JOB, "SLURM_RESTART_COUNT": "1"})
+    assert run.resume.path == tmp_path / "requeue.ckpt" and run.resume.global_step == 6
+
+
 def test_a_requeued_job_whose_config_changed_gets_every_changed_field(tmp_path):
     save(tmp_path / "requeue.ckpt", 5, "c:41", fit_config(tmp_path))
     with pytest.raises(SlurmResumeError, match=r"model\.init_args\.optimizer\.lr: expected 0\.0005, found 0\.001"):

@@ -133,13 +133,16 @@ def _read_record(path: Path) -> tuple[int, dict[str, Any]] | None:
 
 
 def newest_checkpoint_of_job(paths: Iterable[Path], job: str) -> tuple[ResumePoint, dict] | None:
-    """The checkpoint of ``job`` with the highest global step (the newer file on a tie)."""
+    """The checkpoint of ``job`` with the highest global step; on a tie ``requeue.ckpt`` (the save
+    made at the signal's step boundary for exactly this resume: a ``last.ckpt`` that Lightning writes
+    at the same step while the stopped run winds down may record its loops as at an epoch end),
+    then the newer file."""
     best = None
     for path in paths:
         read = _read_record(path)
         if read is None or read[1].get("job") != job:
             continue
-        key = (read[0], path.stat().st_mtime)
+        key = (read[0], path.name == REQUEUE_CKPT, path.stat().st_mtime)
         if best is None or key > best[0]:
             best = (key, ResumePoint(path, read[0], list(read[1].get("logger_versions") or [])), read[1])
     return None if best is None else (best[1], best[2])
