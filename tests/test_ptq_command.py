@@ -118,7 +118,7 @@ def test_init_from_refuses_phases_whose_buckets_differ_from_the_ptq_grids(base):
 
     root, spec, *_ = base
     module = tiny_module(spec, init_from=str(root / "one" / "student.ckpt"))
-    with pytest.raises(CheckpointMismatchError, match=r"model.init_from.*calibrated on the grids"):
+    with pytest.raises(CheckpointMismatchError, match=r"model.init_from.*calibrated and trained on the grids"):
         module.bind_bucket_map([MixStepPhase(student_steps=5, student_order=1, teacher_order=2)])
     module.bind_bucket_map([MixStepPhase(student_steps=10, student_order=1, teacher_order=2)])  # ptq's
 

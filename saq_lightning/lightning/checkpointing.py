@@ -108,11 +108,16 @@ def restore_bucket_map(student: Any, saved: Mapping[str, Any], source: str) -> N
     if not d or not d.get("grids"):
         return
     loaded = BucketMap.from_dict(d)
-    now = student.bucket_map
-    if now.trained and not now.same_as(loaded):
-        raise CheckpointMismatchError(
-            f"{source}: the checkpoint's student was trained on the grids "
-            f"{[(g.spacing, g.steps) for g in loaded.grids]}, whose timestep-bucket tables differ "
-            f"from this run's {[(g.spacing, g.steps) for g in now.grids]}; use the same phases "
-            f"and spacing to resume")
+    if student.bucket_map.trained:
+        check_same_buckets(loaded, student.bucket_map, source, "use the same phases and spacing to resume")
     student.set_bucket_map(loaded)
+
+
+def check_same_buckets(saved: BucketMap, now: BucketMap, source: str, advice: str) -> None:
+    """Refuse ``now`` when its grids give other step-to-bucket tables than ``saved`` (the grids the
+    student's activation step sizes were calibrated and trained on)."""
+    if not saved.same_as(now):
+        raise CheckpointMismatchError(
+            f"{source}: the student was calibrated and trained on the grids "
+            f"{[(g.spacing, g.steps) for g in saved.grids]}, whose timestep-bucket tables differ "
+            f"from this run's {[(g.spacing, g.steps) for g in now.grids]}; {advice}")

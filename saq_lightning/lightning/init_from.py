@@ -20,6 +20,7 @@ from saq_lightning.quant.bucket_map import BucketMap
 from .checkpointing import (
     CheckpointMismatchError,
     check_identity,
+    check_same_buckets,
     check_teacher_fingerprint,
     restore_bucket_map,
     split_student_state,
@@ -57,9 +58,6 @@ def load_init_from(student: nn.Module, path: str | Path, identity_now: dict[str,
 def check_init_bucket_map(loaded: BucketMap, now: BucketMap, path: str | Path) -> None:
     """Refuse phases whose grids give other timestep buckets than the ``init_from`` student's: its
     activation step sizes were calibrated (or reconstructed) for the buckets of its own grids."""
-    if loaded.trained and not loaded.same_as(now):
-        raise CheckpointMismatchError(
-            f"model.init_from: {path}: the student was calibrated on the grids "
-            f"{[(g.spacing, g.steps) for g in loaded.grids]}, this run's phases give "
-            f"{[(g.spacing, g.steps) for g in now.grids]}, whose timestep-bucket tables differ; use "
-            f"the phases and spacing of the run that wrote it (e.g. the ptq config's)")
+    if loaded.trained:
+        check_same_buckets(loaded, now, f"model.init_from: {path}",
+                           "use the phases and spacing of the run that wrote it (e.g. the ptq config's)")
