@@ -3,14 +3,10 @@ models' architectures on the ``meta`` device (no weights read, no memory)."""
 
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
-
 import pytest
-import torch
+from config_helpers import CONFIGS, meta_student, parse
 
 from saq_lightning.callbacks import MixStepCallback
-from saq_lightning.cli import SAQLightningCLI
 from saq_lightning.commands.generate import load_run
 from saq_lightning.data import MixStepSchedule, TrajectoryDataModule
 from saq_lightning.lightning.module import resolve_policy
@@ -21,10 +17,7 @@ from saq_lightning.lightning.settings import (
     OptimizerSettings,
     TeacherSettings,
 )
-from saq_lightning.models import ModelSpec, build_model
-from saq_lightning.quant import quantize_model
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BIG = ["ldm4_w4a4.yaml", "ldm4_w4a8.yaml", "ldm8_churches_w4a4.yaml", "sd14_w4a8.yaml"]
 PAPER_STEPS = [100, 50, 20, 10]
 #: the digits configs of the solver-aware modes: (student solver, student order, teacher order) per phase
@@ -37,17 +30,6 @@ SOLVER_AWARE = {
 AUTHOR = ["digits_w4a4_author.yaml", "ldm4_w4a4_author.yaml"]
 
 
-class _ParseOnlyCLI(SAQLightningCLI):
-    def instantiate_classes(self) -> None:
-        return None
-
-
-def parse(name: str):
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter")
-        return _ParseOnlyCLI(args=["--config", str(CONFIGS / name)], run=False).config
-
-
 def test_every_training_config_is_covered_here():
     found = sorted(p.name for p in CONFIGS.glob("*_w4a*.yaml")
                    if not p.name.endswith("_saptq.yaml"))  # PTQ configs: test_ptq_configs.py
@@ -58,7 +40,6 @@ def test_every_training_config_is_covered_here():
 def test_big_configs_build_their_student_on_the_meta_device_with_the_papers_settings(name):
     cfg = parse(name)
     init = cfg.model.init_args.as_dict()
-    spec = ModelSpec(**{k: v for k, v in init["teacher"].items() if k != "__path__"})
     policy = resolve_policy(init["policy"])
     callbacks = [c for c in cfg.trainer.callbacks if c.class_path.endswith("MixStepCallback")]
     phases = callbacks[0].init_args.as_dict()["phases"]
@@ -82,10 +63,7 @@ def test_big_configs_build_their_student_on_the_meta_device_with_the_papers_sett
     generation = GenerationSettings(**init["generation"])
     assert len(generation.per_phase(schedule.num_phases)) == schedule.num_phases
     TrajectoryDataModule(**cfg.data.init_args.as_dict())
-    with torch.device("meta"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # Churches has no downsampler convs to match
-        model = build_model(spec, load_weights=False)
-        student, _ = quantize_model(model.unet, policy)
+    model, student = meta_student(init, policy)
     trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
     assert 0 < trainable < 0.1 * sum(p.numel() for p in model.unet.parameters())
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.strategy == "ddp"
@@ -163,10 +141,5 @@ def test_the_digits_author_recipe_builds_and_binds_its_time_quadratic_buckets():
 
 def test_the_ldm4_author_recipe_builds_its_student_on_the_meta_device():
     cfg = parse("ldm4_w4a4_author.yaml")
-    init = cfg.model.init_args.as_dict()
-    spec = ModelSpec(**{k: v for k, v in init["teacher"].items() if k != "__path__"})
-    with torch.device("meta"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        model = build_model(spec, load_weights=False)
-        student, _ = quantize_model(model.unet, resolve_policy(init["policy"]))
+    _, student = meta_student(cfg.model.init_args.as_dict())
     assert sum(p.numel() for p in student.parameters() if p.requires_grad) > 0

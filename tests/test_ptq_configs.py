@@ -3,39 +3,21 @@ big models' students and blocks on the ``meta`` device (no weights read, no memo
 
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
-
 import pytest
-import torch
+from config_helpers import CONFIGS, meta_student, parse
 
-from saq_lightning.cli import SAQLightningCLI
 from saq_lightning.commands.ptq import load_ptq_run
 from saq_lightning.data import MixStepSchedule
 from saq_lightning.lightning.module import resolve_policy
 from saq_lightning.lightning.ptq import PTQSettings
 from saq_lightning.lightning.settings import GenerationSettings
-from saq_lightning.models import ModelSpec, build_model
-from saq_lightning.quant import quantize_model
 from saq_lightning.quant.reconstruction import find_blocks
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DIGITS = ["digits_w8a8_saptq.yaml", "digits_w4a8_saptq.yaml"]
 BIG = ["ldm4_w8a8_saptq.yaml", "ldm4_bedrooms_w8a8_saptq.yaml"]
 #: the method's lineage (BRECQ / AdaRound / Q-Diffusion), spelled out in every config
 LINEAGE = {"num_samples": 1024, "iters": 10000, "rounding_weight": 0.01, "beta_start": 20.0,
            "beta_end": 2.0, "warmup": 0.2, "act_iters": 5000, "act_lr": 0.0004}
-
-
-class _ParseOnlyCLI(SAQLightningCLI):
-    def instantiate_classes(self) -> None:
-        return None
-
-
-def parse(name: str):
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter")
-        return _ParseOnlyCLI(args=["--config", str(CONFIGS / name)], run=False).config
 
 
 def test_every_saptq_config_is_covered_here():
@@ -62,12 +44,7 @@ def test_saptq_configs_hold_the_lineage_defaults_and_second_order_pairs(name):
 @pytest.mark.parametrize("name", BIG)
 def test_big_saptq_configs_build_student_and_blocks_on_the_meta_device(name):
     cfg = parse(name)
-    init = cfg.model.init_args.as_dict()
-    spec = ModelSpec(**{k: v for k, v in init["teacher"].items() if k != "__path__"})
-    with torch.device("meta"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        model = build_model(spec, load_weights=False)
-        student, _ = quantize_model(model.unet, resolve_policy(init["policy"]))
+    _, student = meta_student(cfg.model.init_args.as_dict())
     blocks = find_blocks(student.unet, *PTQSettings().block_definition())
     covered = {n for b in blocks for n, _ in b.layers}
     assert covered == {n for n, _ in student.quant_layers()}  # every quantized layer, once

@@ -1,0 +1,38 @@
+"""Shared by the config tests: parse a shipped config without building anything, and build its
+teacher and quantized student on the ``meta`` device (the big models do not fit this machine)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saq_lightning.cli import SAQLightningCLI
+from saq_lightning.lightning.module import resolve_policy
+from saq_lightning.models import ModelSpec, build_model
+from saq_lightning.quant import quantize_model
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+class _ParseOnlyCLI(SAQLightningCLI):
+    def instantiate_classes(self) -> None:
+        return None
+
+
+def parse(name: str):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter")
+        return _ParseOnlyCLI(args=["--config", str(CONFIGS / name)], run=False).config
+
+
+def meta_student(init: dict[str, Any], policy: Any = None):
+    """``(teacher model, student)`` of a config's ``model.init_args`` dict, on the meta device."""
+    spec = ModelSpec(**{k: v for k, v in init["teacher"].items() if k != "__path__"})
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Churches has no downsampler convs to match
+        model = build_model(spec, load_weights=False)
+        student, _ = quantize_model(model.unet, policy if policy is not None else resolve_policy(init["policy"]))
+    return model, student
