@@ -11,8 +11,9 @@ from saq_lightning.data.errors import ManifestMismatchError
 from saq_lightning.data.manifest import load_manifest, shard_name
 from saq_lightning.data.records import decode_sample, encode_record
 from saq_lightning.data.shard_reader import read_shard_samples
-from saq_lightning.data.shard_writer import file_sha256, write_trajectory_shards
+from saq_lightning.data.shard_writer import write_trajectory_shards
 from saq_lightning.data.synthetic import SyntheticRollout
+from saq_lightning.files import sha256_file
 
 META = {"model_id": "tiny", "image_shape": [1, 8, 8], "schedule": {"beta_schedule": "linear"}}
 
@@ -24,7 +25,7 @@ def write(folder, rollout=None, **kwargs):
 
 
 def shard_stats(folder):
-    return {p.name: (p.stat().st_mtime_ns, file_sha256(p)) for p in sorted(folder.glob("*.tar"))}
+    return {p.name: (p.stat().st_mtime_ns, sha256_file(p)) for p in sorted(folder.glob("*.tar"))}
 
 
 def test_manifest_records_counts_per_shard_and_phase_shapes_and_checksums(tmp_path):
@@ -42,7 +43,7 @@ def test_manifest_records_counts_per_shard_and_phase_shapes_and_checksums(tmp_pa
     assert manifest.fields["eps_eff"] == {"kind": "tensor", "shape": [1, 8, 8], "dtype": "float32"}
     assert manifest.fields["cond"] == {"kind": "int"}
     for shard in manifest.shards:
-        assert shard.sha256 == file_sha256(tmp_path / shard.name)
+        assert shard.sha256 == sha256_file(tmp_path / shard.name)
         assert shard.bytes == (tmp_path / shard.name).stat().st_size
 
 

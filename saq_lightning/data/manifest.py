@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from saq_lightning.files import write_text_atomic
 
 from .errors import ManifestError, ManifestMismatchError
 
@@ -49,9 +50,7 @@ def _plain(obj: Any) -> Any:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON under a temporary name and rename it: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True, default=_json_default) + "\n")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
+from saq_lightning.files import sha256_file
+
 from .errors import ShardError
 from .manifest import ShardInfo
 from .records import META_ENTRY
@@ -30,13 +32,8 @@ def check_shard_file(path: Path, info: ShardInfo, verify: Verify = "sha256") -> 
     size = path.stat().st_size
     if size != info.bytes:
         return f"size {size} bytes, manifest says {info.bytes} (truncated or rewritten)"
-    if verify == "sha256":
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(1 << 20):
-                digest.update(block)
-        if digest.hexdigest() != info.sha256:
-            return "sha256 differs from the manifest (corrupt)"
+    if verify == "sha256" and sha256_file(path) != info.sha256:
+        return "sha256 differs from the manifest (corrupt)"
     return None
 
 

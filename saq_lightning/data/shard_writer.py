@@ -16,7 +16,6 @@ has its entry, ``manifest.json`` is completed (by whichever rank finishes last).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import webdataset as wds
+
+from saq_lightning.files import atomic_path, sha256_file
 
 from .errors import ManifestError, ManifestMismatchError
 from .manifest import (
@@ -56,14 +57,6 @@ class WriteReport:
     kept: list[int] = field(default_factory=list)
     #: The complete manifest when every shard (of every rank) exists, else ``None``.
     manifest: Manifest | None = None
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _entry_path(folder: Path, index: int) -> Path:
@@ -107,7 +100,7 @@ def _kept_shard(folder: Path, layout: Layout, index: int, verify: str) -> str | 
         return "entry covers other trajectories"
     if tar.stat().st_size != info.bytes:
         return f"size {tar.stat().st_size} != {info.bytes} bytes in its entry (truncated?)"
-    if verify == "sha256" and file_sha256(tar) != info.sha256:
+    if verify == "sha256" and sha256_file(tar) != info.sha256:
         return "sha256 differs from its entry (corrupt?)"
     return None
 
@@ -181,8 +174,7 @@ def _write_shard(
     _remove_leftovers(folder, index)
     name = shard_name(index)
     first, end = layout.shard_range(index)
-    tmp = folder / f".{name}.tmp.{os.getpid()}"
-    try:
+    with atomic_path(folder / name) as tmp:
         with open(tmp, "wb") as stream:
             # mtime=0 and fixed owner/mode: a redone shard is byte-identical to the first one.
             writer = wds.TarWriter(stream, encoder=False, mtime=0.0)
@@ -193,22 +185,18 @@ def _write_shard(
                 writer.close()
             stream.flush()
             os.fsync(stream.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    info = ShardInfo(
-        index=index,
-        name=name,
-        first_traj=first,
-        end_traj=end,
-        count=contents.count,
-        phase_counts=dict(sorted(contents.phase_counts.items())),
-        bytes=tmp.stat().st_size,
-        sha256=file_sha256(tmp),
-        fields=contents.fields or {},
-        layout_digest=layout.digest(),
-    )
-    os.replace(tmp, folder / name)
+        info = ShardInfo(
+            index=index,
+            name=name,
+            first_traj=first,
+            end_traj=end,
+            count=contents.count,
+            phase_counts=dict(sorted(contents.phase_counts.items())),
+            bytes=tmp.stat().st_size,
+            sha256=sha256_file(tmp),
+            fields=contents.fields or {},
+            layout_digest=layout.digest(),
+        )
     write_json_atomic(_entry_path(folder, index), info.to_dict())
     return info
 

@@ -22,6 +22,8 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
+from saq_lightning.ranks import rank_world
+
 from .batch_check import check_finite_batch
 from .batch_plan import BatchPlan, Selector
 from .errors import ManifestError, ManifestMismatchError, ResumeMismatchError, ShardError
@@ -186,9 +188,7 @@ class TrajectoryDataModule(pl.LightningDataModule):
         trainer = self.trainer
         if trainer is not None:
             return trainer.global_rank, trainer.world_size
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
+        return rank_world()
 
     # ------------------------------------------------------------------ setup and checks
     def setup(self, stage: str | None = None) -> None:

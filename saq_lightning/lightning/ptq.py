@@ -29,6 +29,7 @@ import torch
 
 from saq_lightning.data.calibration_points import CalibrationPoints, load_calibration_points
 from saq_lightning.data.manifest import load_manifest
+from saq_lightning.files import atomic_path
 from saq_lightning.quant.reconstruction import (
     Block,
     BlockResult,
@@ -151,8 +152,7 @@ def _write_outputs(module: Any, out: Path, report: ReconstructionReport, setting
     out.mkdir(parents=True, exist_ok=True)
     ckpt = {"saq": module.checkpoint_identity(), "state_dict": {k: v.cpu() for k, v in student_state_dict(module.student).items()},
             "ptq": {"settings": asdict(settings), "blocks": [asdict(b) for b in report.blocks]}}
-    tmp = out / f".{CHECKPOINT}.tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, out / CHECKPOINT)
+    with atomic_path(out / CHECKPOINT) as tmp:
+        torch.save(ckpt, tmp)
     results = [{k: v for k, v in asdict(b).items() if k != "curve"} for b in report.blocks]
     (out / RESULTS).write_text(json.dumps({"settings": asdict(settings), "blocks": results}, indent=1))

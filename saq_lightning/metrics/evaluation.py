@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from saq_lightning.files import sha256_file
+
 from .feature_stats import StatsAccumulator, frechet_distance
 from .inception_score import inception_score
 from .kid import kernel_inception_distance
@@ -36,7 +38,6 @@ from .reference_stats import (
     cache_path,
     is_stats_file,
     load_cached,
-    sha256_file,
     store_cached,
 )
 

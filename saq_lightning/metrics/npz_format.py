@@ -13,7 +13,6 @@ holds the whole array in memory.
 from __future__ import annotations
 
 import os
-import uuid
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+
+from saq_lightning.files import atomic_path
 
 IMAGES_KEY = "arr_0"
 LABELS_KEY = "arr_1"
@@ -76,43 +77,38 @@ def write_samples_npz(
     become ``arr_1`` (int64), ``prompts`` a unicode array.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     written, shape = 0, None
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            chunks = iter(image_chunks)
-            first = next(chunks, None)
-            if first is None:
-                raise ValueError("write_samples_npz: no images")
-            shape = (num_images, *first.shape[1:])
-            _check_images(first, f"{path}: chunk 0")
-            with zf.open(f"{IMAGES_KEY}.npy", "w", force_zip64=True) as f:
-                f.write(_npy_header(shape, np.uint8))
-                for chunk in _chain(first, chunks):
-                    if chunk.shape[1:] != shape[1:] or chunk.dtype != np.uint8:
-                        raise ValueError(
-                            f"{path}: chunk of {chunk.dtype} {chunk.shape} does not match uint8 {shape}"
-                        )
-                    f.write(np.ascontiguousarray(chunk).tobytes())
-                    written += chunk.shape[0]
-            if written != num_images:
-                raise ValueError(f"{path}: expected {num_images} images, got {written}")
-            if labels is not None:
-                labels = np.asarray(labels, dtype=np.int64)
-                if labels.shape != (num_images,):
-                    raise ValueError(f"{path}: labels must have shape ({num_images},), got {labels.shape}")
-                with zf.open(f"{LABELS_KEY}.npy", "w") as f:
-                    np.lib.format.write_array(f, labels, allow_pickle=False)
-            if prompts is not None:
-                text = np.asarray(list(prompts), dtype=np.str_)
-                if text.shape != (num_images,):
-                    raise ValueError(f"{path}: need one prompt per image ({num_images}), got {text.shape}")
-                with zf.open(f"{PROMPTS_KEY}.npy", "w") as f:
-                    np.lib.format.write_array(f, text, allow_pickle=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with (atomic_path(path) as tmp,
+          zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf):
+        chunks = iter(image_chunks)
+        first = next(chunks, None)
+        if first is None:
+            raise ValueError("write_samples_npz: no images")
+        shape = (num_images, *first.shape[1:])
+        _check_images(first, f"{path}: chunk 0")
+        with zf.open(f"{IMAGES_KEY}.npy", "w", force_zip64=True) as f:
+            f.write(_npy_header(shape, np.uint8))
+            for chunk in _chain(first, chunks):
+                if chunk.shape[1:] != shape[1:] or chunk.dtype != np.uint8:
+                    raise ValueError(
+                        f"{path}: chunk of {chunk.dtype} {chunk.shape} does not match uint8 {shape}"
+                    )
+                f.write(np.ascontiguousarray(chunk).tobytes())
+                written += chunk.shape[0]
+        if written != num_images:
+            raise ValueError(f"{path}: expected {num_images} images, got {written}")
+        if labels is not None:
+            labels = np.asarray(labels, dtype=np.int64)
+            if labels.shape != (num_images,):
+                raise ValueError(f"{path}: labels must have shape ({num_images},), got {labels.shape}")
+            with zf.open(f"{LABELS_KEY}.npy", "w") as f:
+                np.lib.format.write_array(f, labels, allow_pickle=False)
+        if prompts is not None:
+            text = np.asarray(list(prompts), dtype=np.str_)
+            if text.shape != (num_images,):
+                raise ValueError(f"{path}: need one prompt per image ({num_images}), got {text.shape}")
+            with zf.open(f"{PROMPTS_KEY}.npy", "w") as f:
+                np.lib.format.write_array(f, text, allow_pickle=False)
     return path
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,17 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from saq_lightning.files import atomic_path
+
 from .feature_stats import FeatureStats
 
 STATS_FORMAT = "saq_lightning.reference_stats/1"
-
-
-def sha256_file(path: str | os.PathLike, block: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -48,18 +41,13 @@ class InceptionReference:
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically (temporary name, then rename)."""
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp.npz")
         meta = {**self.meta, "format": STATS_FORMAT, "image_shape": list(self.image_shape),
                 "n": self.pool.n}
         bases = {k: v for k, v in (("basis", self.pool.basis), ("basis_s", self.spatial.basis)) if v is not None}
-        try:
-            np.savez(tmp, mu=self.pool.mu, sigma=self.pool.sigma, mu_s=self.spatial.mu, sigma_s=self.spatial.sigma,
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, mu=self.pool.mu, sigma=self.pool.sigma, mu_s=self.spatial.mu, sigma_s=self.spatial.sigma,
                      features=self.features.astype(np.float32), meta=np.asarray(json.dumps(meta, sort_keys=True)),
                      **bases)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         return path
 
     @classmethod

@@ -26,7 +26,6 @@ import logging
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from saq_lightning.files import atomic_path, write_text_atomic
 from saq_lightning.models.diffusion_model import DiffusionModel
+from saq_lightning.ranks import rank_world
 
 from .grids import save_grid
 from .npz_format import write_samples_npz
@@ -129,12 +130,6 @@ def make_plan(
                         condition_classes(model), list(prompts) if prompts else None, dict(identity or {}))
 
 
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
@@ -163,9 +158,8 @@ def _chunk_ok(path: Path, plan: SamplingPlan, chunk: int, image_shape: tuple[int
 
 
 def _write_chunk(path: Path, images: np.ndarray, indices: range) -> None:
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp.npz")
-    np.savez(tmp, arr_0=images, index=np.asarray(list(indices), dtype=np.int64))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, arr_0=images, index=np.asarray(list(indices), dtype=np.int64))
 
 
 def _check_folder(out: Path, fingerprint: dict[str, Any], overwrite: bool) -> bool:
@@ -210,9 +204,7 @@ def _prepare_piece_parts(out: Path, plan: SamplingPlan) -> Path:
     parts.mkdir(parents=True, exist_ok=True)
     run_file = parts / "run.json"
     if not run_file.is_file():
-        tmp = parts / f".run.{uuid.uuid4().hex[:8]}.tmp"
-        tmp.write_text(json.dumps(fingerprint, indent=2) + "\n")
-        os.replace(tmp, run_file)
+        write_text_atomic(run_file, json.dumps(fingerprint, indent=2) + "\n")
     return parts
 
 
@@ -227,7 +219,7 @@ def _claim_merge(parts: Path) -> bool:
 
 def _piece_world(piece: tuple[int, int] | None, overwrite: bool) -> tuple[int, int]:
     if piece is None:
-        return _rank_world()
+        return rank_world()
     index, count = piece
     if not 0 <= index < count:
         raise ValueError(f"piece {index}/{count}: the index must be in [0, {count})")

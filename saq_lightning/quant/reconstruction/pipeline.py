@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from saq_lightning.files import atomic_path, write_text_atomic
+
 from ..model import QuantizedUNet
 from ..state import load_trainable_state_dict, trainable_state_dict
 from .blocks import Block, execution_order, find_blocks
@@ -52,9 +54,8 @@ class ReconstructionReport:
 
 def _save_atomic(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def check_state_meta(state_dir: Path, meta: Mapping[str, Any], comm: Comm) -> None:
@@ -72,9 +73,7 @@ def check_state_meta(state_dir: Path, meta: Mapping[str, Any], comm: Comm) -> No
     comm.barrier()
     if comm.rank == 0:
         state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(".meta.json.tmp")
-        tmp.write_text(json.dumps(plain, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(plain, indent=1, sort_keys=True))
     comm.barrier()
 
 

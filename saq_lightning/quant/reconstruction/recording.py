@@ -19,7 +19,6 @@ kept: the target ``f_i(FP input)`` is computed once at recording time.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from saq_lightning.files import atomic_path
 
 
 class _StopForward(Exception):
@@ -147,9 +148,8 @@ class BlockCache:
 
     def spill(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"inputs": self.inputs, "outputs": self.outputs}, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save({"inputs": self.inputs, "outputs": self.outputs}, tmp)
         data = torch.load(path, mmap=True, weights_only=False)
         self.inputs, self.outputs = data["inputs"], data["outputs"]
 
