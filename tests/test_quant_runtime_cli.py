@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from saq_lightning.cli import main
-from saq_lightning.metrics.students import load_sampling_model
+from saq_lightning.lightning.student_loading import load_sampling_model
 from saq_lightning.models import ModelSpec
 from saq_lightning.quant import export_student
 

@@ -9,8 +9,9 @@ import importlib.util
 import pytest
 import torch
 
+from saq_lightning.lightning.student_loading import load_sampling_model
 from saq_lightning.metrics.sample_generation import SamplerSetting, generate_images, initial_noise
-from saq_lightning.metrics.students import describe_student, load_sampling_model
+from saq_lightning.metrics.students import describe_student
 from saq_lightning.models import ModelSpec, build_model
 from saq_lightning.quant import QuantizedUNet, export_student
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from jsonargparse import auto_cli
 
+from saq_lightning.lightning.student_loading import load_sampling_model
 from saq_lightning.metrics.evaluation import resolve_device
 from saq_lightning.metrics.sample_generation import (
     balanced_labels,
@@ -22,7 +23,6 @@ from saq_lightning.metrics.sample_generation import (
     initial_noise,
     model_dtype,
 )
-from saq_lightning.metrics.students import load_sampling_model
 from saq_lightning.metrics.trajectory_diagnostics import (
     log_to_tensorboard,
     save_diagnostics_plot,

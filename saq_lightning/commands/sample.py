@@ -24,11 +24,12 @@ from saq_lightning.commands.placement import (
     init_process_group,
     requeue_on_sigusr1,
 )
+from saq_lightning.lightning.student_loading import load_sampling_model
 from saq_lightning.metrics.evaluation import read_prompt_file, resolve_device
 from saq_lightning.metrics.runtime_model import check_runtime, with_runtime
 from saq_lightning.metrics.sample_generation import SamplerSetting
 from saq_lightning.metrics.sampling_run import make_plan, run_sampling
-from saq_lightning.metrics.students import describe_student, load_sampling_model
+from saq_lightning.metrics.students import describe_student
 from saq_lightning.metrics.trained_sampler import departure_line, trained_sampler
 from saq_lightning.models import ModelSpec
 

@@ -1,4 +1,5 @@
-"""``load_student(checkpoint)``: a trained SA-QLoRA student as a ready-to-sample ``DiffusionModel``.
+"""``load_student(checkpoint)``: a trained SA-QLoRA student as a ready-to-sample ``DiffusionModel``;
+``load_sampling_model(spec, student)``: the model a sampling command names (FP, naive, export, checkpoint).
 
 The checkpoint holds only the student's trainable state and ``checkpoint["saq"]`` (teacher spec,
 quantization policy). The teacher is rebuilt from its spec (weights from their original file),
@@ -12,8 +13,14 @@ from pathlib import Path
 
 import torch
 
+from saq_lightning.metrics.students import NAIVE_PREFIX, naive_student
 from saq_lightning.models import DiffusionModel, ModelSpec, build_model
-from saq_lightning.quant import QuantPolicy, load_trainable_state_dict, quantize_model
+from saq_lightning.quant import (
+    QuantPolicy,
+    load_exported,
+    load_trainable_state_dict,
+    quantize_model,
+)
 
 from .checkpointing import (
     FORMAT,
@@ -70,3 +77,41 @@ def load_student(
     restore_bucket_map(student, saq, str(path))
     model = teacher.with_unet(student).to(map_location)
     return model.eval()
+
+
+def load_sampling_model(
+    spec: ModelSpec, student: str | None = None, device: str | torch.device = "cpu", calibration_samples: int = 64,
+    calibration_seed: int = 12345, teacher: DiffusionModel | None = None, calibration_method: str | None = None,
+) -> DiffusionModel:
+    """The model to sample (frozen, eval mode, on ``device``). ``student`` (as on the command line):
+
+    * ``None`` / ``"fp"`` - the full-precision model of the spec;
+    * a folder with ``manifest.json`` - an integer export (``saq_lightning.quant.export_student``),
+      plugged into the spec's model (schedule, conditioner, autoencoder);
+    * a ``.ckpt`` file - a fake-quant training checkpoint, loaded by :func:`load_student` (the
+      checkpoint names its teacher);
+    * ``"naive:<policy>"`` - ``saq_lightning.metrics.students.naive_student`` of the spec's model.
+
+    ``teacher``: the FP model of ``spec`` if already built (naive and export students reuse it and
+    share its frozen tensors). ``calibration_*``: how a naive student is calibrated
+    (``calibration_method``: ``lp`` or ``minmax``; default the policy's).
+    """
+    if student in (None, "", "fp"):
+        return teacher if teacher is not None else build_model(spec).to(device)
+    if student.startswith(NAIVE_PREFIX):
+        base = teacher if teacher is not None else build_model(spec).to(device)
+        return naive_student(base, student[len(NAIVE_PREFIX):], calibration_samples, calibration_seed,
+                             calibration_method)
+    path = Path(student).expanduser()
+    if path.is_dir():
+        if not (path / "manifest.json").is_file():
+            raise FileNotFoundError(f"{path} is not an integer export (no manifest.json); see quant.export_student")
+        base = teacher if teacher is not None else build_model(spec)
+        unet = load_exported(path, device="cpu")
+        return base.with_unet(unet).to(device).eval()
+    if path.is_file():
+        return load_student(str(path), map_location="cpu").to(device).eval()
+    raise FileNotFoundError(
+        f"student {student!r} not found: give a training checkpoint (.ckpt), an export folder (with "
+        f"manifest.json), 'naive:<policy>' or nothing for the FP model"
+    )

@@ -32,7 +32,8 @@ def check_runtime(runtime: str, student: str | None) -> None:
 
 
 def with_runtime(net: DiffusionModel, runtime: str, student: str | None, device: torch.device) -> DiffusionModel:
-    """``net`` (a student loaded by ``load_sampling_model``) with its UNet swapped for the runtime."""
+    """``net`` (a student loaded by ``load_sampling_model``, lightning/student_loading.py) with its
+    UNet swapped for the runtime."""
     check_runtime(runtime, student)
     arithmetic = RUNTIMES[runtime]
     if arithmetic is None:

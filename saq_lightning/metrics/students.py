@@ -1,15 +1,11 @@
-"""The model a sampling or diagnostics command runs: the FP teacher or a quantized student.
+"""Students a sampling or diagnostics command can name without a checkpoint of its own.
 
-``student`` (a string, as on the command line):
-
-* ``None`` / ``"fp"`` - the full-precision model of the spec;
-* a folder with ``manifest.json`` - an integer export (``saq_lightning.quant.export_student``),
-  plugged into the spec's model (schedule, conditioner, autoencoder);
-* a ``.ckpt`` file - a fake-quant training checkpoint, loaded by
-  ``saq_lightning.lightning.student_loading.load_student`` (the checkpoint names its teacher);
 * ``"naive:<policy>"`` (e.g. ``naive:w4a4``) - plain post-training quantization of the spec's
   UNet with that policy preset, calibrated on FP sampling trajectories: the baseline every
-  trained student is compared with.
+  trained student is compared with (:func:`naive_student`);
+* :func:`describe_student` - what identifies any student's outputs.
+
+``saq_lightning.lightning.student_loading.load_sampling_model`` picks the model from the string.
 """
 
 from __future__ import annotations
@@ -19,7 +15,6 @@ from typing import Any
 
 import torch
 
-from saq_lightning.models import ModelSpec, build_model
 from saq_lightning.models.diffusion_model import DiffusionModel
 from saq_lightning.sampling import make_solver, sample, time_grid
 
@@ -39,46 +34,6 @@ def describe_student(student: str | None) -> dict[str, Any]:
     stamp = [[str(p.relative_to(path) if path.is_dir() else p.name), p.stat().st_size, p.stat().st_mtime_ns]
              for p in files if p.is_file()]
     return {"kind": "export" if path.is_dir() else "checkpoint", "path": str(path.resolve()), "files": stamp}
-
-
-def load_sampling_model(
-    spec: ModelSpec, student: str | None = None, device: str | torch.device = "cpu", calibration_samples: int = 64,
-    calibration_seed: int = 12345, teacher: DiffusionModel | None = None, calibration_method: str | None = None,
-) -> DiffusionModel:
-    """The model to sample (frozen, eval mode, on ``device``); see the module docstring.
-
-    ``teacher``: the FP model of ``spec`` if already built (naive and export students reuse it and
-    share its frozen tensors). ``calibration_*``: how a naive student is calibrated
-    (``calibration_method``: ``lp`` or ``minmax``; default the policy's).
-    """
-    if student in (None, "", "fp"):
-        return teacher if teacher is not None else build_model(spec).to(device)
-    if student.startswith(NAIVE_PREFIX):
-        base = teacher if teacher is not None else build_model(spec).to(device)
-        return naive_student(base, student[len(NAIVE_PREFIX):], calibration_samples, calibration_seed,
-                             calibration_method)
-    path = Path(student).expanduser()
-    if path.is_dir():
-        if not (path / "manifest.json").is_file():
-            raise FileNotFoundError(f"{path} is not an integer export (no manifest.json); see quant.export_student")
-        from saq_lightning.quant import load_exported
-
-        base = teacher if teacher is not None else build_model(spec)
-        unet = load_exported(path, device="cpu")
-        return base.with_unet(unet).to(device).eval()
-    if path.is_file():
-        try:
-            from saq_lightning.lightning.student_loading import load_student
-        except ImportError as err:
-            raise RuntimeError(
-                f"cannot load the training checkpoint {path}: saq_lightning.lightning.student_loading is not "
-                f"available in this installation ({err})"
-            ) from err
-        return load_student(str(path), map_location="cpu").to(device).eval()
-    raise FileNotFoundError(
-        f"student {student!r} not found: give a training checkpoint (.ckpt), an export folder (with "
-        f"manifest.json), 'naive:<policy>' or nothing for the FP model"
-    )
 
 
 @torch.no_grad()
