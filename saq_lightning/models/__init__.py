@@ -4,11 +4,12 @@ No quantization and no Lightning here; imports only ``sampling`` (schedules, gui
 See ``docs/models.md`` for how to point a config at each real checkpoint.
 """
 
-from .builders import build_diffusers_module, build_model
+from .builders import build_diffusers_module
 from .checkpoint_files import read_state_dict
 from .conditioners import ClassEmbedder, ClassLabelConditioner, TextConditioner
 from .diffusion_model import SCHEDULE_KEYS, DiffusionModel
 from .key_accounting import CheckpointKeyError, ConversionReport
+from .loading import build_model
 from .specs import ModelSpec, load_model_spec
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""``build_model(spec)``: every kind of model spec -> :class:`.DiffusionModel`.
+"""Architectures from config, and the two spec kinds built without a checkpoint file of their own
+(``digits``, ``config_only``); ``build_model`` (:mod:`.loading`) dispatches every kind.
 
 Architectures are built from config (diffusers classes; nothing is downloaded). Building inside
 ``with torch.device("meta"):`` with ``load_weights=False`` gives the full-size architecture
@@ -9,7 +10,7 @@ without memory (parameter counts, layer policies). Built models are in eval mode
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,8 +168,8 @@ def conditioner_from_block(
     raise ValueError(f"conditioning type {kind!r} (expected none | class_labels | class_context | text)")
 
 
-# --------------------------------------------------------------------------- registry
-def _build_digits(spec: ModelSpec, load_weights: bool) -> DiffusionModel:
+# --------------------------------------------------------------------------- kinds
+def build_digits(spec: ModelSpec, load_weights: bool) -> DiffusionModel:
     from .digits import DIGITS_SCHEDULE_CONFIG, NULL_CLASS, build_digits_unet, load_digits_teacher
 
     if load_weights:
@@ -180,7 +181,7 @@ def _build_digits(spec: ModelSpec, load_weights: bool) -> DiffusionModel:
     return finish(unet, schedule, spec, conditioner=conditioner)
 
 
-def _build_config_only(spec: ModelSpec, load_weights: bool) -> DiffusionModel:
+def build_config_only(spec: ModelSpec, load_weights: bool) -> DiffusionModel:
     if spec.ldm is not None:
         arch = LDMArchitecture.from_spec(spec)
         scale = spec.latent_scale_factor or float(arch.params.get("scale_factor", 1.0))
@@ -197,37 +198,3 @@ def _build_config_only(spec: ModelSpec, load_weights: bool) -> DiffusionModel:
         scale = float(autoencoder.config.scaling_factor) if autoencoder is not None else 1.0
     conditioner = conditioner_from_block(spec.conditioning, unet, text_encoder_config=spec.text_encoder_config)
     return finish(unet, spec.schedule or {}, spec, conditioner, autoencoder, scale)
-
-
-def _build_compvis(spec: ModelSpec, load_weights: bool) -> DiffusionModel:
-    from .loading import load_compvis_model
-
-    return load_compvis_model(spec, load_weights)
-
-
-def _build_diffusers_folder(spec: ModelSpec, load_weights: bool) -> DiffusionModel:
-    from .loading import load_diffusers_folder
-
-    return load_diffusers_folder(spec, load_weights)
-
-
-BUILDERS: Mapping[str, Callable[[ModelSpec, bool], DiffusionModel]] = {
-    "digits": _build_digits,
-    "config_only": _build_config_only,
-    "compvis_ldm": _build_compvis,
-    "sd_single_file": _build_compvis,
-    "diffusers_folder": _build_diffusers_folder,
-}
-
-
-def build_model(spec: ModelSpec | Mapping[str, Any], load_weights: bool = True) -> DiffusionModel:
-    """Build the :class:`.DiffusionModel` a spec describes.
-
-    ``load_weights=False`` builds the architecture only (random weights; instant and memory-free
-    under ``with torch.device("meta"):``), e.g. to count parameters without the checkpoint.
-    """
-    if not isinstance(spec, ModelSpec):
-        spec = ModelSpec(**dict(spec))
-    if spec.kind not in BUILDERS:
-        raise ValueError(f"unknown model kind {spec.kind!r} (expected one of {sorted(BUILDERS)})")
-    return BUILDERS[spec.kind](spec, load_weights)

@@ -1,4 +1,5 @@
-"""Loading weights from local files: original CompVis / Stable Diffusion checkpoints, diffusers folders.
+"""Loading weights from local files: original CompVis / Stable Diffusion checkpoints, diffusers
+folders; and ``build_model(spec)``: every kind of model spec -> :class:`.DiffusionModel`.
 
 Nothing here touches the network: diffusers and transformers are called with
 ``local_files_only=True`` (and ``HF_HUB_OFFLINE=1`` is set if unset), and a path that is not
@@ -21,6 +22,8 @@ from torch import Tensor, nn
 from . import ldm_config
 from .builders import (
     LDMArchitecture,
+    build_config_only,
+    build_digits,
     conditioner_from_block,
     diffusers_class,
     finish,
@@ -234,3 +237,26 @@ def load_diffusers_folder(spec: ModelSpec, load_weights: bool = True) -> Diffusi
         is_kl = autoencoder is not None and type(autoencoder).__name__ == "AutoencoderKL"
         scale = float(autoencoder.config.scaling_factor) if is_kl else 1.0
     return finish(unet, schedule, spec, conditioner, autoencoder, scale)
+
+
+# --------------------------------------------------------------------------- registry
+BUILDERS: Mapping[str, Callable[[ModelSpec, bool], DiffusionModel]] = {
+    "digits": build_digits,
+    "config_only": build_config_only,
+    "compvis_ldm": load_compvis_model,
+    "sd_single_file": load_compvis_model,
+    "diffusers_folder": load_diffusers_folder,
+}
+
+
+def build_model(spec: ModelSpec | Mapping[str, Any], load_weights: bool = True) -> DiffusionModel:
+    """Build the :class:`.DiffusionModel` a spec describes.
+
+    ``load_weights=False`` builds the architecture only (random weights; instant and memory-free
+    under ``with torch.device("meta"):``), e.g. to count parameters without the checkpoint.
+    """
+    if not isinstance(spec, ModelSpec):
+        spec = ModelSpec(**dict(spec))
+    if spec.kind not in BUILDERS:
+        raise ValueError(f"unknown model kind {spec.kind!r} (expected one of {sorted(BUILDERS)})")
+    return BUILDERS[spec.kind](spec, load_weights)

@@ -1,7 +1,7 @@
 """``ModelSpec``: the plain-data description of a model that configs hold (LightningCLI / jsonargparse).
 
 A spec says where the weights come from (``kind`` + ``weights``) and what the architecture is.
-``build_model(spec)`` (:mod:`.builders`) turns it into a :class:`.DiffusionModel`. The YAML files
+``build_model(spec)`` (:mod:`.loading`) turns it into a :class:`.DiffusionModel`. The YAML files
 in ``configs/models/`` are specs; read one with :func:`load_model_spec`, or give it to any
 ``ModelSpec``-typed argument of a LightningCLI config (``teacher: configs/models/sd14.yaml``).
 """
