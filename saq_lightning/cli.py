@@ -61,8 +61,6 @@ PIPELINE_COMMANDS: dict[str, PipelineCommand] = {
     ),
 }
 
-TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
-
 
 def _pipeline_epilog() -> str:
     width = max(len(n) for n in PIPELINE_COMMANDS)
