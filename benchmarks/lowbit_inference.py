@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quality_digits import source_commit
-from quant_overhead import PeakMemory, _lower_mmap_threshold, tensor_bytes
+from quant_overhead import PeakMemory, _lower_mmap_threshold, tensor_bytes, timed
 
 from saq_lightning.models import ModelSpec, build_model
 from saq_lightning.models.specs import load_model_spec
@@ -136,16 +136,6 @@ def model_bytes(name: str, model: torch.nn.Module) -> dict[str, int]:
     if name.startswith("rt_"):
         return weight_bytes(model)
     return {"quantized": 0, "other": tensor_bytes(model), "total": tensor_bytes(model)}
-
-
-def timed(fn: Callable[[], Any], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
 
 
 def _calls(models: dict[str, torch.nn.Module], batch: int, device: torch.device) -> dict[str, Callable[[], Any]]:
