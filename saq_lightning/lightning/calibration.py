@@ -45,11 +45,8 @@ def calibration_batches(
         idx = list(range(lo, min(lo + chunk, settings.num_samples)))
         x_T = noise_for(settings.seed, idx, model.sample_shape, device, dtype)
         cond = conditions(idx, device=device)
-        traj = sample(flow.predictor(), x_T, grid, solver, cond=cond, return_trajectory=True).trajectory
-        b = len(idx)
-        x = traj.states[:-1].reshape(steps * b, *x_T.shape[1:])
-        ts = flow.schedule.model_timestep(traj.times[:-1]).to(device)
-        ts = ts[:, None].expand(steps, b).reshape(-1).to(torch.float32)
+        points = sample(flow.predictor(), x_T, grid, solver, cond=cond, return_trajectory=True).trajectory.points()
+        x, ts = points.x_s, flow.schedule.model_timestep(points.s).to(device, torch.float32)
         rows_cond = None
         if cond is not None:
             rows_cond = cond.repeat(steps, *([1] * (cond.ndim - 1)))

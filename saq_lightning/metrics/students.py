@@ -47,15 +47,17 @@ def naive_student(
     from saq_lightning.quant import calibrate, quantize_model
 
     student, _ = quantize_model(teacher.unet, policy, warn=False)
-    calibrate(student, calibration_batches(teacher, calibration_samples, seed), act_method=method,
+    calibrate(student, naive_calibration_batches(teacher, calibration_samples, seed), act_method=method,
               weight_method=method)
     return teacher.with_unet(student.eval())
 
 
 @torch.no_grad()
-def calibration_batches(teacher: DiffusionModel, n: int = 64, seed: int = 12345) -> list[dict[str, torch.Tensor]]:
+def naive_calibration_batches(teacher: DiffusionModel, n: int = 64, seed: int = 12345) -> list[dict[str, torch.Tensor]]:
     """UNet call arguments at every state of ``n`` FP trajectories (DDIM, the model's default
-    steps and guidance); conditional models get the conditional and the null condition."""
+    steps and guidance), one batch per state; conditional models get the conditional and the null
+    condition. (A trained student calibrates on ``lightning.calibration.calibration_batches``:
+    the run's solver and grid, shuffled rows, null rows only under guidance.)"""
     defaults = teacher.sampling_defaults
     steps, scale = int(defaults.get("steps", 20)), float(defaults.get("guidance_scale", 1.0))
     schedule = teacher.noise_schedule()
@@ -67,11 +69,10 @@ def calibration_batches(teacher: DiffusionModel, n: int = 64, seed: int = 12345)
         raise ValueError("naive students of text models need prompts for calibration: calibrate them yourself")
     encoded = teacher.prepare_cond(cond) if cond is not None else None
     grid = time_grid(schedule, steps, "time_uniform")
-    res = sample(guided_predictor(teacher, scale, schedule), initial_noise(idx, teacher.sample_shape, seed).to(device),
-                 grid, make_solver("ddim", schedule), cond=encoded, return_trajectory=True)
+    points = sample(guided_predictor(teacher, scale, schedule), initial_noise(idx, teacher.sample_shape, seed).to(device),
+                    grid, make_solver("ddim", schedule), cond=encoded, return_trajectory=True).trajectory.points()
     batches = []
-    for state, t in zip(res.trajectory.states[:-1], res.trajectory.times[:-1]):
-        timestep = schedule.model_timestep(t).expand(n).to(device)
+    for state, timestep in zip(points.x_s.split(n), schedule.model_timestep(points.s).to(device).split(n)):
         batch: dict[str, torch.Tensor] = {"sample": state, "timestep": timestep}
         if teacher.conditioner is not None:
             null = teacher.prepare_cond(teacher.null_cond(n, device=device))
