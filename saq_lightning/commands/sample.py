@@ -32,6 +32,7 @@ from saq_lightning.metrics.sampling_run import make_plan, run_sampling
 from saq_lightning.metrics.students import describe_student
 from saq_lightning.metrics.trained_sampler import departure_line, trained_sampler
 from saq_lightning.models import ModelSpec
+from saq_lightning.ranks import rank_world
 
 DEFAULTS = SamplerSetting()
 
@@ -124,7 +125,7 @@ def sample(
         trained = trained_sampler(student)  # a .ckpt student: the sampler it was trained for
         setting = _setting({**net.sampling_defaults, **trained}, net.conditioner is not None, solver,
                            steps, spacing, guidance_scale, order, eta)
-        if (note := departure_line(trained, setting, str(student))) and (not dist.is_initialized() or dist.get_rank() == 0):
+        if (note := departure_line(trained, setting, str(student))) and rank_world()[0] == 0:
             print(note)
         prompt_list = read_prompt_file(prompts) if prompts else None
         identity = {"model": json.loads(json.dumps(vars(model), default=str)), "student": describe_student(student)}
@@ -136,7 +137,7 @@ def sample(
                             info=info, piece=_piece(piece))
         if piece is not None and not path.is_file():
             print(f"piece {piece} of {out} done; samples.npz is merged by the piece that completes the set")
-        elif not dist.is_initialized() or dist.get_rank() == 0:
+        elif rank_world()[0] == 0:
             print(f"wrote {path} ({num_samples} samples, {setting.label()}) and {Path(out) / 'grid.png'}")
         return str(path)
     finally:
