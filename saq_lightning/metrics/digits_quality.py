@@ -20,7 +20,7 @@ def digits_fd(
 
     torchmetrics' FID with the classifier's penultimate layer as the feature extractor.
     """
-    from torchmetrics.image.fid import FrechetInceptionDistance  # imported where used (slow to import)
+    from torchmetrics.image.fid import FrechetInceptionDistance
 
     for name, images in (("samples", samples), ("reference", reference)):
         if images.ndim != 4 or images.shape[1:] != (1, 8, 8):

@@ -27,10 +27,23 @@ from .feature_stats import StatsAccumulator, frechet_distance
 from .inception import resolve_inception_path
 from .inception_score import inception_score
 from .kid import kernel_inception_distance
-from .npz_format import SampleFile, SampleFormatError, from_uint8_nhwc, read_samples_npz, to_uint8_nhwc
+from .npz_format import (
+    SampleFile,
+    SampleFormatError,
+    from_uint8_nhwc,
+    read_samples_npz,
+    to_uint8_nhwc,
+)
 from .precision_recall import precision_recall
-from .reference_stats import (InceptionReference, cache_key, cache_path, is_stats_file, load_cached,
-                              sha256_file, store_cached)
+from .reference_stats import (
+    InceptionReference,
+    cache_key,
+    cache_path,
+    is_stats_file,
+    load_cached,
+    sha256_file,
+    store_cached,
+)
 
 DIGITS_SHAPE = (8, 8, 1)
 BUILTIN_DIGITS = "digits"
