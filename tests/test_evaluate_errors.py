@@ -113,3 +113,28 @@ def test_inception_metrics_without_a_reference_ask_for_one(tmp_path):
     samples = save(tmp_path / "s.npz", arr_0=np.full((40, 32, 32, 3), 9, np.uint8))
     with pytest.raises(ValueError, match=r"\['fid'\] need a reference"):
         evaluate_samples(samples, metrics=["fid"])
+
+
+def test_each_metric_names_its_result_keys_once_and_every_key_has_a_label():
+    from saq_lightning.metrics.evaluation import LABELS, METRICS
+
+    keys = [key for m in METRICS.values() for key in m.keys]
+    assert len(keys) == len(set(keys)) == len(LABELS)
+    assert list(METRICS["sfid"].keys) == ["sfid_approx"]
+    assert list(METRICS["is"].keys) == ["inception_score", "inception_score_std"]
+
+
+def test_missing_clip_weights_are_refused_before_any_network_runs(tmp_path, monkeypatch):
+    import saq_lightning.metrics.inception as inception
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the Inception network ran before the CLIP weights were checked")
+
+    monkeypatch.setattr(inception, "InceptionExtractor", no_network)
+    samples = save(tmp_path / "s.npz", arr_0=np.full((20, 32, 32, 3), 9, np.uint8),
+                   prompts=np.array(["a dog"] * 20))
+    (tmp_path / "inception.pth").write_bytes(b"")
+    settings = EvaluationSettings(inception_weights=str(tmp_path / "inception.pth"), clip_model="ViT-B-32",
+                                  clip_weights=str(tmp_path / "none.safetensors"))
+    with pytest.raises(FileNotFoundError, match=r"CLIP weights not found at .*none\.safetensors"):
+        evaluate_samples(samples, metrics=["is", "clip_score"], settings=settings)

@@ -9,6 +9,7 @@ and a Markdown table.
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 from jsonargparse import auto_cli
@@ -68,12 +69,7 @@ def evaluate(
     stem = Path(out) if out else Path(samples).with_name("eval")
     json_path, md_path = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".md")
     refuse_existing("evaluate", [json_path, md_path], run_settings, recorded_settings(json_path), overwrite)
-    settings = EvaluationSettings(
-        inception_weights=inception_weights, clip_model=clip_model, clip_weights=clip_weights,
-        batch_size=batch_size, device=device, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
-        is_splits=is_splits, pr_k=pr_k, max_reference_features=max_reference_features,
-        stats_cache=stats_cache, seed=seed,
-    )
+    settings = EvaluationSettings(**{f.name: run_settings[f.name] for f in fields(EvaluationSettings)})
     result = evaluate_samples(samples, reference, metrics or "auto", settings,
                               read_prompt_file(prompts) if prompts else None)
     stem.parent.mkdir(parents=True, exist_ok=True)

@@ -48,12 +48,9 @@ class ClipModel:
         return next(self.model.parameters()).device
 
 
-def load_clip(
-    model: str = DEFAULT_CLIP_MODEL, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"
-) -> ClipModel:
-    """Build an open_clip model from local files (see the module docstring)."""
-    import open_clip
-
+def resolve_clip(model: str = DEFAULT_CLIP_MODEL, weights: str | os.PathLike | None = None) -> tuple[str, str | None]:
+    """``(open_clip model name, weight file)`` from local files (``None``: the folder's own), or a
+    ``FileNotFoundError`` naming the path and where to get it."""
     if model.startswith("local-dir:"):
         folder = Path(model.removeprefix("local-dir:")).expanduser()
         if not (folder / "open_clip_config.json").is_file():
@@ -62,17 +59,24 @@ def load_clip(
             )
         if not any(any(folder.glob(p)) for p in ("*.safetensors", "*.bin", "*.pth", "*.pt")):
             raise FileNotFoundError(f"CLIP folder {folder} holds no weight file; get it from {CLIP_SOURCE}")
-        pretrained = None
-        model = f"local-dir:{folder}"
-    else:
-        chosen = weights if weights is not None else os.environ.get(CLIP_ENV) or DEFAULT_CLIP_WEIGHTS
-        path = Path(os.path.expandvars(str(chosen))).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"CLIP weights not found at {path}. Download them once from {CLIP_SOURCE}, then pass "
-                f"--clip_weights <file> (or set ${CLIP_ENV}); nothing is downloaded at run time"
-            )
-        pretrained = str(path)
+        return f"local-dir:{folder}", None
+    chosen = weights if weights is not None else os.environ.get(CLIP_ENV) or DEFAULT_CLIP_WEIGHTS
+    path = Path(os.path.expandvars(str(chosen))).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"CLIP weights not found at {path}. Download them once from {CLIP_SOURCE}, then pass "
+            f"--clip_weights <file> (or set ${CLIP_ENV}); nothing is downloaded at run time"
+        )
+    return model, str(path)
+
+
+def load_clip(
+    model: str = DEFAULT_CLIP_MODEL, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"
+) -> ClipModel:
+    """Build an open_clip model from local files (see the module docstring)."""
+    import open_clip
+
+    model, pretrained = resolve_clip(model, weights)
     net, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained, device=device)
     net.eval().requires_grad_(False)
     return ClipModel(net, preprocess, open_clip.get_tokenizer(model), model)

@@ -9,7 +9,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
-from torchmetrics.image.fid import FrechetInceptionDistance
 
 from saq_lightning.metrics.digits_classifier import DigitsClassifier, DigitsFeatureExtractor
 
@@ -21,6 +20,8 @@ def digits_fd(
 
     torchmetrics' FID with the classifier's penultimate layer as the feature extractor.
     """
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
     for name, images in (("samples", samples), ("reference", reference)):
         if images.ndim != 4 or images.shape[1:] != (1, 8, 8):
             raise ValueError(f"{name} must have shape [N, 1, 8, 8], got {tuple(images.shape)}")

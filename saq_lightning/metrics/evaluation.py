@@ -11,17 +11,22 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from saq_lightning.files import sha256_file
 
+from .clip_score import clip_score, load_clip, resolve_clip
+from .digits_classifier import default_classifier_path, load_digits_classifier
+from .digits_quality import class_accuracy, digits_fd
+from .digits_spaces import fd_of, pixel_features
 from .feature_stats import StatsAccumulator, frechet_distance
+from .inception import resolve_inception_path
 from .inception_score import inception_score
 from .kid import kernel_inception_distance
 from .npz_format import (
@@ -41,28 +46,12 @@ from .reference_stats import (
     store_cached,
 )
 
-INCEPTION_METRICS = ("fid", "sfid", "is", "kid", "precision_recall")
-DIGITS_METRICS = ("digits_fd", "digits_accuracy", "digits_precision_recall", "digits_pixel_fd",
-                  "digits_pixel_precision_recall")
-CLIP_METRICS = ("clip_score",)
-ALL_METRICS = INCEPTION_METRICS + DIGITS_METRICS + CLIP_METRICS
-REFERENCE_FREE = ("is", "clip_score", "digits_accuracy")
 DIGITS_SHAPE = (8, 8, 1)
 BUILTIN_DIGITS = "digits"
-
 SFID_NOTE = (
     "approximate: ADM's definition (first 7 channels of mixed_6/conv) on torch-fidelity's "
     "converted Inception, not yet compared with the reference TensorFlow evaluator"
 )
-LABELS = {
-    "fid": "FID", "sfid_approx": "sFID (approx.)", "inception_score": "Inception Score",
-    "inception_score_std": "IS std over splits", "kid": "KID", "kid_std": "KID std over subsets",
-    "precision": "precision (k-NN)", "recall": "recall (k-NN)", "clip_score": "CLIP score",
-    "digits_fd": "FD (digits classifier)", "digits_class_accuracy": "class accuracy (digits classifier)",
-    "digits_precision": "precision (digits features)", "digits_recall": "recall (digits features)",
-    "digits_pixel_fd": "FD (pixel space)", "digits_pixel_precision": "precision (pixel space)",
-    "digits_pixel_recall": "recall (pixel space)",
-}
 
 
 @dataclass
@@ -137,30 +126,6 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def default_metrics(samples: SampleFile, reference: str | None, has_prompts: bool) -> list[str]:
-    """Digits-shaped samples: the digits metrics; others: the Inception metrics (only IS without a
-    reference) plus CLIP score when prompts are known. Metrics the sample count cannot support are
-    dropped from the default (and noted); asked for explicitly they are an error."""
-    if samples.image_shape == DIGITS_SHAPE:
-        return (["digits_fd", "digits_precision_recall", "digits_pixel_fd", "digits_pixel_precision_recall"]
-                + (["digits_accuracy"] if samples.labels is not None else []))
-    chosen = list(INCEPTION_METRICS) if reference is not None else ["is"]
-    return chosen + (["clip_score"] if has_prompts else [])
-
-
-def _affordable(metrics: list[str], n: int, ref_features: int, s: EvaluationSettings,
-                notes: dict[str, str]) -> list[str]:
-    kept = []
-    for m in metrics:
-        if m == "kid" and min(n, ref_features) < s.kid_subset_size:
-            notes["kid"] = f"skipped: needs {s.kid_subset_size} samples and reference features (kid_subset_size)"
-        elif m == "is" and n < s.is_splits:
-            notes["inception_score"] = f"skipped: needs {s.is_splits} samples (is_splits)"
-        else:
-            kept.append(m)
-    return kept
-
-
 def read_prompt_file(path: str | os.PathLike) -> list[str]:
     """One prompt per non-empty line."""
     p = Path(path).expanduser()
@@ -229,50 +194,6 @@ def _open_reference(reference: str | None) -> _Reference | None:
     return _Reference(str(path), images=read_samples_npz(path))
 
 
-# -- checks --------------------------------------------------------------------------------------
-
-
-def _check_request(metrics: Sequence[str], samples: SampleFile, ref: _Reference | None,
-                   prompts: list[str] | None, s: EvaluationSettings) -> None:
-    unknown = sorted(set(metrics) - set(ALL_METRICS))
-    if unknown:
-        raise ValueError(f"unknown metrics {unknown}; choose from {list(ALL_METRICS)}")
-    n = samples.num_images
-    needs_ref = [m for m in metrics if m not in REFERENCE_FREE]
-    if needs_ref and ref is None:
-        raise ValueError(f"{needs_ref} need a reference (--reference <real images .npz | statistics .npz | digits>)")
-    if ref is not None and needs_ref and tuple(ref.image_shape) != tuple(samples.image_shape):
-        raise SampleFormatError(
-                f"reference {ref.name} has images of {'x'.join(map(str, ref.image_shape))} (HxWxC) but the samples "
-                f"{samples.path} are {'x'.join(map(str, samples.image_shape))}: compare sets at the same resolution"
-            )
-    digits = [m for m in metrics if m in DIGITS_METRICS]
-    if digits and samples.image_shape != DIGITS_SHAPE:
-        raise SampleFormatError(f"{digits} need 8x8x1 digit images, got {samples.image_shape} in {samples.path}")
-    if digits and ref is not None and ref.stats is not None and needs_ref:
-        raise ValueError(f"{digits} need reference images, not Inception statistics ({ref.name})")
-    if "digits_accuracy" in metrics and samples.labels is None:
-        raise SampleFormatError(f"digits_accuracy needs class labels ({samples.path} has no arr_1)")
-    if "clip_score" in metrics:
-        if prompts is None:
-            raise ValueError(f"clip_score needs prompts: {samples.path} has none; pass --prompts <file>")
-        if len(prompts) != n:
-            raise ValueError(f"clip_score needs one prompt per sample: {n} samples, {len(prompts)} prompts")
-    ref_n = ref.feature_count(s.max_reference_features) if ref is not None else 0
-    need = {
-        "fid": 2, "sfid": 2, "digits_fd": 2, "is": s.is_splits, "kid": s.kid_subset_size,
-        "precision_recall": s.pr_k + 1, "digits_precision_recall": s.pr_k + 1,
-        "digits_pixel_fd": 2, "digits_pixel_precision_recall": s.pr_k + 1,
-    }
-    for m in metrics:
-        if m in need and n < need[m]:
-            raise ValueError(f"{m} needs at least {need[m]} samples, {samples.path} has {n}")
-        if m in need and m not in REFERENCE_FREE and ref is not None:
-            have = ref_n if m in ("kid", "precision_recall") else ref.count
-            if have < need[m]:
-                raise ValueError(f"{m} needs at least {need[m]} reference images/features, {ref.name} has {have}")
-
-
 # -- Inception -----------------------------------------------------------------------------------
 
 
@@ -306,8 +227,10 @@ def _inception_pass(extractor, batches: Iterator[np.ndarray], device: torch.devi
     return out
 
 
-def _reference_inception(ref: _Reference, extractor, s: EvaluationSettings, device: torch.device,
-                         notes: dict[str, str]) -> InceptionReference:
+def _reference_inception(ref: _Reference, extractor, s: EvaluationSettings,
+                         device: torch.device) -> tuple[InceptionReference, str]:
+    """The reference's Inception statistics (from its statistics file, the cache, or a pass) and a
+    note on where they came from."""
     weights_sha = sha256_file(extractor.weights_path)
     if ref.stats is not None:
         if ref.stats.meta.get("weights_sha256") != weights_sha:
@@ -315,7 +238,7 @@ def _reference_inception(ref: _Reference, extractor, s: EvaluationSettings, devi
                 f"reference statistics {ref.name} were computed with other Inception weights "
                 f"({ref.stats.meta.get('weights')}) than {extractor.weights_path}; recompute them from the images"
             )
-        return ref.stats
+        return ref.stats, ""
     settings = {"max_features": s.max_reference_features, "seed": s.seed}
     path = key = None
     if ref.images is not None:  # a file: cache its statistics (the built-in digits are cheap)
@@ -323,8 +246,7 @@ def _reference_inception(ref: _Reference, extractor, s: EvaluationSettings, devi
         path = cache_path(ref.images.path, Path(s.stats_cache) if s.stats_cache else None, key)
         cached = load_cached(path, key)
         if cached is not None:
-            notes["reference_stats"] = f"cached {path}"
-            return cached
+            return cached, f"cached {path}"
     n = ref.count
     keep = None
     if n > s.max_reference_features:
@@ -338,11 +260,199 @@ def _reference_inception(ref: _Reference, extractor, s: EvaluationSettings, devi
          "weights_sha256": weights_sha, **settings},
     )
     stored = store_cached(result, path) if path is not None else None
-    notes["reference_stats"] = f"computed and cached at {stored}" if stored else "computed (not cached)"
-    return result
+    return result, f"computed and cached at {stored}" if stored else "computed (not cached)"
+
+
+# -- the metrics ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Request:
+    samples: SampleFile
+    ref: _Reference | None
+    prompts: list[str] | None
+    settings: EvaluationSettings
+
+
+class Score(NamedTuple):
+    """What a metric computes: its values (one per result key, in order) and a note for the table."""
+
+    values: float | tuple[float, ...]
+    note: str = ""
+
+
+REFERENCE_INPUTS = frozenset({"inception_reference", "inception_reference_features", "digits_reference"})
+
+
+@dataclass(frozen=True, eq=False)
+class Metric:
+    """One metric, as torchmetrics and torch-fidelity model one: the name ``--metrics`` takes, its
+    result keys (with their Markdown labels), and its ``inputs``: the arguments of ``compute`` by
+    name (:func:`_gather` makes each once). What it needs of a request (a reference, labels,
+    prompts, digit images, a weight file) follows from them; :meth:`check` refuses what is missing.
+    """
+
+    name: str
+    keys: dict[str, str]
+    inputs: tuple[str, ...]
+    compute: Callable[..., Score]
+    min_count: Callable[[EvaluationSettings], int] | None = None  # of samples and of reference images/features
+    skip_setting: str | None = None  # set: short of min_count, the default drops it with a note naming this setting
+    note_keys: int = 1  # how many of the keys carry the note
+
+    @property
+    def needs_reference(self) -> bool:
+        return not REFERENCE_INPUTS.isdisjoint(self.inputs)
+
+    def weights(self, s: EvaluationSettings) -> Path | str | None:
+        """Its network's weight file; missing, a ``FileNotFoundError`` says where to get it."""
+        if any(i.startswith("inception_") for i in self.inputs):
+            return resolve_inception_path(s.inception_weights)
+        if "digits_classifier" in self.inputs:
+            return default_classifier_path()
+        if "clip" in self.inputs:
+            return resolve_clip(s.clip_model, s.clip_weights)[1] or s.clip_model
+        return None
+
+    def shortfall(self, req: _Request) -> str | None:
+        """Why the samples or the reference are too few for this metric (``None``: enough)."""
+        if self.min_count is None:
+            return None
+        need, n, ref = self.min_count(req.settings), req.samples.num_images, req.ref
+        if n < need:
+            return f"{self.name} needs at least {need} samples, {req.samples.path} has {n}"
+        if self.needs_reference and ref is not None:
+            features = "inception_reference_features" in self.inputs
+            have = ref.feature_count(req.settings.max_reference_features) if features else ref.count
+            if have < need:
+                return f"{self.name} needs at least {need} reference images/features, {ref.name} has {have}"
+        return None
+
+    def skip_note(self, req: _Request) -> str | None:
+        """Why the default leaves it out (``None``: it stays), for metrics with a ``skip_setting``."""
+        if self.skip_setting is None or self.shortfall(req) is None:
+            return None
+        also = " and reference features" if self.needs_reference else ""
+        return f"skipped: needs {self.min_count(req.settings)} samples{also} ({self.skip_setting})"
+
+    def check(self, req: _Request) -> None:
+        """Refuse a request this metric cannot serve, naming what is missing (before any network runs)."""
+        samples, ref, n = req.samples, req.ref, req.samples.num_images
+        if self.needs_reference and ref is not None and tuple(ref.image_shape) != tuple(samples.image_shape):
+            raise SampleFormatError(
+                f"reference {ref.name} has images of {'x'.join(map(str, ref.image_shape))} (HxWxC) but the samples "
+                f"{samples.path} are {'x'.join(map(str, samples.image_shape))}: compare sets at the same resolution"
+            )
+        if "digits_samples" in self.inputs and samples.image_shape != DIGITS_SHAPE:
+            raise SampleFormatError(f"{self.name} needs 8x8x1 digit images, got {samples.image_shape} in {samples.path}")
+        if "digits_reference" in self.inputs and ref is not None and ref.stats is not None:
+            raise ValueError(f"{self.name} needs reference images, not Inception statistics ({ref.name})")
+        if "labels" in self.inputs and samples.labels is None:
+            raise SampleFormatError(f"{self.name} needs class labels ({samples.path} has no arr_1)")
+        if "prompts" in self.inputs and req.prompts is None:
+            raise ValueError(f"{self.name} needs prompts: {samples.path} has none; pass --prompts <file>")
+        if "prompts" in self.inputs and len(req.prompts) != n:
+            raise ValueError(f"{self.name} needs one prompt per sample: {n} samples, {len(req.prompts)} prompts")
+        if (short := self.shortfall(req)) is not None:
+            raise ValueError(short)
+        self.weights(req.settings)
+
+    def score(self, inputs: dict[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
+        """``(values, notes)`` under this metric's result keys (the one place they are named)."""
+        out = self.compute(*(inputs[i] for i in self.inputs))
+        values = out.values if isinstance(out.values, tuple) else (out.values,)
+        keys = list(self.keys)
+        return dict(zip(keys, values, strict=True)), dict.fromkeys(keys[:self.note_keys], out.note) if out.note else {}
+
+
+def _gather(needed: set[str], req: _Request, device: torch.device) -> tuple[dict[str, Any], dict[str, str]]:
+    """The ``needed`` inputs, each made once (the reference's Inception statistics before the
+    samples' pass: a cache conflict or a corrupt reference fails first), and their notes."""
+    s, samples, ref = req.settings, req.samples, req.ref
+    got: dict[str, Any] = {"samples": samples, "prompts": req.prompts, "settings": s, "device": device}
+    notes: dict[str, str] = {}
+    if any(i.startswith("inception_") for i in needed):
+        from .inception import InceptionExtractor
+
+        extractor = InceptionExtractor(s.inception_weights).to(device)
+        if needed & {"inception_reference", "inception_reference_features"}:
+            stats, note = _reference_inception(ref, extractor, s, device)
+            got.update(inception_reference=stats, inception_reference_features=stats.features)
+            notes = {"reference_stats": note} if note else {}
+        p = _inception_pass(extractor, samples.batches(s.batch_size), device, None, "inception_logits" in needed)
+        got.update(inception_samples=p, inception_sample_features=np.concatenate(p.kept),
+                   inception_logits=np.concatenate(p.logits) if p.logits else None)
+    if "digits_classifier" in needed:
+        got["digits_classifier"] = load_digits_classifier(device=device)[0]
+    if "digits_samples" in needed:
+        got["digits_samples"] = from_uint8_nhwc(np.concatenate(list(samples.batches(max(s.batch_size, 4096)))))
+    if "digits_reference" in needed:
+        got["digits_reference"] = from_uint8_nhwc(np.concatenate(list(ref.image_batches(4096))))
+    if "labels" in needed:
+        got["labels"] = torch.from_numpy(samples.labels)
+    if "clip" in needed:
+        got["clip"] = load_clip(s.clip_model, s.clip_weights, device)
+    return got, notes
+
+
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("fid", {"fid": "FID"}, ("inception_reference", "inception_samples"),
+           lambda ref, p: Score(frechet_distance(p.pool.stats("sample pool features"), ref.pool)), lambda s: 2),
+    Metric("sfid", {"sfid_approx": "sFID (approx.)"}, ("inception_reference", "inception_samples"),
+           lambda ref, p: Score(frechet_distance(p.spatial.stats("sample spatial features"), ref.spatial), SFID_NOTE),
+           lambda s: 2),
+    Metric("is", {"inception_score": "Inception Score", "inception_score_std": "IS std over splits"},
+           ("inception_logits", "settings"),
+           lambda logits, s: Score(inception_score(logits, s.is_splits), f"{s.is_splits} splits"),
+           lambda s: s.is_splits, skip_setting="is_splits"),
+    Metric("kid", {"kid": "KID", "kid_std": "KID std over subsets"},
+           ("inception_reference_features", "inception_sample_features", "settings"),
+           lambda ref, fake, s: Score(kernel_inception_distance(ref, fake, s.kid_subsets, s.kid_subset_size, seed=s.seed),
+                                      f"{s.kid_subsets} subsets of {s.kid_subset_size}"),
+           lambda s: s.kid_subset_size, skip_setting="kid_subset_size"),
+    Metric("precision_recall", {"precision": "precision (k-NN)", "recall": "recall (k-NN)"},
+           ("inception_reference_features", "inception_sample_features", "device", "settings"),
+           lambda ref, fake, device, s: Score(
+               precision_recall(torch.from_numpy(ref).to(device), torch.from_numpy(fake).to(device), s.pr_k),
+               f"k={s.pr_k}, {ref.shape[0]} reference features"),
+           lambda s: s.pr_k + 1, note_keys=2),
+    Metric("digits_fd", {"digits_fd": "FD (digits classifier)"},
+           ("digits_classifier", "digits_samples", "digits_reference"),
+           lambda classifier, fake, real: Score(digits_fd(classifier, fake, real)), lambda s: 2),
+    Metric("digits_accuracy", {"digits_class_accuracy": "class accuracy (digits classifier)"},
+           ("digits_classifier", "digits_samples", "labels"),
+           lambda classifier, fake, labels: Score(class_accuracy(classifier, fake, labels))),
+    Metric("digits_precision_recall", {"digits_precision": "precision (digits features)",
+                                       "digits_recall": "recall (digits features)"},
+           ("digits_classifier", "digits_samples", "digits_reference", "device", "settings"),
+           lambda c, fake, real, device, s: Score(  # frozen classifier: no autograd graph
+               precision_recall(c.features(real.to(device)), c.features(fake.to(device)), s.pr_k)),
+           lambda s: s.pr_k + 1),
+    Metric("digits_pixel_fd", {"digits_pixel_fd": "FD (pixel space)"}, ("digits_samples", "digits_reference"),
+           lambda fake, real: Score(fd_of(pixel_features(fake), pixel_features(real))), lambda s: 2),
+    Metric("digits_pixel_precision_recall", {"digits_pixel_precision": "precision (pixel space)",
+                                             "digits_pixel_recall": "recall (pixel space)"},
+           ("digits_samples", "digits_reference", "settings"),
+           lambda fake, real, s: Score(precision_recall(pixel_features(real), pixel_features(fake), s.pr_k)), lambda s: s.pr_k + 1),
+    Metric("clip_score", {"clip_score": "CLIP score"}, ("clip", "samples", "prompts", "settings"),
+           lambda clip, samples, prompts, s: Score(clip_score(clip, samples.batches(s.batch_size), prompts),
+                                                   f"max(0, mean 100*cos), {clip.name}")),
+)}
+ALL_METRICS = tuple(METRICS)
+LABELS = {key: label for m in METRICS.values() for key, label in m.keys.items()}
 
 
 # -- main entry ----------------------------------------------------------------------------------
+
+
+def default_metrics(samples: SampleFile, reference: str | None, has_prompts: bool) -> list[str]:
+    """Every metric of the samples' kind (digits for 8x8x1, Inception and CLIP otherwise) whose
+    reference, labels and prompts are at hand. Metrics the sample count cannot support are then
+    dropped from the default (and noted); asked for explicitly they are an error."""
+    have = {"labels": samples.labels is not None, "prompts": has_prompts}
+    return [m.name for m in METRICS.values()
+            if ("digits_samples" in m.inputs) == (samples.image_shape == DIGITS_SHAPE) and (reference is not None or not m.needs_reference)
+            and all(have.get(i, True) for i in m.inputs)]
 
 
 def evaluate_samples(
@@ -369,40 +479,42 @@ def evaluate_samples(
     if reference is None and sample_file.image_shape == DIGITS_SHAPE:
         reference = BUILTIN_DIGITS
     prompt_list = list(prompts) if prompts is not None else sample_file.prompts
-    notes: dict[str, str] = {}
     auto = metrics == "auto"
     if auto:
-        chosen = default_metrics(sample_file, reference, prompt_list is not None)
+        names = default_metrics(sample_file, reference, prompt_list is not None)
     else:
-        chosen = [metrics] if isinstance(metrics, str) else list(metrics)
-    ref = _open_reference(reference) if any(m not in REFERENCE_FREE for m in chosen) else None
-    if auto:
-        ref_features = ref.feature_count(s.max_reference_features) if ref is not None else 0
-        chosen = _affordable(chosen, sample_file.num_images, ref_features, s, notes)
-    _check_request(chosen, sample_file, ref, prompt_list, s)
+        names = list(dict.fromkeys([metrics] if isinstance(metrics, str) else metrics))
+    unknown = sorted(set(names) - set(METRICS))
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; choose from {list(ALL_METRICS)}")
+    chosen = [METRICS[n] for n in names]
+    ref = _open_reference(reference) if any(m.needs_reference for m in chosen) else None
+    req = _Request(sample_file, ref, prompt_list, s)
+    skipped = {m: m.skip_note(req) for m in chosen if auto and m.skip_note(req)}
+    notes = {next(iter(m.keys)): note for m, note in skipped.items()}
+    chosen = [m for m in chosen if m not in skipped]
+    needs_ref = [m.name for m in chosen if m.needs_reference]
+    if needs_ref and ref is None:
+        raise ValueError(f"{needs_ref} need a reference (--reference <real images .npz | statistics .npz | digits>)")
+    for m in chosen:
+        m.check(req)
     device = resolve_device(s.device)
+    inputs, input_notes = _gather({i for m in chosen for i in m.inputs}, req, device)
+    notes.update(input_notes)
     values: dict[str, float] = {}
-
-    inception_wanted = [m for m in chosen if m in INCEPTION_METRICS]
-    if inception_wanted:
-        _inception_metrics(inception_wanted, sample_file, ref, s, device, values, notes)
-    digits_wanted = [m for m in chosen if m in DIGITS_METRICS]
-    if digits_wanted:
-        _digits_metrics(digits_wanted, sample_file, ref, s, device, values)
-    if "clip_score" in chosen:
-        from .clip_score import clip_score, load_clip
-
-        clip = load_clip(s.clip_model, s.clip_weights, device)
-        values["clip_score"] = clip_score(clip, sample_file.batches(s.batch_size), prompt_list or [])
-        notes["clip_score"] = f"max(0, mean 100*cos), {clip.name}"
+    for m in METRICS.values():  # in the registry's order, whatever the request's
+        if m in chosen:
+            v, n = m.score(inputs)
+            values.update(v)
+            notes.update(n)
     info = {
         "samples": str(sample_file.path),
         "num_samples": sample_file.num_images,
         "image_shape": list(sample_file.image_shape),
         "reference": ref.name if ref is not None else None,
         "reference_count": ref.count if ref is not None else None,
-        "requested": chosen,
-        "settings": {k: v for k, v in vars(s).items()},
+        "requested": [m.name for m in chosen],
+        "settings": dict(vars(s)),
         "seconds": round(time.perf_counter() - t0, 3),
     }
     meta = sample_file.path.with_name("samples.json")
@@ -414,69 +526,5 @@ def evaluate_samples(
     return EvaluationResult(values, notes, info)
 
 
-def _inception_metrics(wanted: list[str], samples: SampleFile, ref: _Reference | None, s: EvaluationSettings,
-                       device: torch.device, values: dict[str, float], notes: dict[str, str]) -> None:
-    from .inception import InceptionExtractor
-
-    extractor = InceptionExtractor(s.inception_weights).to(device)
-    reference = None  # first: a cache conflict or a corrupt reference fails before the samples' pass
-    if ref is not None and set(wanted) - {"is"}:
-        reference = _reference_inception(ref, extractor, s, device, notes)
-    p = _inception_pass(extractor, samples.batches(s.batch_size), device, None, want_logits="is" in wanted)
-    fake = np.concatenate(p.kept)
-    if "fid" in wanted:
-        values["fid"] = frechet_distance(p.pool.stats("sample pool features"), reference.pool)
-    if "sfid" in wanted:
-        values["sfid_approx"] = frechet_distance(p.spatial.stats("sample spatial features"), reference.spatial)
-        notes["sfid_approx"] = SFID_NOTE
-    if "is" in wanted:
-        values["inception_score"], values["inception_score_std"] = inception_score(np.concatenate(p.logits), s.is_splits)
-        notes["inception_score"] = f"{s.is_splits} splits"
-    if "kid" in wanted:
-        values["kid"], values["kid_std"] = kernel_inception_distance(
-            reference.features, fake, s.kid_subsets, s.kid_subset_size, seed=s.seed)
-        notes["kid"] = f"{s.kid_subsets} subsets of {s.kid_subset_size}"
-    if "precision_recall" in wanted:
-        feats = torch.from_numpy(reference.features).to(device)
-        values["precision"], values["recall"] = precision_recall(feats, torch.from_numpy(fake).to(device), s.pr_k)
-        notes["precision"] = notes["recall"] = f"k={s.pr_k}, {reference.features.shape[0]} reference features"
-
-
-def _digits_metrics(wanted: list[str], samples: SampleFile, ref: _Reference | None, s: EvaluationSettings,
-                    device: torch.device, values: dict[str, float]) -> None:
-    from .digits_classifier import load_digits_classifier
-    from .digits_quality import class_accuracy, digits_fd
-
-    classifier, _ = load_digits_classifier(device=device)
-    fake = from_uint8_nhwc(np.concatenate(list(samples.batches(max(s.batch_size, 4096)))))
-    real = None
-    if ref is not None and set(wanted) - {"digits_accuracy"}:
-        real = from_uint8_nhwc(np.concatenate(list(ref.image_batches(4096))))
-    if "digits_fd" in wanted:
-        values["digits_fd"] = digits_fd(classifier, fake, real)
-    if "digits_accuracy" in wanted:
-        values["digits_class_accuracy"] = class_accuracy(classifier, fake, torch.from_numpy(samples.labels))
-    if "digits_precision_recall" in wanted:
-        with torch.no_grad():
-            f_real = classifier.features(real.to(device))
-            f_fake = classifier.features(fake.to(device))
-        values["digits_precision"], values["digits_recall"] = precision_recall(f_real, f_fake, s.pr_k)
-    if {"digits_pixel_fd", "digits_pixel_precision_recall"} & set(wanted):
-        from .digits_spaces import fd_of, pixel_features
-
-        p_real, p_fake = pixel_features(real), pixel_features(fake)
-        if "digits_pixel_fd" in wanted:
-            values["digits_pixel_fd"] = fd_of(p_fake, p_real)
-        if "digits_pixel_precision_recall" in wanted:
-            values["digits_pixel_precision"], values["digits_pixel_recall"] = precision_recall(
-                p_real, p_fake, s.pr_k)
-
-
-__all__ = [
-    "ALL_METRICS",
-    "EvaluationResult",
-    "EvaluationSettings",
-    "default_metrics",
-    "evaluate_samples",
-    "read_prompt_file",
-]
+__all__ = ["ALL_METRICS", "METRICS", "EvaluationResult", "EvaluationSettings", "Metric", "Score",
+           "default_metrics", "evaluate_samples", "read_prompt_file"]
