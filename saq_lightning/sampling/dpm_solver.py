@@ -144,11 +144,6 @@ class DPMSolver(_DPMSolverBase):
             raise SolverConfigError(f"spacing must be one of {tuple(SPACING_COORDINATE)} or None, "
                                     f"got {self.spacing!r}")
 
-    @property
-    def needs_spacing(self) -> bool:
-        """Whether intermediate points follow a spacing the solver has not been told."""
-        return self.intermediate == "spacing" and self.spacing is None
-
     def spacing_inner(self, s: Tensor, t: Tensor, order: Tensor) -> Tensor:
         """Intermediate times ``[B, 2]`` by the spacing rule (order-2 rows: the midpoint first)."""
         if self.spacing is None:
@@ -162,8 +157,8 @@ class DPMSolver(_DPMSolverBase):
         return torch.stack([s1, pts[..., 2]], dim=-1)
 
     def for_grid(self, grid: Grid, max_order: int) -> DPMSolver:
-        if grid.inner is not None or not self.needs_spacing or max_order == 1:
-            return self
+        if grid.inner is not None or self.intermediate != "spacing" or self.spacing or max_order == 1:
+            return self  # nothing to learn from the grid
         spacing = recognise_spacing(self.schedule, grid.t)
         if spacing is None:
             raise SolverConfigError(
