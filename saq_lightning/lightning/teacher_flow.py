@@ -22,6 +22,7 @@ own step inside the loss (``MixStepPhase.student_solver``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -89,6 +90,24 @@ class PointHistory(NamedTuple):
 
     def rows(self, rows: Tensor) -> PointHistory:
         return PointHistory(*(None if v is None else v[rows] for v in self))
+
+
+@dataclass(frozen=True)
+class TrainingPoints:
+    """A batch of trajectory points to align on: ``x_s`` at ``s``, its step ``s -> t`` of the
+    teacher's ``order``, its mixstep ``phase`` index and condition; ``eps_eff`` the cached target
+    (``None``: computed online), ``step`` the point's index on its phase's student grid (``None``:
+    0), ``history`` its previous grid states (multistep solvers)."""
+
+    x_s: Tensor
+    s: Tensor
+    t: Tensor
+    order: Tensor
+    phase: Tensor
+    cond: Any = None
+    eps_eff: Tensor | None = None
+    step: Tensor | None = None
+    history: PointHistory | None = None
 
 
 class TeacherFlow:
