@@ -60,7 +60,6 @@ from .checkpointing import (
     teacher_fingerprint,
 )
 from .conditions import ConditionSource, noise_for
-from .trajectory_meta import check_trajectory_meta, manifest_phases
 from .init_from import check_init_bucket_map, load_init_from
 from .mota import group_means, mota_terms, reduce_mota
 from .optim import build_optimizer, grad_total_norm, learning_rates
@@ -75,6 +74,7 @@ from .settings import (
 )
 from .student_step import check_phase_solvers, student_effective_direction
 from .teacher_flow import PointHistory, TeacherFlow, TrainingPoints, history_points
+from .trajectory_meta import check_trajectory_meta, manifest_phases
 
 log = logging.getLogger(__name__)
 

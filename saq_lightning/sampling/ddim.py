@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
 
 from .errors import SolverConfigError
 from .exponential import bview, eps_eff_from_states, noise_step, step_coefficients, x0_from_eps

@@ -23,7 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
 
 from .exponential import noise_step, step_coefficients
 from .schedules import NoiseSchedule
