@@ -199,9 +199,6 @@ class TeacherFlow:
         Order 1 is the same-input target: the teacher's (guided) ``eps(x_s, s)``. Multistep
         families need ``history`` (the previous grid states) for rows of order >= 2.
         """
-        if not self.solver.history_size:
-            return step_with_direction(self.predictor(), x_s, s, t, self.solver, order=order,
-                                       cond=cond).eps_eff
         order = torch.as_tensor(order, device=x_s.device).expand(x_s.shape[0])
         return eps_eff_at_points(self.predictor(), self.solver, x_s, s, t, order, cond,
                                  **(history or PointHistory.none(x_s))._asdict())
