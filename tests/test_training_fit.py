@@ -80,7 +80,7 @@ def dataset_loss(module, shards) -> float:
     batch = next(iter(dm.train_dataloader()))
     assert batch["x_s"].shape[0] == 120
     pred = module.student_direction(batch["x_s"], batch["s"], batch["cond"])
-    return mota_loss(pred, module.alignment_targets(batch))[0].item()
+    return mota_loss(pred, module.alignment_targets(module.training_points(batch)))[0].item()
 
 
 def test_loss_over_all_trajectory_points_falls_by_40_percent_in_a_short_fit(run):

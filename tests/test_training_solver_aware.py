@@ -64,7 +64,7 @@ def test_first_order_student_gives_exactly_todays_mota_loss_and_gradients(tmp_pa
                                if p.grad is not None}
 
     mota, mota_grads = loss_and_grads(
-        lambda: module.student_direction(points["x_s"], points["s"], points["cond"]))
+        lambda: module.student_direction(points.x_s, points.s, points.cond))
     own, own_grads = loss_and_grads(lambda: student_effective_direction(
         module.flow, module.flow.predictor(module.student_model), module.phases, points))
     assert torch.equal(own, mota)  # bit for bit
@@ -90,8 +90,8 @@ def test_online_targets_equal_shard_targets_for_every_teacher_solver(tmp_path, t
     module, batch = shards_for(teacher_spec, tmp_path / "s", MixStepSchedule((phase,)),
                                teacher_solver=family)
     points = module.training_points(batch)
-    online = module.flow.targets(points["x_s"], points["s"], points["t"], points["order"],
-                                 points["cond"], points["phase"], module.phases, points["history"])
+    online = module.flow.targets(points.x_s, points.s, points.t, points.order,
+                                 points.cond, points.phase, module.phases, points.history)
     # float32 round-off of other batch compositions (|eps| ~ 1): data-prediction solvers turn x0
     # back into eps by dividing by sigma_s, small at the last steps: a few elements there reach
     # 5e-4 relative (a wrong formula or history is off by 1e-2 and more)
@@ -119,8 +119,8 @@ def test_multistep_history_lowers_the_orders_at_the_start_and_end(tmp_path, teac
         for back in range(batch["x_hist"].shape[1]):
             torch.testing.assert_close(batch["x_hist"][first][j, back], state[max(i - 1 - back, 0)])
     points = module.training_points(batch)
-    online = module.flow.targets(points["x_s"], points["s"], points["t"], points["order"],
-                                 points["cond"], points["phase"], module.phases, points["history"])
+    online = module.flow.targets(points.x_s, points.s, points.t, points.order,
+                                 points.cond, points.phase, module.phases, points.history)
     for end in (0, 1, 4, 5):  # the lowered steps at the start and at the end
         rows = batch["step"] == end
         torch.testing.assert_close(online[rows], batch["eps_eff"][rows], rtol=1e-3, atol=1e-4)
@@ -136,13 +136,13 @@ def test_multistep_student_combines_its_own_evaluations_at_the_previous_grid_poi
     points = module.training_points(batch)
     student = module.flow.predictor(module.student_model)
     got = student_effective_direction(module.flow, student, module.phases, points)
-    hist = points["history"]
+    hist = points.history
     with torch.no_grad():
-        e0 = student(points["x_s"], points["s"], points["cond"])
-        e1 = student(hist.history_x[:, 0], hist.history_t[:, 0], points["cond"])
-    later = points["step"] >= 1  # Adams-Bashforth 2 on the student's own history
+        e0 = student(points.x_s, points.s, points.cond)
+        e1 = student(hist.history_x[:, 0], hist.history_t[:, 0], points.cond)
+    later = points.step >= 1  # Adams-Bashforth 2 on the student's own history
     torch.testing.assert_close(got[later].detach(), (1.5 * e0 - 0.5 * e1)[later], rtol=0, atol=1e-5)
-    first = points["step"] == 0  # no history: PLMS's pseudo improved Euler step, 2 evaluations
+    first = points.step == 0  # no history: PLMS's pseudo improved Euler step, 2 evaluations
     assert not torch.allclose(got[first].detach(), e0[first], atol=1e-4)
     got.square().mean().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.student.parameters())
@@ -221,7 +221,7 @@ def test_on_the_fly_points_carry_their_history_and_a_multistep_run_trains(tmp_pa
     assert len(recorder.losses) == 2 and all(math.isfinite(v) for v in recorder.losses)
     points = module.training_points(next(iter(dm.train_dataloader())))
     # the rollout's eps_eff (the target) is what the teacher's step computes from the history
-    online = module.flow.targets(points["x_s"], points["s"], points["t"], points["order"],
-                                 points["cond"], points["phase"], module.phases, points["history"])
-    torch.testing.assert_close(online, points["eps_eff"], rtol=1e-3, atol=1e-4)
-    assert points["history"].history_x.shape == (12, 2, 1, 8, 8)
+    online = module.flow.targets(points.x_s, points.s, points.t, points.order,
+                                 points.cond, points.phase, module.phases, points.history)
+    torch.testing.assert_close(online, points.eps_eff, rtol=1e-3, atol=1e-4)
+    assert points.history.history_x.shape == (12, 2, 1, 8, 8)

@@ -61,7 +61,7 @@ def test_same_input_target_is_the_guided_teacher_eps_at_x_s(guided):
     spec, shards, _ = guided
     module = tiny_module(spec, guidance_scale=2.0, alignment="same_input")
     batch = all_records(shards)
-    target = module.alignment_targets(batch)
+    target = module.alignment_targets(module.training_points(batch))
     timestep = module.flow.schedule.model_timestep(batch["s"])
     expected = module.teacher.eps(batch["x_s"], timestep, batch["cond"], guidance_scale=2.0)
     torch.testing.assert_close(target, expected, rtol=1e-5, atol=1e-6)
@@ -91,8 +91,8 @@ def test_on_the_fly_mode_rolls_the_teacher_out_inside_the_step_and_trains(tmp_pa
     assert len(recorder.losses) == 4 and all(math.isfinite(v) for v in recorder.losses)
     batch = next(iter(dm.train_dataloader()))
     first, again = module.training_points(batch), module.training_points(batch)
-    assert first["x_s"].shape == (12, 1, 8, 8)  # drawn from 4 trajectories x 10 steps
-    torch.testing.assert_close(first["x_s"], again["x_s"])  # seeded by the batch index
+    assert first.x_s.shape == (12, 1, 8, 8)  # drawn from 4 trajectories x 10 steps
+    torch.testing.assert_close(first.x_s, again.x_s)  # seeded by the batch index
 
 
 def test_targets_shard_without_eps_eff_in_the_shards_is_a_clear_error(tmp_path, guided):

@@ -15,15 +15,13 @@ splitting safe.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from saq_lightning.data.errors import ManifestMismatchError
-from saq_lightning.data.manifest import Manifest, diff_values, format_mismatches
 from saq_lightning.data.mixstep import MixStepPhase, MixStepSchedule
 from saq_lightning.data.shard_writer import WriteReport, write_trajectory_shards
 from saq_lightning.data.trajectory_pairs import PAIRS_META, add_pairs
@@ -40,9 +38,6 @@ if TYPE_CHECKING:  # pragma: no cover
 GENERATOR = "saq_lightning.generate/1"
 #: subfolder of the trajectory folder holding the held-out validation trajectories
 VALIDATION_FOLDER = "val"
-#: manifest meta fields a training run must agree with (the rest describes how data was made)
-CHECKED_META = ("model_id", "teacher", "schedule", "image_shape", "teacher_solver", "spacing",
-                "guidance_scale", "conditions")
 
 
 @dataclass(frozen=True)
@@ -79,20 +74,6 @@ def trajectory_meta(
     if settings.store_pairs:
         meta["pairs"] = PAIRS_META
     return meta
-
-
-def check_trajectory_meta(found: Mapping[str, Any], expected: Mapping[str, Any], source: str) -> None:
-    """Raise :class:`ManifestMismatchError` naming every checked field that differs."""
-    mismatches = []
-    for key in CHECKED_META:
-        if key in expected:
-            mismatches += diff_values(expected[key], found.get(key, "<missing>"), key, subset=False)
-    if mismatches:
-        raise ManifestMismatchError(
-            format_mismatches(f"{source}: the trajectories were made for another configuration "
-                              f"(expected = this run, found = manifest); regenerate them with "
-                              f"`generate` and this config, or point data.shards elsewhere",
-                              mismatches), mismatches)
 
 
 class TrajectoryRollout:
@@ -201,15 +182,3 @@ def write_validation_trajectories(
         folder, rollout, num_trajectories=n * schedule.num_phases, trajectories_per_shard=n,
         meta={**trajectory_meta(module, schedule, settings), "split": "validation"},
         storage_dtype=settings.storage_dtype, rank=rank, world_size=world_size, progress=progress)
-
-
-def manifest_phases(manifest: Manifest) -> list[MixStepPhase] | None:
-    """The phases a trajectory folder was made for (``None`` if its meta has none)."""
-    phases = manifest.meta.get("phases")
-    if phases is None:
-        return None
-    return [MixStepPhase(**dict(p)) for p in phases]
-
-
-def phases_dicts(phases: Sequence[MixStepPhase]) -> list[dict[str, Any]]:
-    return [asdict(p) for p in phases]

@@ -26,8 +26,9 @@ What is where:
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
-from typing import Any, Literal
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, TypeVar
 
 import lightning as L
 import numpy as np
@@ -59,7 +60,6 @@ from .checkpointing import (
     teacher_fingerprint,
 )
 from .conditions import ConditionSource, noise_for
-from .generation import check_trajectory_meta, manifest_phases
 from .init_from import check_init_bucket_map, load_init_from
 from .mota import group_means, mota_terms, reduce_mota
 from .optim import build_optimizer, grad_total_norm, learning_rates
@@ -70,16 +70,18 @@ from .settings import (
     LossSettings,
     OptimizerSettings,
     TeacherSettings,
+    init_hyperparameters,
 )
 from .student_step import check_phase_solvers, student_effective_direction
-from .teacher_flow import PointHistory, TeacherFlow, history_points
-from .validation import validation_alignment
+from .teacher_flow import PointHistory, TeacherFlow, TrainingPoints, history_points
+from .trajectory_meta import check_trajectory_meta, manifest_phases
 
 log = logging.getLogger(__name__)
 
 Alignment = Literal["mixed_order", "same_input"]
 TargetSource = Literal["auto", "shard", "online"]
 Spacing = Literal["time_uniform", "logSNR", "time_quadratic", "leading"]
+T = TypeVar("T")
 
 
 def resolve_policy(policy: str | dict[str, Any] | QuantPolicy) -> QuantPolicy:
@@ -93,11 +95,19 @@ def resolve_policy(policy: str | dict[str, Any] | QuantPolicy) -> QuantPolicy:
     return preset(name, **fields) if name is not None else QuantPolicy.from_dict(fields)
 
 
-class _Plain:
-    """Holds objects that must not be registered as submodules (views of registered ones)."""
+@dataclass
+class _Views:
+    """Objects that must not be registered as submodules (views of registered ones)."""
 
-    def __init__(self, **items: Any) -> None:
-        self.__dict__.update(items)
+    student_model: DiffusionModel
+    conditions: ConditionSource | None = None
+
+
+#: init arguments that say how to load a run, not what it is: not saved, not compared on resume
+NOT_SAVED = ("allow_teacher_transfer",)
+#: the seed stream of the on-the-fly choice of trajectory points (data/noise_dataset.py draws
+#: the initial noises from stream 1 and the labels from stream 2)
+POINT_CHOICE_STREAM = 3
 
 
 class SAQLightningModule(L.LightningModule):
@@ -167,40 +177,24 @@ class SAQLightningModule(L.LightningModule):
             raise ValueError(f"online_points_per_batch must be >= 1, got {online_points_per_batch}")
         if max_nonfinite_steps < 0:
             raise ValueError(f"max_nonfinite_steps must be >= 0, got {max_nonfinite_steps}")
-        spec = _as_spec(teacher)
-        self.policy = resolve_policy(policy)
+        teacher, policy = _as_spec(teacher), resolve_policy(policy)
+        loss, optimizer = _as(loss, LossSettings), _as(optimizer, OptimizerSettings)
+        calibration, generation = _as(calibration, CalibrationSettings), _as(generation, GenerationSettings)
         self.teacher_settings = TeacherSettings(teacher_solver, spacing, float(guidance_scale))
-        self.loss_settings = _as(loss, LossSettings)
-        self.optimizer_settings = _as(optimizer, OptimizerSettings)
-        self.calibration_settings = _as(calibration, CalibrationSettings)
-        self.generation = _as(generation, GenerationSettings)
+        guidance_scale = self.teacher_settings.guidance_scale
+        # every init argument as normalised above, in plain types (what resume compares)
+        self.save_hyperparameters(init_hyperparameters(type(self).__init__, locals(), NOT_SAVED))
+        self.teacher_spec = teacher
+        self.policy = policy
+        self.loss_settings = loss
+        self.optimizer_settings = optimizer
+        self.calibration_settings = calibration
+        self.generation = generation
         self.alignment = alignment
         self.target_source = targets
         self.online_points_per_batch = online_points_per_batch
         self.max_nonfinite_steps = max_nonfinite_steps
-        # Plain types only. ``_class_path`` is how LightningCLI's ``--ckpt_path <file>`` re-parses
-        # these as this class's init args (``load_from_checkpoint`` ignores it).
-        self.save_hyperparameters({
-            "_class_path": f"{type(self).__module__}.{type(self).__qualname__}",
-            "teacher": asdict(spec),
-            "policy": self.policy.to_dict(),
-            "alignment": alignment,
-            "targets": targets,
-            "teacher_solver": teacher_solver,
-            "spacing": spacing,
-            "guidance_scale": float(guidance_scale),
-            "loss": asdict(self.loss_settings),
-            "optimizer": asdict(self.optimizer_settings),
-            "calibration": asdict(self.calibration_settings),
-            "generation": asdict(self.generation),
-            "online_points_per_batch": online_points_per_batch,
-            "max_nonfinite_steps": max_nonfinite_steps,
-            "seed": seed,
-            "init_from": init_from,
-            "compile": compile,
-        })
-        self.teacher_spec = spec
-        self.teacher: DiffusionModel = build_model(spec)  # frozen, eval mode
+        self.teacher: DiffusionModel = build_model(teacher)  # frozen, eval mode
         self.seed = int(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
@@ -208,7 +202,7 @@ class SAQLightningModule(L.LightningModule):
         net = self.student
         if compile:
             net = torch.compile(net, **({"backend": compile} if isinstance(compile, str) else {}))
-        self._views = _Plain(student_model=self.teacher.with_unet(net), conditions=None)
+        self._views = _Views(self.teacher.with_unet(net))
         self.flow = TeacherFlow(self.teacher, self.teacher_settings)
         self.strict_loading = False  # checkpoints hold the student's trainable state only
         self.phases: list[MixStepPhase] | None = None
@@ -365,29 +359,25 @@ class SAQLightningModule(L.LightningModule):
         self.active_phase = (index, phase)
 
     # ------------------------------------------------------------------ the step
-    def training_points(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """``x_s, s, t, order, cond, phase`` (and ``eps_eff`` when known) of a batch.
+    def training_points(self, batch: dict[str, Any]) -> TrainingPoints:
+        """The points of a batch, with their targets when the data holds them.
 
         Records mode: the batch itself. On-the-fly mode (``x_T`` in the batch): the teacher rolls
         the batch's noises out over its phase and ``online_points_per_batch`` of the trajectory
         points are drawn (seeded by the batch index).
         """
         if "x_T" not in batch:
-            points = {k: batch[k] for k in ("x_s", "s", "t", "order", "phase")}
-            points["cond"] = batch.get("cond")
-            points["eps_eff"] = batch.get("eps_eff")
-            points["step"] = batch.get("step")
-            points["history"] = None
+            history = None
             if batch.get("x_hist") is not None and self.phases is not None:
-                points["history"] = self.flow.record_history(
-                    batch["x_hist"], batch["step"], batch["phase"], self.phases, batch["s"].dtype)
-            return points
-        if "student_steps" not in batch:
+                history = self.flow.record_history(batch["x_hist"], batch["step"], batch["phase"],
+                                                   self.phases, batch["s"].dtype)
+            return TrainingPoints(batch["x_s"], batch["s"], batch["t"], batch["order"], batch["phase"],
+                                  batch.get("cond"), batch.get("eps_eff"), batch.get("step"), history)
+        if "phase" not in batch or self.phases is None:
             raise ValueError("an on-the-fly batch without phase fields: the data module needs the "
                              "mixstep schedule (add a MixStepCallback)")
         phase_index = int(batch["phase"][0])
-        phase = MixStepPhase(int(batch["student_steps"][0]), int(batch["student_order"][0]),
-                             int(batch["teacher_order"][0]), int(batch["teacher_steps"][0]))
+        phase = self.phases[phase_index]
         x_T = batch["x_T"]
         cond = batch.get("cond")
         if cond is None:
@@ -396,7 +386,7 @@ class SAQLightningModule(L.LightningModule):
         rows = traj.points()
         n_rows, b = rows.x_s.shape[0], x_T.shape[0]
         k = min(self.online_points_per_batch or b, n_rows)
-        seed = np.random.SeedSequence([self.seed, 3, int(batch["batch_index"])])
+        seed = np.random.SeedSequence([self.seed, POINT_CHOICE_STREAM, int(batch["batch_index"])])
         gen = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
         pick = torch.randperm(n_rows, generator=gen)[:k].to(x_T.device)
         steps = torch.arange(traj.steps, device=x_T.device).repeat_interleave(b)
@@ -406,26 +396,22 @@ class SAQLightningModule(L.LightningModule):
             hx, ht, avail = history_points(traj.states, traj.times, size)
             history = PointHistory(hx.reshape(n_rows, *hx.shape[2:])[pick],
                                    ht.reshape(n_rows, size)[pick], avail.reshape(n_rows)[pick])
-        return {
-            "step": steps[pick], "history": history,
-            "x_s": rows.x_s[pick], "s": rows.s[pick], "t": rows.t[pick], "order": rows.order[pick],
-            "phase": torch.full((k,), phase_index, dtype=torch.long, device=x_T.device),
-            "cond": select_batch(cond, pick % b, b) if cond is not None else None,
-            "eps_eff": rows.eps_eff[pick],
-        }
+        return TrainingPoints(
+            rows.x_s[pick], rows.s[pick], rows.t[pick], rows.order[pick],
+            torch.full((k,), phase_index, dtype=torch.long, device=x_T.device),
+            select_batch(cond, pick % b, b) if cond is not None else None,
+            rows.eps_eff[pick], steps[pick], history)
 
-    def alignment_targets(self, points: dict[str, Any]) -> Tensor:
+    def alignment_targets(self, points: TrainingPoints) -> Tensor:
         """The loss target of every point (no gradient)."""
-        x_s, s, t, cond = points["x_s"], points["s"], points["t"], points["cond"]
         if self.alignment == "same_input":
-            return self.flow.step_targets(x_s, s, t, 1, cond)
-        history = points.get("history")
-        if points.get("eps_eff") is not None and self.target_source != "online":
-            return points["eps_eff"]
+            return self.flow.step_targets(points.x_s, points.s, points.t, 1, points.cond)
+        if points.eps_eff is not None and self.target_source != "online":
+            return points.eps_eff
         if self.target_source == "shard":
             raise ValueError("targets='shard' but the batch holds no eps_eff")
-        return self.flow.targets(x_s, s, t, points["order"], cond, points["phase"], self.phases,
-                                 history)
+        return self.flow.targets(points.x_s, points.s, points.t, points.order, points.cond,
+                                 points.phase, self.phases, points.history)
 
     def student_direction(self, x_s: Tensor, s: Tensor, cond: Any) -> Tensor:
         """The student's first-order direction at ``(x_s, s)``, guided like the teacher."""
@@ -440,7 +426,7 @@ class SAQLightningModule(L.LightningModule):
             points = self.training_points(batch)
             target = self.alignment_targets(points)
         if self.phases is None:
-            pred = self.student_direction(points["x_s"], points["s"], points["cond"])
+            pred = self.student_direction(points.x_s, points.s, points.cond)
         else:  # the student's own step of its phase's solver and order (order 1: the same)
             pred = student_effective_direction(self.flow, self.flow.predictor(self.student_model),
                                                self.phases, points, self.student_direction)
@@ -448,7 +434,7 @@ class SAQLightningModule(L.LightningModule):
         terms = mota_terms(pred, target, w.w_mse, w.w_cos)
         loss, per_sample = reduce_mota(terms, pred[0].numel(), w.w_mse, w.w_cos, w.mse_reduction,
                                        w.cos_reduction)
-        bs = int(points["x_s"].shape[0])
+        bs = int(points.x_s.shape[0])
         self.skipped_nonfinite_batch = not self._finite_everywhere(loss)
         if self.skipped_nonfinite_batch:
             log.warning("step %d: non-finite loss %s, skipping the optimizer step", self.global_step,
@@ -458,9 +444,9 @@ class SAQLightningModule(L.LightningModule):
         self.log("train/mse", terms.mse.mean(), batch_size=bs)
         self.log("train/cos_loss", (1.0 - terms.cos).mean(), batch_size=bs)
         per_sample = per_sample.detach()
-        for k, v in group_means(per_sample, points["order"]).items():
+        for k, v in group_means(per_sample, points.order).items():
             self.log(f"train/loss_order{k}", v, batch_size=bs)
-        for p, v in group_means(per_sample, points["phase"]).items():
+        for p, v in group_means(per_sample, points.phase).items():
             self.log(f"train/loss_phase{p}", v, batch_size=bs)
         if self.trainer.optimizers:
             for kind, lr in learning_rates(self.trainer.optimizers[0]).items():
@@ -468,8 +454,23 @@ class SAQLightningModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        """Alignment loss on held-out trajectory points (``lightning/validation.py``)."""
-        return validation_alignment(self, batch)
+        """Alignment loss on held-out trajectory points (``lightning/validation.py``), overall, per
+        teacher order and per phase."""
+        points = self.training_points(batch)
+        target = self.alignment_targets(points)
+        pred = self.student_direction(points.x_s, points.s, points.cond)
+        w = self.loss_settings
+        per_sample = mota_terms(pred, target, w.w_mse, w.w_cos).loss.detach().float()
+        loss = per_sample.mean()
+        bs = int(per_sample.shape[0])
+        self.log("val/alignment_loss", loss, batch_size=bs)
+        self.log("hp_metric", loss, batch_size=bs)
+        for name, groups in (("order", points.order), ("phase", points.phase)):
+            for g in groups.unique().tolist():
+                picked = per_sample[groups == g]
+                # weighted by the group's own count, so the epoch value is the mean over its points
+                self.log(f"val/alignment_loss_{name}{int(g)}", picked.mean(), batch_size=int(picked.numel()))
+        return loss
 
     def _null_loss(self) -> Tensor:
         """A zero loss that reaches every trainable parameter but not the non-finite graph.
@@ -549,7 +550,8 @@ def _as_spec(teacher: ModelSpec | dict[str, Any] | None) -> ModelSpec:
     return ModelSpec(**{k: v for k, v in dict(teacher).items() if not k.startswith("__")})
 
 
-def _as(value: Any, cls: type) -> Any:
+def _as(value: T | Mapping[str, Any] | None, cls: type[T]) -> T:
+    """A settings block from its YAML mapping (``None``: the defaults)."""
     if value is None:
         return cls()
     if isinstance(value, cls):

@@ -41,7 +41,7 @@ from saq_lightning.quant.reconstruction import (
 from saq_lightning.sampling.predictor import select_batch
 
 from .checkpointing import student_state_dict
-from .generation import check_trajectory_meta, manifest_phases
+from .trajectory_meta import check_trajectory_meta, manifest_phases
 
 CHECKPOINT = "student.ckpt"
 RESULTS = "ptq_results.json"

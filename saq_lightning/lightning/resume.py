@@ -34,7 +34,7 @@ from .settings import OptimizerSettings
 
 #: model settings a resumed run may change (dotted paths into the module's hyperparameters)
 RESUMABLE_CHANGES = ("optimizer.lr", "compile")  # compile: how the student runs, not what it is
-_IGNORED = ("_class_path", "_instantiator")
+_IGNORED = ("_class_path", "_instantiator")  # _class_path: saved by older versions
 
 
 class ResumeSettingsError(CheckpointMismatchError):

@@ -1,13 +1,15 @@
 """Plain-data settings of an SA-QLoRA run (YAML blocks under ``model.init_args``).
 
 Dataclasses so that LightningCLI/jsonargparse type-check them and ``dataclasses.asdict`` turns them
-into the plain dicts that ``save_hyperparameters`` stores.
+into the plain dicts that ``save_hyperparameters`` stores (:func:`init_hyperparameters`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import inspect
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import asdict, dataclass, is_dataclass
+from typing import Any, Literal
 
 STORAGE_DTYPES = ("float32", "float16", "bfloat16")
 
@@ -185,3 +187,17 @@ class TeacherSettings:
             raise ValueError(f"teacher solver family must be one of {families}, got {self.solver!r}")
         if self.guidance_scale <= 0:
             raise ValueError(f"guidance_scale must be > 0, got {self.guidance_scale}")
+
+
+def init_hyperparameters(init: Callable[..., Any], values: Mapping[str, Any],
+                         not_saved: Collection[str] = ()) -> dict[str, Any]:
+    """The hyperparameters of a module: every argument of its ``init`` (but ``not_saved``) with its
+    value in ``values`` (the init's locals, normalised), as plain data: settings dataclasses as
+    dicts, objects with ``to_dict`` (a ``QuantPolicy``) by it."""
+    def plain(value: Any) -> Any:
+        if hasattr(value, "to_dict"):
+            return value.to_dict()
+        return asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
+
+    names = [n for n in inspect.signature(init).parameters if n != "self" and n not in not_saved]
+    return {n: plain(values[n]) for n in names}

@@ -29,7 +29,7 @@ from saq_lightning.data.mixstep import MixStepPhase
 from saq_lightning.sampling.point_step import eps_eff_at_points
 from saq_lightning.sampling.predictor import NoisePredictor, select_batch
 
-from .teacher_flow import PointHistory, TeacherFlow
+from .teacher_flow import PointHistory, TeacherFlow, TrainingPoints
 
 
 def student_orders(flow: TeacherFlow, phases: Sequence[MixStepPhase], phase_index: Tensor,
@@ -50,7 +50,7 @@ def student_effective_direction(
     flow: TeacherFlow,
     student: NoisePredictor,
     phases: Sequence[MixStepPhase],
-    points: dict[str, Any],
+    points: TrainingPoints,
     first_order: Callable[[Tensor, Tensor, Any], Tensor] | None = None,
 ) -> Tensor:
     """``eps_eff`` of the student's own step at every point of a batch (with gradients).
@@ -58,13 +58,11 @@ def student_effective_direction(
     ``first_order(x_s, s, cond)`` evaluates the order-1 rows (default: ``student``); the module
     passes its ``student_direction``, so that order 1 is today's MOTA call itself."""
     first_order = first_order or student
-    x_s, s, t, cond = points["x_s"], points["s"], points["t"], points["cond"]
-    phase_index = points["phase"].to(x_s.device)
-    step = points.get("step")
-    if step is None:
-        step = torch.zeros_like(phase_index)
-    orders = student_orders(flow, phases, phase_index, step.to(x_s.device))
-    history = points.get("history") or PointHistory.none(x_s)
+    x_s, s, t, cond = points.x_s, points.s, points.t, points.cond
+    phase_index = points.phase.to(x_s.device)
+    step = torch.zeros_like(phase_index) if points.step is None else points.step.to(x_s.device)
+    orders = student_orders(flow, phases, phase_index, step)
+    history = points.history or PointHistory.none(x_s)
     b = x_s.shape[0]
     # order-1 rows of every phase and solver: the student's eps at x_s (what every solver's
     # first-order step uses), one evaluation of all of them together -- MOTA exactly

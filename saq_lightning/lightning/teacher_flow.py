@@ -22,6 +22,7 @@ own step inside the loss (``MixStepPhase.student_solver``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -91,6 +92,24 @@ class PointHistory(NamedTuple):
         return PointHistory(*(None if v is None else v[rows] for v in self))
 
 
+@dataclass(frozen=True)
+class TrainingPoints:
+    """A batch of trajectory points to align on: ``x_s`` at ``s``, its step ``s -> t`` of the
+    teacher's ``order``, its mixstep ``phase`` index and condition; ``eps_eff`` the cached target
+    (``None``: computed online), ``step`` the point's index on its phase's student grid (``None``:
+    0), ``history`` its previous grid states (multistep solvers)."""
+
+    x_s: Tensor
+    s: Tensor
+    t: Tensor
+    order: Tensor
+    phase: Tensor
+    cond: Any = None
+    eps_eff: Tensor | None = None
+    step: Tensor | None = None
+    history: PointHistory | None = None
+
+
 class TeacherFlow:
     """Trajectories and targets of ``model`` (the frozen teacher) under ``settings``."""
 
@@ -110,10 +129,6 @@ class TeacherFlow:
         """The run's time grid of ``steps`` steps (float64, CPU)."""
         return time_grid(self.schedule, steps, self.settings.spacing)
 
-    def solver_for(self, name: str | None = None):
-        """The teacher's solver (``None``) or another one by name (e.g. ``ddim`` for calibration)."""
-        return self.solver if name is None else make_solver(name, self.schedule)
-
     def student_solver(self, phase: MixStepPhase) -> Solver:
         """The solver the student of ``phase`` will be sampled with (default: the teacher's family)."""
         family = getattr(phase, "student_solver", None) or self.settings.solver
@@ -123,15 +138,9 @@ class TeacherFlow:
     def history_size(self, phases: Sequence[MixStepPhase]) -> int:
         """How many previous grid states a point needs for the multistep steps of ``phases``
         (the teacher's, and every phase's student's): 0 when all are singlestep."""
-        size = 0
-        for p in phases:
-            if self.solver.multistep:
-                size = max(size, self.solver.history_needed(int(p.teacher_order)),
-                           int(p.teacher_order) - 1)
-            student = self.student_solver(p)
-            if student.multistep:
-                size = max(size, int(p.student_order) - 1)
-        return size
+        return max((min(int(order) - 1, solver.history_size) for p in phases
+                    for solver, order in ((self.solver, p.teacher_order),
+                                          (self.student_solver(p), p.student_order))), default=0)
 
     def record_history(self, x_hist: Tensor | None, step: Tensor, phase_index: Tensor,
                        phases: Sequence[MixStepPhase], time_dtype: torch.dtype) -> PointHistory | None:
@@ -190,9 +199,6 @@ class TeacherFlow:
         Order 1 is the same-input target: the teacher's (guided) ``eps(x_s, s)``. Multistep
         families need ``history`` (the previous grid states) for rows of order >= 2.
         """
-        if not self.solver.multistep:
-            return step_with_direction(self.predictor(), x_s, s, t, self.solver, order=order,
-                                       cond=cond).eps_eff
         order = torch.as_tensor(order, device=x_s.device).expand(x_s.shape[0])
         return eps_eff_at_points(self.predictor(), self.solver, x_s, s, t, order, cond,
                                  **(history or PointHistory.none(x_s))._asdict())
@@ -207,7 +213,7 @@ class TeacherFlow:
         m = int(phase.teacher_steps) // int(phase.student_steps)
         if m == 1:
             return self.step_targets(x_s, s, t, order, cond, history)
-        if self.solver.multistep:
+        if self.solver.history_size:
             raise ValueError(
                 f"phase {phase}: targets at points of a multistep teacher ({self.settings.solver}) "
                 f"with teacher_steps != student_steps need the teacher's own history on its finer "

@@ -35,7 +35,7 @@ from .predictor import DiscreteModel, Evaluation, NoisePredictor, discrete_model
 from .registry import SOLVER_NAMES, make_solver
 from .sample import SampleResult, StepPoints, Trajectory, sample
 from .schedules import BETA_SCHEDULES, DiscreteSchedule, NoiseSchedule, betas_from_config
-from .solver import Solver, StepOutput
+from .solver import Solver, StepOutput, StepState
 
 __all__ = [
     "BETA_SCHEDULES",
@@ -63,6 +63,7 @@ __all__ = [
     "SolverConfigError",
     "StepOutput",
     "StepPoints",
+    "StepState",
     "Trajectory",
     "betas_from_config",
     "classifier_free_guidance",

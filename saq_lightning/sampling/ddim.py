@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-from torch import Tensor
 
 from .errors import SolverConfigError
 from .exponential import bview, eps_eff_from_states, noise_step, step_coefficients, x0_from_eps
-from .predictor import Evaluation, NoisePredictor, evaluate
 from .schedules import NoiseSchedule
-from .solver import Orders, Solver, StepOutput
+from .solver import Solver, StepOutput, StepState
 
 
 @dataclass(frozen=True)
@@ -36,31 +32,16 @@ class DDIM(Solver):
         if not self.eta >= 0.0:
             raise SolverConfigError(f"eta must be >= 0 for DDIM, got {self.eta!r}")
 
-    def step(
-        self,
-        model: NoisePredictor,
-        x_s: Tensor,
-        s: Tensor,
-        t: Tensor,
-        cond: Any,
-        orders: Orders,
-        *,
-        history: Sequence[Evaluation] = (),
-        eps_s: Tensor | None = None,
-        inner: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> StepOutput:
-        evals: tuple[Evaluation, ...] = ()
-        if eps_s is None:
-            eps_s = evaluate(model, x_s, s, cond)
-            evals = (Evaluation(x_s, s, eps_s),)
-        c = step_coefficients(self.schedule, s, t)
+    def step(self, state: StepState) -> StepOutput:
+        x_s = state.x
+        eps_s, evals = state.start()
+        c = step_coefficients(self.schedule, state.s, state.t)
         if self.eta == 0.0:
             x_t = noise_step(x_s, c, eps_s)
             eps_eff = eps_s
         else:
             var = self.eta**2 * (c.sigma_t / c.sigma_s) ** 2 * (1.0 - (c.alpha_s / c.alpha_t) ** 2)
-            noise = torch.randn(x_s.shape, generator=generator, dtype=x_s.dtype, device=x_s.device)
+            noise = torch.randn(x_s.shape, generator=state.generator, dtype=x_s.dtype, device=x_s.device)
             x0 = x0_from_eps(x_s, c.alpha_s, c.sigma_s, eps_s)
             x_t = (
                 bview(c.alpha_t, x_s) * x0
@@ -68,4 +49,4 @@ class DDIM(Solver):
                 + bview(torch.sqrt(var), x_s) * noise
             )
             eps_eff = eps_eff_from_states(x_s, x_t, c)
-        return StepOutput(x_t, eps_eff, orders.per_sample, eps_s, evals)
+        return StepOutput(x_t, eps_eff, state.orders.per_sample, eps_s, evals)

@@ -21,7 +21,7 @@ from torch import Tensor
 from .errors import GridError, SolverConfigError
 from .predictor import Evaluation, NoisePredictor, batch_times
 from .schedules import compute_dtype
-from .solver import Orders, Solver, StepOutput
+from .solver import Orders, Solver, StepOutput, StepState
 
 
 def step_with_direction(
@@ -49,7 +49,8 @@ def step_with_direction(
         solver: a :class:`Solver` (its ``schedule`` gives alpha, sigma, lambda).
         order: an int or a ``[B]`` integer tensor of per-sample orders (default ``solver.order``).
             DPM-Solver steps that end at ``t = 0`` are first order (their coefficients are
-            undefined at ``lambda = inf``); ``StepOutput.order`` reports what was used.
+            undefined at ``lambda = inf``; ``Solver.step_orders``); ``StepOutput.order`` reports
+            what was used.
         cond: condition passed through to the model (rows are selected for sub-batches).
         history: multistep solvers only: previous evaluations ``Evaluation(x, t, eps)``
             (full batch, oldest first); an order-k sample uses the last ``k - 1``. Rows of
@@ -68,21 +69,10 @@ def step_with_direction(
     s_b = batch_times(s, b, x_s, "s")
     t_b = batch_times(t, b, x_s, "t")
     _check_times(solver, s_b, t_b)
-    orders = Orders.from_arg(solver.order if order is None else order, b, x_s.device,
-                             solver.allowed_orders, solver.name)
-    if solver.first_order_at_zero and orders.max > 1:
-        at_zero = t_b <= 0
-        if bool(at_zero.any()):
-            orders = Orders.from_arg(torch.where(at_zero, torch.ones_like(orders.per_sample), orders.per_sample),
-                                     b, x_s.device, solver.allowed_orders, solver.name)
-    need = solver.history_needed(orders.max)
-    if len(history) < need:
-        raise SolverConfigError(
-            f"{solver.name} of order {orders.max} needs {need} previous evaluations in history, got {len(history)}"
-        )
+    orders = solver.step_orders(Orders.from_arg(solver.order if order is None else order, b, x_s.device,
+                                                solver.allowed_orders, solver.name), t_b)
     checked = []
-    used = tuple(history)[-solver.history_size:] if solver.history_size else ()
-    for i, ev in enumerate(used):
+    for i, ev in enumerate(tuple(history)[-solver.history_size:] if solver.history_size else ()):
         if not isinstance(ev, Evaluation):
             raise TypeError(f"history[{i}] must be an Evaluation(x, t, eps), got {type(ev).__name__}")
         if ev.x.shape != x_s.shape or ev.eps.shape != x_s.shape:
@@ -97,8 +87,8 @@ def step_with_direction(
         inner = torch.as_tensor(inner).to(dtype=compute_dtype(x_s.dtype)).to(device=x_s.device)
         if inner.shape != (b, 2):
             raise GridError(f"inner must have shape [B, 2] = [{b}, 2], got {tuple(inner.shape)}")
-    return solver.step(model, x_s, s_b, t_b, cond, orders, history=tuple(checked), eps_s=eps_s,
-                       inner=inner, generator=generator)
+    return solver.step(StepState(model, x_s, s_b, t_b, orders, cond, eps_s, tuple(checked), inner,
+                                 generator))
 
 
 def _check_times(solver: Solver, s: Tensor, t: Tensor) -> None:

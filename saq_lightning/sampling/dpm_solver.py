@@ -18,9 +18,8 @@ first-order step with the effective direction ``m0 + c1 D1 + c2 D2`` (``D1 ~ h m
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -37,10 +36,9 @@ from .exponential import (
     step_coefficients,
     x0_from_eps,
 )
-from .grids import SPACING_COORDINATE, spacing_points
-from .predictor import Evaluation, NoisePredictor, evaluate
+from .grids import SPACING_COORDINATE, Grid, recognise_spacing, spacing_points
 from .schedules import NoiseSchedule
-from .solver import Orders, Solver, StepOutput, evaluate_rows
+from .solver import Orders, Solver, StepOutput, StepState
 
 ALGORITHMS = ("dpmsolver", "dpmsolver++")
 INTERMEDIATE_RULES = ("spacing", "lambda")
@@ -62,8 +60,11 @@ class _DPMSolverBase(Solver):
     solver_type: str
 
     allowed_orders = (1, 2, 3)
-    first_order_at_zero = True
     _solver_types: tuple[str, ...] = ("midpoint", "heun")
+
+    def step_orders(self, orders: Orders, t: Tensor) -> Orders:
+        # the coefficients depend on h = lambda_t - lambda_s, infinite at t = 0 (sigma_t = 0)
+        return orders.first_order_where(t <= 0)
 
     def _check_common(self) -> None:
         self.check_order()
@@ -129,7 +130,6 @@ class DPMSolver(_DPMSolverBase):
     spacing: str | None = None
 
     _solver_types = ("dpmsolver", "midpoint", "heun")
-    accepts_inner = True
 
     def __post_init__(self) -> None:
         self._check_common()
@@ -144,11 +144,6 @@ class DPMSolver(_DPMSolverBase):
             raise SolverConfigError(f"spacing must be one of {tuple(SPACING_COORDINATE)} or None, "
                                     f"got {self.spacing!r}")
 
-    @property
-    def needs_spacing(self) -> bool:
-        """Whether intermediate points follow a spacing the solver has not been told."""
-        return self.intermediate == "spacing" and self.spacing is None
-
     def spacing_inner(self, s: Tensor, t: Tensor, order: Tensor) -> Tensor:
         """Intermediate times ``[B, 2]`` by the spacing rule (order-2 rows: the midpoint first)."""
         if self.spacing is None:
@@ -161,26 +156,21 @@ class DPMSolver(_DPMSolverBase):
         s1 = torch.where(order == 3, pts[..., 1], pts[..., 0])
         return torch.stack([s1, pts[..., 2]], dim=-1)
 
-    def step(
-        self,
-        model: NoisePredictor,
-        x_s: Tensor,
-        s: Tensor,
-        t: Tensor,
-        cond: Any,
-        orders: Orders,
-        *,
-        history: Sequence[Evaluation] = (),
-        eps_s: Tensor | None = None,
-        inner: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> StepOutput:
-        b = x_s.shape[0]
+    def for_grid(self, grid: Grid, max_order: int) -> DPMSolver:
+        if grid.inner is not None or self.intermediate != "spacing" or self.spacing or max_order == 1:
+            return self  # nothing to learn from the grid
+        spacing = recognise_spacing(self.schedule, grid.t)
+        if spacing is None:
+            raise SolverConfigError(
+                f"{self.name} places intermediate points by the grid's spacing rule (DPM-Solver's "
+                f"reference rule), and this grid of {grid.steps} steps is not uniform in t, sqrt(t) "
+                f"or lambda: pass spacing=... to the solver, or intermediate='lambda'")
+        return dataclasses.replace(self, spacing=spacing)
+
+    def step(self, state: StepState) -> StepOutput:
+        x_s, s, t, orders, inner = state.x, state.s, state.t, state.orders, state.inner
         sch = self.schedule
-        evals: list[Evaluation] = []
-        if eps_s is None:
-            eps_s = evaluate(model, x_s, s, cond)
-            evals.append(Evaluation(x_s, s, eps_s))
+        eps_s, evals = state.start()
         c = step_coefficients(sch, s, t)
         h = c.h
         h = torch.where(torch.isfinite(h), h, torch.ones_like(h))  # rows forced to order 1
@@ -199,8 +189,8 @@ class DPMSolver(_DPMSolverBase):
                 s1 = sch.t_from_lambda(c.lambda_s + r1 * h)
                 c1 = retarget(c, sch, s1)
             u1 = self._advance(x_s, c1, m0)
-            e1, ev = evaluate_rows(model, u1, s1, cond, orders.rows_at_least(2), b)
-            evals.append(ev)
+            e1, ev = state.evaluate_rows(u1, s1, orders.rows_at_least(2))
+            evals += (ev,)
             m1 = self._output(u1, c1.alpha_t, c1.sigma_t, e1)
             d1 = (m1 - m0) / bview(r1, x_s)
             direction = torch.where(_mask(order == 2, x_s), m0 + self._second_order_weight(h, x_s) * d1, direction)
@@ -216,8 +206,8 @@ class DPMSolver(_DPMSolverBase):
                 # second-order step s -> s2 from (m0, m1); its own step is r2 h, on which u1 sits at r1/r2
                 w_u2 = 0.5 if self.solver_type == "midpoint" else bview(phi_ratio(2, self._g(r2 * h)), x_s)
                 u2 = self._advance(x_s, c2, m0 + w_u2 * (m1 - m0) * bview(r2 / r1, x_s))
-                e2, ev = evaluate_rows(model, u2, s2, cond, orders.rows_at_least(3), b)
-                evals.append(ev)
+                e2, ev = state.evaluate_rows(u2, s2, orders.rows_at_least(3))
+                evals += (ev,)
                 m2 = self._output(u2, c2.alpha_t, c2.sigma_t, e2)
                 rho2 = bview(phi_ratio(2, self._g(h)), x_s)
                 if self.solver_type == "heun":
@@ -231,7 +221,7 @@ class DPMSolver(_DPMSolverBase):
                     dir3 = m0 + rho2 * (m2 - m0) / bview(r2, x_s)
                 direction = torch.where(_mask(order == 3, x_s), dir3, direction)
         x_t = self._advance(x_s, c, direction)
-        return StepOutput(x_t, self._eps_eff(x_s, c, direction), order, eps_s, tuple(evals))
+        return StepOutput(x_t, self._eps_eff(x_s, c, direction), order, eps_s, evals)
 
 
 @dataclass(frozen=True)
@@ -262,7 +252,7 @@ class DPMSolverMultistep(_DPMSolverBase):
     exact_third_order: bool = False
     lower_order_final_steps: int = DIFFUSERS_LOWER_ORDER_FINAL_STEPS
 
-    multistep = True
+    history_size = 2
 
     def __post_init__(self) -> None:
         self._check_common()
@@ -270,11 +260,12 @@ class DPMSolverMultistep(_DPMSolverBase):
             raise SolverConfigError(f"lower_order_final_steps must be an int >= 1, got "
                                     f"{self.lower_order_final_steps!r}")
 
-    def check_steps(self, steps: int, max_order: int) -> None:
-        if steps < max_order:
-            raise SolverConfigError(
-                f"steps must be >= order for multistep {self.algorithm} (order {max_order}), got steps={steps}"
-            )
+    def for_grid(self, grid: Grid, max_order: int) -> DPMSolverMultistep:
+        super().for_grid(grid, max_order)
+        if grid.steps < max_order:
+            raise SolverConfigError(f"steps must be >= order for multistep {self.algorithm} (order "
+                                    f"{max_order}), got steps={grid.steps}")
+        return self
 
     def order_cap(self, step: int, steps: int) -> int:
         cap = min(3, step + 1)
@@ -282,31 +273,12 @@ class DPMSolverMultistep(_DPMSolverBase):
             cap = min(cap, steps - step)
         return cap
 
-    def step(
-        self,
-        model: NoisePredictor,
-        x_s: Tensor,
-        s: Tensor,
-        t: Tensor,
-        cond: Any,
-        orders: Orders,
-        *,
-        history: Sequence[Evaluation] = (),
-        eps_s: Tensor | None = None,
-        inner: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> StepOutput:
-        if len(history) < orders.max - 1:
-            raise SolverConfigError(
-                f"multistep {self.algorithm} of order {orders.max} needs {orders.max - 1} previous "
-                f"evaluations in history, got {len(history)}"
-            )
+    def step(self, state: StepState) -> StepOutput:
+        self.check_history(state)
+        x_s, orders, history = state.x, state.orders, state.history
         sch = self.schedule
-        evals: tuple[Evaluation, ...] = ()
-        if eps_s is None:
-            eps_s = evaluate(model, x_s, s, cond)
-            evals = (Evaluation(x_s, s, eps_s),)
-        c = step_coefficients(sch, s, t)
+        eps_s, evals = state.start()
+        c = step_coefficients(sch, state.s, state.t)
         h = c.h
         h = torch.where(torch.isfinite(h), h, torch.ones_like(h))  # rows forced to order 1
         order = orders.per_sample

@@ -20,18 +20,13 @@ improved Euler step, ``eps_eff = (e0 + eps(x~_t, t)) / 2`` with ``x~_t`` the DDI
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-from torch import Tensor
 
-from .errors import SolverConfigError
 from .exponential import noise_step, step_coefficients
-from .predictor import Evaluation, NoisePredictor, evaluate
 from .schedules import NoiseSchedule
-from .solver import Orders, Solver, StepOutput, evaluate_rows
+from .solver import Solver, StepOutput, StepState
 
 _ADAMS_BASHFORTH = {
     1: (1.0,),
@@ -49,7 +44,7 @@ class PLMS(Solver):
     order: int = 4
 
     allowed_orders = (1, 2, 3, 4)
-    multistep = True
+    history_size = 3
 
     def __post_init__(self) -> None:
         self.check_order()
@@ -61,37 +56,18 @@ class PLMS(Solver):
     def history_needed(self, order: int) -> int:
         return 0 if order <= 2 else order - 1
 
-    def step(
-        self,
-        model: NoisePredictor,
-        x_s: Tensor,
-        s: Tensor,
-        t: Tensor,
-        cond: Any,
-        orders: Orders,
-        *,
-        history: Sequence[Evaluation] = (),
-        eps_s: Tensor | None = None,
-        inner: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> StepOutput:
-        if orders.max > len(history) + 1 and (history or orders.max > 2):
-            raise SolverConfigError(
-                f"PLMS order {orders.max} needs {orders.max - 1} previous evaluations in history, got {len(history)}"
-            )
+    def step(self, state: StepState) -> StepOutput:
+        self.check_history(state)
+        x_s, orders, history = state.x, state.orders, state.history
         b = x_s.shape[0]
-        evals: list[Evaluation] = []
-        if eps_s is None:
-            eps_s = evaluate(model, x_s, s, cond)
-            evals.append(Evaluation(x_s, s, eps_s))
-        c = step_coefficients(self.schedule, s, t)
+        eps_s, evals = state.start()
+        c = step_coefficients(self.schedule, state.s, state.t)
         eps_eff = eps_s
         if not history:
             if orders.max >= 2:
-                rows = orders.rows_at_least(2)
                 x_pred = noise_step(x_s, c, eps_s)
-                e_next, ev = evaluate_rows(model, x_pred, t, cond, rows, b)
-                evals.append(ev)
+                e_next, ev = state.evaluate_rows(x_pred, state.t, orders.rows_at_least(2))
+                evals += (ev,)
                 mask = orders.where_at_least(2).reshape(b, *([1] * (x_s.ndim - 1)))
                 eps_eff = torch.where(mask, 0.5 * (eps_s + e_next), eps_s)
             used = orders.per_sample.clamp(max=2)
@@ -106,4 +82,4 @@ class PLMS(Solver):
                 eps_eff = torch.where(mask, combo, eps_eff)
             used = orders.per_sample
         x_t = noise_step(x_s, c, eps_eff)
-        return StepOutput(x_t, eps_eff, used, eps_s, tuple(evals))
+        return StepOutput(x_t, eps_eff, used, eps_s, evals)

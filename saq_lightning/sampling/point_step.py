@@ -55,7 +55,7 @@ def eps_eff_at_points(
     """
     b = x_s.shape[0]
     order = order.to(device=x_s.device, dtype=torch.long).reshape(b)
-    if not solver.multistep:
+    if not solver.history_size:
         return step_with_direction(model, x_s, s, t, solver, order=order, cond=cond).eps_eff
     h = 0 if history_x is None else int(history_x.shape[1])
     avail = (torch.full((b,), h, dtype=torch.long, device=x_s.device) if available is None

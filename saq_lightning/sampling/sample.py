@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -10,11 +9,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from .errors import GridError, SolverConfigError
-from .grids import Grid, as_grid, recognise_spacing
+from .errors import SolverConfigError
+from .grids import Grid, as_grid
 from .predictor import Evaluation, NoisePredictor
 from .schedules import compute_dtype
-from .solver import Orders, Solver
+from .solver import Orders, Solver, StepState
 
 
 class StepPoints(NamedTuple):
@@ -88,7 +87,7 @@ def sample(
         order: an int or a ``[B]`` integer tensor (default ``solver.order``): the order of each
             sample. Multistep solvers warm up (order ``<= i + 1`` at step ``i``) and may lower
             the last steps (``lower_order_final``); DPM-Solver steps ending at ``t = 0`` are
-            first order. ``Trajectory.orders`` records what was used.
+            first order (``Solver.step_orders``). ``Trajectory.orders`` records what was used.
         generator: random source for stochastic solvers (DDIM with ``eta > 0``).
         return_trajectory: also return every state, time, order, ``eps_eff`` and evaluation.
     """
@@ -101,26 +100,14 @@ def sample(
     if grid.orders is not None:
         if order is not None:
             raise SolverConfigError("order must be None when the grid fixes the per-step orders (grid.orders)")
-        if grid.inner is not None and not getattr(solver, "accepts_inner", False):
-            raise GridError(f"a grid with inner points is for singlestep DPMSolver, not {solver.name}")
-        step_orders = [Orders.from_arg(k, b, x_T.device, solver.allowed_orders, solver.name)
-                       for k in sorted(set(grid.orders))]
-        by_value = {o.uniform: o for o in step_orders}
-        solver.check_steps(n, max(grid.orders))
-        base = None
+        fixed = {k: Orders.from_arg(k, b, x_T.device, solver.allowed_orders, solver.name)
+                 for k in sorted(set(grid.orders))}
+        max_order = max(grid.orders)
     else:
         base = Orders.from_arg(solver.order if order is None else order, b, x_T.device,
                                solver.allowed_orders, solver.name)
-        solver.check_steps(n, base.max)
-    if grid.inner is None and getattr(solver, "needs_spacing", False) and (
-            base is None and max(grid.orders) > 1 or base is not None and base.max > 1):
-        spacing = recognise_spacing(solver.schedule, grid.t)
-        if spacing is None:
-            raise SolverConfigError(
-                f"{solver.name} places intermediate points by the grid's spacing rule (DPM-Solver's "
-                f"reference rule), and this grid of {n} steps is not uniform in t, sqrt(t) or "
-                f"lambda: pass spacing=... to the solver, or intermediate='lambda'")
-        solver = dataclasses.replace(solver, spacing=spacing)
+        max_order = base.max
+    solver = solver.for_grid(grid, max_order)
     times = grid.t.to(dtype=compute_dtype(x_T.dtype)).to(device=x_T.device)
     inner_all = None if grid.inner is None else grid.inner.to(dtype=times.dtype).to(device=x_T.device)
     history: tuple[Evaluation, ...] = ()
@@ -129,15 +116,14 @@ def sample(
     for i in range(n):
         s_b, t_b = times[i].expand(b), times[i + 1].expand(b)
         inner = None
-        if base is None:
-            orders = by_value[grid.orders[i]]
+        if grid.orders is not None:
+            orders = fixed[grid.orders[i]]
             if inner_all is not None:
                 inner = inner_all[i].expand(b, 2)
-        else:
-            orders = base.capped(solver.order_cap(i, n))
-            if solver.first_order_at_zero and grid.t[i + 1] == 0:
-                orders = orders.capped(1)
-        out = solver.step(model, x, s_b, t_b, cond, orders, history=history, inner=inner, generator=generator)
+        else:  # the grid's times on the CPU: no device sync
+            orders = solver.step_orders(base.capped(solver.order_cap(i, n)), grid.t[i + 1].expand(b))
+        out = solver.step(StepState(model, x, s_b, t_b, orders, cond, history=history, inner=inner,
+                                    generator=generator))
         if solver.history_size:
             history = (history + (Evaluation(x, s_b, out.eps_s),))[-solver.history_size:]
         if return_trajectory:

@@ -1,7 +1,7 @@
-"""What every solver shares: per-sample orders, the step output, and the ``Solver`` interface.
+"""What every solver shares: per-sample orders, the step's state in and result out, ``Solver``.
 
-Solvers are immutable: a multistep solver's history is passed in by the caller (a sequence of
-:class:`~saq_lightning.sampling.predictor.Evaluation`, oldest first), never kept in the object.
+A step is ``solver.step(StepState) -> StepOutput``. Solvers are immutable: a multistep solver's
+history is passed in by the caller (``StepState.history``, oldest first), never kept in the object.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import SolverConfigError
+from .errors import GridError, SolverConfigError
+from .grids import Grid
 from .predictor import Evaluation, NoisePredictor, evaluate, select_batch
 from .schedules import NoiseSchedule
 
@@ -72,11 +73,67 @@ class Orders:
         """Boolean ``[B]`` mask of samples of order >= k."""
         return self.per_sample >= k
 
+    def first_order_where(self, mask: Tensor) -> Orders:
+        """Order 1 on the rows of ``mask`` ``[B]`` (no device sync when ``mask`` is on the CPU)."""
+        if self.max == 1 or not bool(mask.any()):
+            return self
+        if bool(mask.all()):
+            return Orders(torch.ones_like(self.per_sample), frozenset({1}))
+        per_sample = torch.where(mask.to(self.per_sample.device), torch.ones_like(self.per_sample),
+                                 self.per_sample)
+        return Orders(per_sample, frozenset(int(v) for v in torch.unique(per_sample.cpu()).tolist()))
+
     def rows_at_least(self, k: int) -> Tensor | None:
         """Batch rows of order >= k: ``None`` for all of them (no sync needed), else an index tensor."""
         if min(self.values) >= k:
             return None
         return torch.nonzero(self.per_sample >= k, as_tuple=False).flatten()
+
+
+@dataclass(frozen=True)
+class StepState:
+    """One checked step ``(x, s) -> t`` of per-sample ``orders``: what a solver's ``step`` reads.
+
+    ``eps_s`` is the model's prediction at ``(x, s)`` when already known. The last three fields
+    belong to one family each: ``history`` (multistep solvers: previous evaluations, full batch,
+    oldest first), ``inner`` (singlestep ``DPMSolver``: intermediate times ``[B, 2]``) and
+    ``generator`` (``DDIM`` with ``eta > 0``); the other families do not read them.
+    """
+
+    model: NoisePredictor
+    x: Tensor
+    s: Tensor
+    t: Tensor
+    orders: Orders
+    cond: Any = None
+    eps_s: Tensor | None = None
+    history: tuple[Evaluation, ...] = ()
+    inner: Tensor | None = None
+    generator: torch.Generator | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.x.shape[0]
+
+    def start(self) -> tuple[Tensor, tuple[Evaluation, ...]]:
+        """``eps`` at ``(x, s)`` and the evaluation made for it (none when ``eps_s`` was given)."""
+        if self.eps_s is not None:
+            return self.eps_s, ()
+        eps = evaluate(self.model, self.x, self.s, self.cond)
+        return eps, (Evaluation(self.x, self.s, eps),)
+
+    def evaluate_rows(self, x: Tensor, t: Tensor, rows: Tensor | None) -> tuple[Tensor, Evaluation]:
+        """The model on batch ``rows`` (``None``: all) of ``(x, t)``, as a full-batch result.
+
+        Rows not evaluated are zero in the returned tensor; callers select them away with ``where``.
+        """
+        if rows is None:
+            eps = evaluate(self.model, x, t, self.cond)
+            return eps, Evaluation(x, t, eps)
+        xr, tr = x[rows], t[rows]
+        eps_r = evaluate(self.model, xr, tr, select_batch(self.cond, rows, self.batch_size))
+        full = torch.zeros_like(x).index_copy(0, rows, eps_r.to(x.dtype))
+        return full, Evaluation(xr, tr, eps_r, rows)
 
 
 @dataclass(frozen=True)
@@ -96,25 +153,13 @@ class StepOutput:
     evaluations: tuple[Evaluation, ...]
 
 
-def evaluate_rows(model: NoisePredictor, x: Tensor, t: Tensor, cond: Any, rows: Tensor | None,
-                  batch_size: int) -> tuple[Tensor, Evaluation]:
-    """Evaluate the model on batch ``rows`` (``None``: all) and return a full-batch result.
-
-    Rows not evaluated are zero in the returned tensor; callers select them away with ``where``.
-    """
-    if rows is None:
-        eps = evaluate(model, x, t, cond)
-        return eps, Evaluation(x, t, eps)
-    xr, tr = x[rows], t[rows]
-    eps_r = evaluate(model, xr, tr, select_batch(cond, rows, batch_size))
-    full = torch.zeros_like(x).index_copy(0, rows, eps_r.to(x.dtype))
-    return full, Evaluation(xr, tr, eps_r, rows)
-
-
 class Solver(ABC):
     """A solver of the probability-flow ODE for a noise-prediction model.
 
-    Subclasses are frozen dataclasses with a ``schedule`` field and a default ``order``.
+    Subclasses are frozen dataclasses with a ``schedule`` field and a default ``order``; a step
+    is ``step(StepState) -> StepOutput``. The checked entries are
+    :func:`~saq_lightning.sampling.sample` and
+    :func:`~saq_lightning.sampling.step_with_direction`.
     """
 
     schedule: NoiseSchedule
@@ -122,51 +167,42 @@ class Solver(ABC):
 
     #: orders a sample may request
     allowed_orders: tuple[int, ...] = (1,)
-    #: whether the step uses previous evaluations (``history``)
-    multistep: bool = False
-    #: whether a step ending at ``sigma_t = 0`` (``t = 0``) must be first order (coefficients
-    #: depend on ``h``, which is infinite there)
-    first_order_at_zero: bool = False
-    #: whether ``step`` takes explicit intermediate times (``inner``)
-    accepts_inner: bool = False
+    #: how many previous evaluations (``StepState.history``) a step may use; 0: singlestep
+    history_size: int = 0
 
     @property
     def name(self) -> str:
         return type(self).__name__
 
-    @property
-    def history_size(self) -> int:
-        """How many previous evaluations a step may use."""
-        return max(self.allowed_orders) - 1 if self.multistep else 0
-
     def check_order(self) -> None:
         if self.order not in self.allowed_orders:
             raise SolverConfigError(f"order must be in {self.allowed_orders} for {self.name}, got {self.order!r}")
 
-    def check_steps(self, steps: int, max_order: int) -> None:
-        """Raise if a grid of ``steps`` steps cannot be used at ``max_order``."""
+    def for_grid(self, grid: Grid, max_order: int) -> Solver:
+        """This solver, ready for a sampling loop over ``grid`` up to ``max_order``; raises if it
+        cannot run that grid."""
+        if grid.inner is not None:
+            raise GridError(f"a grid with inner points is for singlestep DPMSolver, not {self.name}")
+        return self
 
     def order_cap(self, step: int, steps: int) -> int:
         """The highest order step ``step`` (0-based) of ``steps`` may use inside a sampling loop."""
         return max(self.allowed_orders)
 
+    def step_orders(self, orders: Orders, t: Tensor) -> Orders:
+        """The orders a step ending at ``t`` ``[B]`` uses when ``orders`` are requested."""
+        return orders
+
     def history_needed(self, order: int) -> int:
         """How many previous evaluations a step of ``order`` needs."""
-        return order - 1 if self.multistep else 0
+        return min(order - 1, self.history_size)
+
+    def check_history(self, state: StepState) -> None:
+        need = self.history_needed(state.orders.max)
+        if len(state.history) < need:
+            raise SolverConfigError(f"{self.name} of order {state.orders.max} needs {need} previous "
+                                    f"evaluations in history, got {len(state.history)}")
 
     @abstractmethod
-    def step(
-        self,
-        model: NoisePredictor,
-        x_s: Tensor,
-        s: Tensor,
-        t: Tensor,
-        cond: Any,
-        orders: Orders,
-        *,
-        history: Sequence[Evaluation] = (),
-        eps_s: Tensor | None = None,
-        inner: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> StepOutput:
-        """One step; inputs are already validated (use ``step_with_direction`` for checked calls)."""
+    def step(self, state: StepState) -> StepOutput:
+        """One step; ``state`` is already validated (use ``step_with_direction`` for checked calls)."""
