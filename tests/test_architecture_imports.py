@@ -43,8 +43,6 @@ INDEPENDENT: set[frozenset[str]] = {frozenset({"sampling", "quant"}), frozenset(
 
 #: Cycles still present on this branch: removed by issue 17 items 3/1 (other branches).
 KNOWN_CYCLES: set[frozenset[str]] = {
-    frozenset({"saq_lightning.lightning.generation", "saq_lightning.lightning.module",
-               "saq_lightning.lightning.validation"}),
     frozenset({"saq_lightning.quant.model", "saq_lightning.quant.report"}),
 }
 
