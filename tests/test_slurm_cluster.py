@@ -323,3 +323,62 @@ def test_sample_job_array_pieces_merge_into_the_single_process_npz(cluster, sing
     for key, want in single_process_samples.items():
         np.testing.assert_array_equal(got[key], want)
     assert not (out / "parts").exists()
+
+
+def ptq_student(folder: Path) -> dict[str, torch.Tensor]:
+    return torch.load(folder / "student.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def ptq_jobs(cluster, work):
+    """Two 2-task ``ptq.sbatch`` jobs on the tiny teacher's paired shards: an uninterrupted one, and
+    one whose tasks get SIGUSR1 (what ``--signal=SIGUSR1@90`` sends before the time limit) once its
+    first two blocks are saved; it must requeue itself and finish from the saved blocks."""
+    from ptq_helpers import paired_shards, ptq_config
+
+    def run() -> dict:
+        root = fresh(work, "ptq")
+        spec, shards = paired_shards(root)
+        jobs = {name: submit(cluster, "ptq.sbatch", [str(ptq_config(root / f"{name}.yaml", spec, shards,
+                                                                     root / name))],
+                             root / f"{name}.out", "--ntasks-per-node=2") for name in ("full", "requeued")}
+        blocks = root / "requeued" / "ptq_state" / "blocks"
+        wait_for(lambda: len(list(blocks.glob("*.pt"))) >= 2, 400, "two finished blocks")
+        saved = {p.name: p.stat().st_mtime_ns for p in blocks.glob("*.pt")}
+        cluster.run("scancel", "--signal=USR1", jobs["requeued"])  # to the job's steps, as --signal does
+        wait_for(lambda: job_info(cluster, jobs["requeued"]).get("Restarts") == "1", 120, "the requeued start")
+        infos = {name: wait_done(cluster, job) for name, job in jobs.items()}
+        return {"root": str(root), "saved_before_signal": saved,
+                "states": {name: info.get("JobState") for name, info in infos.items()},
+                "restarts": {name: info.get("Restarts") for name, info in infos.items()}}
+    return shared_once("ptq", run)
+
+
+def test_ptq_sbatch_with_two_tasks_writes_the_student(ptq_jobs):
+    root = Path(ptq_jobs["root"])
+    assert ptq_jobs["states"]["full"] == "COMPLETED", (root / "full.out").read_text()[-3000:]
+    assert ptq_jobs["restarts"]["full"] == "0"
+    results = json.loads((root / "full" / "ptq_results.json").read_text())["blocks"]
+    assert len(results) == len(list((root / "full" / "ptq_state" / "blocks").glob("*.pt"))) > 2
+
+
+def test_ptq_sbatch_requeues_itself_on_usr1_and_resumes_to_the_uninterrupted_student(ptq_jobs):
+    root = Path(ptq_jobs["root"])
+    log = (root / "requeued.out").read_text()
+    assert ptq_jobs["states"]["requeued"] == "COMPLETED", log[-3000:]
+    assert ptq_jobs["restarts"]["requeued"] == "1"
+    assert "requeued job" in log and "start 1 on" in log
+    assert re.search(r"ptq complete: \d+ blocks \(([2-9]|\d\d+) loaded from an earlier run\)", log), log[-3000:]
+    blocks = root / "requeued" / "ptq_state" / "blocks"
+    # the blocks finished before the signal were loaded, not redone
+    assert {name: (blocks / name).stat().st_mtime_ns for name in ptq_jobs["saved_before_signal"]} == \
+        ptq_jobs["saved_before_signal"]
+    a, b = ptq_student(root / "full"), ptq_student(root / "requeued")
+    assert set(a) == set(b)
+    # both are 2-rank runs (the same reduction order) and the resumed blocks were saved whole:
+    # the student is the uninterrupted one up to float rounding of the re-run blocks' reductions
+    for k in a:
+        if a[k].is_floating_point():
+            torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-7)
+        else:
+            assert torch.equal(a[k], b[k]), k

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from .generate import Placement, _bool, device_for, environment_placement
+from .placement import requeue_on_sigusr1
 
 HELP = """usage: python -m saq_lightning ptq --config CONFIG [overrides] [options]
 
@@ -119,4 +120,5 @@ def main(args: list[str]) -> None:
     if any(a in ("-h", "--help") for a in args):
         sys.stdout.write(HELP)
         return
+    requeue_on_sigusr1()  # under srun: SIGUSR1 requeues the job, which resumes from the finished blocks
     ptq(args)

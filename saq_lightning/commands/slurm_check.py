@@ -1,7 +1,7 @@
 """What the ``slurm/*.sbatch`` scripts check on the compute node before ``srun`` starts anything.
 
     python -m saq_lightning.commands.slurm_check fit <config> [LightningCLI overrides...]
-    python -m saq_lightning.commands.slurm_check generate|sample|evaluate <config> [options...]
+    python -m saq_lightning.commands.slurm_check generate|ptq|sample|evaluate <config> [options...]
 
 - the config exists there (a path valid on the login node may not be on the compute node);
 - ``fit``: the job's ``--ntasks-per-node`` equals the trainer's ``devices`` and its node count the
@@ -132,8 +132,8 @@ def check(command: str, args: list[str], env: Mapping[str, str] | None = None) -
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("fit", "generate", "sample", "evaluate"):
-        print("usage: python -m saq_lightning.commands.slurm_check fit|generate|sample|evaluate --config <config> "
+    if not argv or argv[0] not in ("fit", "generate", "ptq", "sample", "evaluate"):
+        print("usage: python -m saq_lightning.commands.slurm_check fit|generate|ptq|sample|evaluate --config <config> "
               "[overrides...]", file=sys.stderr)
         return 2
     try:
