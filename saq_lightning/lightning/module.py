@@ -37,10 +37,9 @@ from torch import Tensor
 from saq_lightning.data.mixstep import MixStepPhase, MixStepSchedule
 from saq_lightning.models import DiffusionModel, ModelSpec, build_model
 from saq_lightning.quant import (
-    QuantPolicy,
+    as_policy,
     calibrate,
     load_trainable_state_dict,
-    preset,
     quantize_model,
     trainable_state_dict,
 )
@@ -80,17 +79,6 @@ log = logging.getLogger(__name__)
 Alignment = Literal["mixed_order", "same_input"]
 TargetSource = Literal["auto", "shard", "online"]
 Spacing = Literal["time_uniform", "logSNR", "time_quadratic", "leading"]
-
-
-def resolve_policy(policy: str | dict[str, Any] | QuantPolicy) -> QuantPolicy:
-    """A preset name (``w4a4``), a dict of policy fields, or ``{preset: w4a8, <overrides>}``."""
-    if isinstance(policy, QuantPolicy):
-        return policy
-    if isinstance(policy, str):
-        return preset(policy)
-    fields = dict(policy)
-    name = fields.pop("preset", None)
-    return preset(name, **fields) if name is not None else QuantPolicy.from_dict(fields)
 
 
 class _Plain:
@@ -168,7 +156,7 @@ class SAQLightningModule(L.LightningModule):
         if max_nonfinite_steps < 0:
             raise ValueError(f"max_nonfinite_steps must be >= 0, got {max_nonfinite_steps}")
         spec = _as_spec(teacher)
-        self.policy = resolve_policy(policy)
+        self.policy = as_policy(policy)
         self.teacher_settings = TeacherSettings(teacher_solver, spacing, float(guidance_scale))
         self.loss_settings = _as(loss, LossSettings)
         self.optimizer_settings = _as(optimizer, OptimizerSettings)
