@@ -164,15 +164,6 @@ def build_student(unet: nn.Module, policy: QuantPolicy, layers: list[LayerPlan])
     if policy.quantize_attention_matmuls:
         for name, m in list(tree.named_modules()):
             if is_diffusers_attention(m):
-                proc = QuantAttnProcessor(
-                    context,
-                    policy.attn_bits or policy.act_bits,
-                    policy.n_buckets,
-                    symmetric=policy.act_symmetric,
-                    init=policy.act_init,
-                    p=policy.lp_p,
-                    name=name,
-                )
-                device = next(m.parameters()).device
-                m.set_processor(proc.to(device))
+                proc = QuantAttnProcessor(context, policy, name)
+                m.set_processor(proc.to(next(m.parameters()).device))
     return QuantizedUNet(tree, policy, context)
