@@ -216,5 +216,7 @@ def fake_quantize(
     x: Tensor, step: Tensor, zero_point: Tensor, qmin: int, qmax: int, grad_factor: float = 1.0,
     keep_intermediates: bool = False,
 ) -> Tensor:
-    """Functional form of :class:`FakeQuantize`."""
+    """Functional form of :class:`FakeQuantize` (without grad: its forward alone)."""
+    if not torch.is_grad_enabled():
+        return fake_quant_forward(x, step, zero_point, qmin, qmax).to(x.dtype)
     return FakeQuantize.apply(x, step, zero_point, qmin, qmax, grad_factor, keep_intermediates)

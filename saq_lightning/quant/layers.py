@@ -28,7 +28,8 @@ from .timestep_quantizer import TimestepActQuantizer, TimestepContext
 
 def _fake_quant_fp32(x: Tensor, step: Tensor, zero_point: Tensor, qmin: int, qmax: int, grad_factor: float) -> Tensor:
     # with grad, this is quantized_op's recomputation in backward: keep what the gradient needs
-    return fake_quantize(x.float(), step, zero_point, qmin, qmax, grad_factor, torch.is_grad_enabled())
+    x = x if x.dtype == torch.float32 else x.float()
+    return fake_quantize(x, step, zero_point, qmin, qmax, grad_factor, torch.is_grad_enabled())
 
 
 class QuantLayer(nn.Module):
