@@ -10,9 +10,8 @@ from typing import Any
 import torch
 
 from saq_lightning.cli import SAQLightningCLI
-from saq_lightning.quant import as_policy
 from saq_lightning.models import ModelSpec, build_model
-from saq_lightning.quant import quantize_model
+from saq_lightning.quant import as_policy, quantize_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

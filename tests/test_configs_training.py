@@ -9,7 +9,6 @@ from config_helpers import CONFIGS, meta_student, parse
 from saq_lightning.callbacks import MixStepCallback
 from saq_lightning.commands.generate import load_run
 from saq_lightning.data import MixStepSchedule, TrajectoryDataModule
-from saq_lightning.quant import as_policy
 from saq_lightning.lightning.settings import (
     CalibrationSettings,
     GenerationSettings,
@@ -17,6 +16,7 @@ from saq_lightning.lightning.settings import (
     OptimizerSettings,
     TeacherSettings,
 )
+from saq_lightning.quant import as_policy
 
 BIG = ["ldm4_w4a4.yaml", "ldm4_w4a8.yaml", "ldm8_churches_w4a4.yaml", "sd14_w4a8.yaml"]
 PAPER_STEPS = [100, 50, 20, 10]

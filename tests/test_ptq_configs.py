@@ -8,9 +8,9 @@ from config_helpers import CONFIGS, meta_student, parse
 
 from saq_lightning.commands.ptq import load_ptq_run
 from saq_lightning.data import MixStepSchedule
-from saq_lightning.quant import as_policy
 from saq_lightning.lightning.ptq import PTQSettings
 from saq_lightning.lightning.settings import GenerationSettings
+from saq_lightning.quant import as_policy
 from saq_lightning.quant.reconstruction import find_blocks
 
 DIGITS = ["digits_w8a8_saptq.yaml", "digits_w4a8_saptq.yaml"]
