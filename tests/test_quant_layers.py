@@ -12,6 +12,7 @@ from torch import nn
 
 from saq_lightning.quant import (
     FakeQuantize,
+    LayerPlan,
     LoRA,
     QuantConv2d,
     QuantLinear,
@@ -20,7 +21,6 @@ from saq_lightning.quant import (
     quantize_model,
     set_quant_state,
 )
-from saq_lightning.quant.policy import LayerPlan
 
 
 def _layer(base: nn.Module, lora_rank: int = 4):
