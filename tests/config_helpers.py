@@ -10,9 +10,8 @@ from typing import Any
 import torch
 
 from saq_lightning.cli import SAQLightningCLI
-from saq_lightning.lightning.module import resolve_policy
 from saq_lightning.models import ModelSpec, build_model
-from saq_lightning.quant import quantize_model
+from saq_lightning.quant import as_policy, quantize_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -34,5 +33,5 @@ def meta_student(init: dict[str, Any], policy: Any = None):
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Churches has no downsampler convs to match
         model = build_model(spec, load_weights=False)
-        student, _ = quantize_model(model.unet, policy if policy is not None else resolve_policy(init["policy"]))
+        student, _ = quantize_model(model.unet, policy if policy is not None else as_policy(init["policy"]))
     return model, student

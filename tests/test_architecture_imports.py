@@ -41,10 +41,6 @@ LAYERS: dict[str, int] = {
 #: Layers that must not import each other although the ranks would allow it.
 INDEPENDENT: set[frozenset[str]] = {frozenset({"sampling", "quant"}), frozenset({"models", "quant"})}
 
-#: Cycles still present on this branch: removed by issue 17 items 3/1 (other branches).
-KNOWN_CYCLES: set[frozenset[str]] = {
-    frozenset({"saq_lightning.quant.model", "saq_lightning.quant.report"}),
-}
 
 Graph = Mapping[str, Iterable[tuple[str, int]]]
 
@@ -152,7 +148,7 @@ def test_no_import_from_a_higher_layer():
 
 
 def test_no_import_cycles():
-    found = [c for c in cycles(import_graph()) if frozenset(c) not in KNOWN_CYCLES]
+    found = cycles(import_graph())
     assert found == []
 
 

@@ -9,7 +9,6 @@ from config_helpers import CONFIGS, meta_student, parse
 from saq_lightning.callbacks import MixStepCallback
 from saq_lightning.commands.generate import load_run
 from saq_lightning.data import MixStepSchedule, TrajectoryDataModule
-from saq_lightning.lightning.module import resolve_policy
 from saq_lightning.lightning.settings import (
     CalibrationSettings,
     GenerationSettings,
@@ -17,6 +16,7 @@ from saq_lightning.lightning.settings import (
     OptimizerSettings,
     TeacherSettings,
 )
+from saq_lightning.quant import as_policy
 
 BIG = ["ldm4_w4a4.yaml", "ldm4_w4a8.yaml", "ldm8_churches_w4a4.yaml", "sd14_w4a8.yaml"]
 PAPER_STEPS = [100, 50, 20, 10]
@@ -40,7 +40,7 @@ def test_every_training_config_is_covered_here():
 def test_big_configs_build_their_student_on_the_meta_device_with_the_papers_settings(name):
     cfg = parse(name)
     init = cfg.model.init_args.as_dict()
-    policy = resolve_policy(init["policy"])
+    policy = as_policy(init["policy"])
     callbacks = [c for c in cfg.trainer.callbacks if c.class_path.endswith("MixStepCallback")]
     phases = callbacks[0].init_args.as_dict()["phases"]
     schedule = MixStepSchedule(tuple(phases), batches_per_phase=callbacks[0].init_args.batches_per_phase)

@@ -125,7 +125,7 @@ def test_each_metric_names_its_result_keys_once_and_every_key_has_a_label():
 
 
 def test_missing_clip_weights_are_refused_before_any_network_runs(tmp_path, monkeypatch):
-    import saq_lightning.metrics.inception as inception
+    from saq_lightning.metrics import inception
 
     def no_network(*args, **kwargs):
         raise AssertionError("the Inception network ran before the CLIP weights were checked")

@@ -8,9 +8,9 @@ from config_helpers import CONFIGS, meta_student, parse
 
 from saq_lightning.commands.ptq import load_ptq_run
 from saq_lightning.data import MixStepSchedule
-from saq_lightning.lightning.module import resolve_policy
 from saq_lightning.lightning.ptq import PTQSettings
 from saq_lightning.lightning.settings import GenerationSettings
+from saq_lightning.quant import as_policy
 from saq_lightning.quant.reconstruction import find_blocks
 
 DIGITS = ["digits_w8a8_saptq.yaml", "digits_w4a8_saptq.yaml"]
@@ -32,7 +32,7 @@ def test_saptq_configs_hold_the_lineage_defaults_and_second_order_pairs(name):
     assert ptq.objective == "mixed_order"
     init = cfg.model.init_args.as_dict()
     assert GenerationSettings(**init["generation"]).store_pairs
-    policy = resolve_policy(init["policy"])
+    policy = as_policy(init["policy"])
     assert policy.lp_p == 2.4 and policy.name == name.split("_")[-2]
     mix = next(c for c in cfg.trainer.callbacks if c.class_path.endswith("MixStepCallback"))
     schedule = MixStepSchedule(tuple(mix.init_args.as_dict()["phases"]))

@@ -1,5 +1,5 @@
-"""QuantConv2d / QuantLinear: no weight copies, LoRA merged before the weight quantizer, fused
-autograd path identical to the plain one, and what the student shares with its teacher."""
+"""QuantConv2d / QuantLinear: no weight copies, LoRA merged before the weight quantizer, the
+recomputing layer identical to the plain autograd chain, and what the student shares with its teacher."""
 
 from __future__ import annotations
 
@@ -11,20 +11,24 @@ from quant_helpers import calibrated_cond_student, cond_batch, perturb_lora
 from torch import nn
 
 from saq_lightning.quant import (
+    FakeQuantize,
+    LayerPlan,
     LoRA,
     QuantConv2d,
     QuantLinear,
+    QuantPolicy,
     TimestepContext,
     quantize_model,
     set_quant_state,
 )
 
 
-def _layer(base: nn.Module, **kw):
+def _layer(base: nn.Module, lora_rank: int = 4):
     ctx = TimestepContext()
     cls = QuantConv2d if isinstance(base, nn.Conv2d) else QuantLinear
-    layer = cls(base, ctx, weight_bits=4, act_bits=8, lora_rank=kw.pop("lora_rank", 4), n_buckets=10,
-                weight_init="minmax", act_init="minmax", **kw)
+    policy = QuantPolicy(weight_bits=4, act_bits=8, lora_rank=lora_rank, n_buckets=10, weight_init="minmax",
+                         act_init="minmax")
+    layer = cls(base, ctx, LayerPlan("", type(base).__name__, 4, 8, lora_rank, policy))
     layer.w_quant.init_from(layer.merged_weight())
     layer.a_quant._set_params(torch.linspace(0.01, 0.05, 10), torch.full((10,), 120.0))
     if layer.lora is not None:
@@ -104,7 +108,7 @@ def test_lora_is_merged_before_the_weight_quantizer():
     assert len(codes.unique()) > 4  # really a 4-bit integer weight, LoRA included
 
 
-# -- fused autograd path ------------------------------------------------------------------------------
+# -- recomputing autograd path --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -112,17 +116,25 @@ def test_lora_is_merged_before_the_weight_quantizer():
     [(nn.Conv2d(4, 8, 3, padding=1), (3, 4, 6, 6)), (nn.Conv2d(4, 8, 3, stride=2, padding=1, bias=False), (3, 4, 7, 7)),
      (nn.Linear(12, 5), (3, 7, 12))],
 )
-def test_fused_layer_matches_the_unfused_chain_in_values_and_gradients(base, x_shape):
+def test_layer_matches_the_plain_autograd_chain_in_values_and_gradients(base, x_shape):
     base.requires_grad_(False)
     layer, ctx = _layer(base)
     x = torch.randn(x_shape) * 2
+
+    def plain_chain(xi):  # conv(fq(x), fq(W + s B A)) in plain autograd, keeping every intermediate
+        a_s, a_z, a_gf = layer.a_quant.params_for(xi)
+        wq = layer.w_quant
+        xq = FakeQuantize.apply(xi, a_s, a_z, layer.a_quant.qmin, layer.a_quant.qmax, a_gf)
+        w = FakeQuantize.apply(layer.base.weight + layer.lora.delta(), *wq.effective(), wq.qmin, wq.qmax,
+                               wq.grad_factor)
+        return layer.op(xq, w, layer.bias)
+
     results = []
-    for fused in (True, False):
-        layer.fused = fused
+    for run in (layer, plain_chain):
         layer.zero_grad()
         xi = x.clone().requires_grad_()
         with ctx.active(torch.tensor([4, 9, 4])):  # a repeated bucket accumulates
-            y = layer(xi)
+            y = run(xi)
         (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
         grads = [xi.grad] + [p.grad for p in (layer.lora.A, layer.lora.B, layer.w_quant.step,
                                               layer.w_quant.zero_point, layer.a_quant.step, layer.a_quant.zero_point)]
@@ -134,7 +146,7 @@ def test_fused_layer_matches_the_unfused_chain_in_values_and_gradients(base, x_s
 
 
 @pytest.mark.parametrize("base", [nn.Conv2d(3, 4, 3, padding=1, stride=2), nn.Linear(5, 4)])
-def test_fused_backward_passes_gradcheck_when_quantization_is_off(base):
+def test_layer_backward_passes_gradcheck_when_quantization_is_off(base):
     base = base.double().requires_grad_(False)
     layer, _ = _layer(base)
     layer.lora.double()

@@ -38,10 +38,9 @@ from torch import Tensor
 from saq_lightning.data.mixstep import MixStepPhase, MixStepSchedule
 from saq_lightning.models import DiffusionModel, ModelSpec, build_model
 from saq_lightning.quant import (
-    QuantPolicy,
+    as_policy,
     calibrate,
     load_trainable_state_dict,
-    preset,
     quantize_model,
     trainable_state_dict,
 )
@@ -82,17 +81,6 @@ Alignment = Literal["mixed_order", "same_input"]
 TargetSource = Literal["auto", "shard", "online"]
 Spacing = Literal["time_uniform", "logSNR", "time_quadratic", "leading"]
 T = TypeVar("T")
-
-
-def resolve_policy(policy: str | dict[str, Any] | QuantPolicy) -> QuantPolicy:
-    """A preset name (``w4a4``), a dict of policy fields, or ``{preset: w4a8, <overrides>}``."""
-    if isinstance(policy, QuantPolicy):
-        return policy
-    if isinstance(policy, str):
-        return preset(policy)
-    fields = dict(policy)
-    name = fields.pop("preset", None)
-    return preset(name, **fields) if name is not None else QuantPolicy.from_dict(fields)
 
 
 @dataclass
@@ -177,7 +165,7 @@ class SAQLightningModule(L.LightningModule):
             raise ValueError(f"online_points_per_batch must be >= 1, got {online_points_per_batch}")
         if max_nonfinite_steps < 0:
             raise ValueError(f"max_nonfinite_steps must be >= 0, got {max_nonfinite_steps}")
-        teacher, policy = _as_spec(teacher), resolve_policy(policy)
+        teacher, policy = _as_spec(teacher), as_policy(policy)
         loss, optimizer = _as(loss, LossSettings), _as(optimizer, OptimizerSettings)
         calibration, generation = _as(calibration, CalibrationSettings), _as(generation, GenerationSettings)
         self.teacher_settings = TeacherSettings(teacher_solver, spacing, float(guidance_scale))

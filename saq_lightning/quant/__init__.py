@@ -20,7 +20,7 @@ from .layers import QuantConv2d, QuantLayer, QuantLinear
 from .lora import LoRA
 from .model import QuantizedUNet, quantize_model
 from .param_groups import param_groups
-from .policy import PRESETS, LayerRule, QuantPolicy, as_policy, preset, resolve_policy
+from .policy import PRESETS, LayerPlan, LayerRule, QuantPolicy, as_policy, preset, resolve_policy
 from .quantizers import AffineQuantizer, WeightQuantizer
 from .report import QuantReport
 from .state import load_trainable_state_dict, set_quant_state, trainable_state_dict
@@ -30,6 +30,7 @@ __all__ = [
     "PRESETS",
     "AffineQuantizer",
     "FakeQuantize",
+    "LayerPlan",
     "LayerRule",
     "LoRA",
     "QuantAttnProcessor",

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .functional import FakeQuantize
+from .policy import QuantPolicy
 from .timestep_quantizer import TimestepActQuantizer, TimestepContext
 
 
@@ -24,23 +25,16 @@ class QuantAttnProcessor(nn.Module):
 
     OPERANDS = ("q", "k", "probs", "v")
 
-    def __init__(
-        self,
-        context: TimestepContext,
-        bits: int,
-        n_buckets: int = 100,
-        symmetric: bool = False,
-        init: str = "lp",
-        p: float = 2.4,
-        name: str = "",
-    ) -> None:
+    def __init__(self, context: TimestepContext, policy: QuantPolicy, name: str = "") -> None:
+        """Operands at ``policy.attn_bits`` (default ``act_bits``), with the activation settings."""
         super().__init__()
         self.name = name
         self.quant_act = True
         self.quantizers = nn.ModuleDict()
         for op in self.OPERANDS:
-            sym = symmetric and op != "probs"  # probabilities are >= 0: unsigned codes
-            qz = TimestepActQuantizer(n_buckets, bits, context, symmetric=sym, init=init, p=p)
+            sym = policy.act_symmetric and op != "probs"  # probabilities are >= 0: unsigned codes
+            qz = TimestepActQuantizer(policy.n_buckets, policy.attn_bits or policy.act_bits, context,
+                                      symmetric=sym, init=policy.act_init, p=policy.lp_p)
             qz.name = f"{name}.processor.quantizers.{op}"
             self.quantizers[op] = qz
 

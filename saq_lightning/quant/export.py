@@ -259,7 +259,7 @@ def load_exported(
     unet.to(device)
     policy = QuantPolicy.from_dict(manifest["policy"])
     plans = [
-        LayerPlan(name, e["type"], e["weight_bits"], e["act_bits"], 0) for name, e in manifest["layers"].items()
+        LayerPlan(name, e["type"], e["weight_bits"], e["act_bits"], 0, policy) for name, e in manifest["layers"].items()
     ]
     missing = [p.name for p in plans if p.name not in dict(unet.named_modules())]
     if missing:

@@ -98,7 +98,7 @@ def fake_quant_forward(x: Tensor, step: Tensor, zero_point: Tensor, qmin: int, q
 class FQRecompute(NamedTuple):
     """Intermediates of one fake-quantization, kept for its backward."""
 
-    out: Tensor  # (clamp(round(x/s) + z) - z) * s
+    out: Tensor | None  # (clamp(round(x/s) + z) - z) * s
     v: Tensor  # x / s
     t: Tensor  # clamp(round(x/s) + z) - z
     inside: Tensor  # 1.0 where the code was not clamped, else 0.0 (fp32)
@@ -169,55 +169,43 @@ def fake_quant_grads(
     return (gx if need_x else None), gs, gz
 
 
-def fake_quant_backward(
-    grad: Tensor,
-    x: Tensor,
-    step: Tensor,
-    zero_point: Tensor,
-    qmin: int,
-    qmax: int,
-    grad_factor: float,
-    need_x: bool = True,
-    need_step: bool = True,
-    need_zero_point: bool = True,
-) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """Gradients of :func:`fake_quant_forward` w.r.t. ``x``, ``step`` and ``zero_point``.
-
-    Step / zero-point gradients are summed down to the (broadcast) shapes of ``step`` /
-    ``zero_point`` and multiplied by ``grad_factor``. All returned tensors are fp32.
-    """
-    rec = fake_quant_recompute(x, step, zero_point, qmin, qmax)
-    return fake_quant_grads(grad, rec, step, zero_point, grad_factor, need_x, need_step, need_zero_point)
-
-
 class FakeQuantize(torch.autograd.Function):
     """Fake quantization with straight-through rounding and LSQ+ step/zero-point gradients.
 
     ``step`` and ``zero_point`` broadcast against ``x`` (per tensor, per channel, per sample);
     ``zero_point`` must already be integer-valued (see :func:`effective_zero_point`). The
-    output has ``x``'s dtype; everything in between is fp32.
+    output has ``x``'s dtype; everything in between is fp32. ``keep_intermediates``: save
+    ``x / s``, the clamped codes and the mask (three ``x``-sized tensors) instead of ``x``, so that
+    backward does not recompute them; for a forward that is itself a recomputation in backward.
     """
 
     @staticmethod
-    def forward(ctx, x, step, zero_point, qmin: int, qmax: int, grad_factor: float):  # type: ignore[override]
+    def forward(ctx, x, step, zero_point, qmin: int, qmax: int, grad_factor: float,  # type: ignore[override]
+                keep_intermediates: bool = False):
+        ctx.q = (qmin, qmax, grad_factor, x.dtype)
+        ctx.rec = None
+        if keep_intermediates and any(ctx.needs_input_grad[:3]):
+            rec = fake_quant_recompute(x, step, zero_point, qmin, qmax)
+            ctx.rec = rec._replace(out=None)  # not the output: no reference cycle through ctx
+            ctx.save_for_backward(None, step, zero_point)
+            return rec.out.to(x.dtype)
         ctx.save_for_backward(x, step, zero_point)
-        ctx.q = (qmin, qmax, grad_factor)
         return fake_quant_forward(x, step, zero_point, qmin, qmax).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         x, step, zero_point = ctx.saved_tensors
-        qmin, qmax, gf = ctx.q
-        gx, gs, gz = fake_quant_backward(
-            grad, x, step, zero_point, qmin, qmax, gf,
-            need_x=ctx.needs_input_grad[0],
-            need_step=ctx.needs_input_grad[1],
-            need_zero_point=ctx.needs_input_grad[2],
-        )
+        qmin, qmax, gf, x_dtype = ctx.q
+        rec, ctx.rec = ctx.rec, None
+        if rec is None:
+            rec = fake_quant_recompute(x, step, zero_point, qmin, qmax)
+        n_x, n_s, n_z = ctx.needs_input_grad[:3]
+        gx, gs, gz = fake_quant_grads(grad, rec, step, zero_point, gf, n_x, n_s, n_z)
         return (
-            None if gx is None else gx.to(x.dtype),
+            None if gx is None else gx.to(x_dtype),
             None if gs is None else gs.to(step.dtype),
             None if gz is None else gz.to(zero_point.dtype),
+            None,
             None,
             None,
             None,
@@ -225,7 +213,10 @@ class FakeQuantize(torch.autograd.Function):
 
 
 def fake_quantize(
-    x: Tensor, step: Tensor, zero_point: Tensor, qmin: int, qmax: int, grad_factor: float = 1.0
+    x: Tensor, step: Tensor, zero_point: Tensor, qmin: int, qmax: int, grad_factor: float = 1.0,
+    keep_intermediates: bool = False,
 ) -> Tensor:
-    """Functional form of :class:`FakeQuantize`."""
-    return FakeQuantize.apply(x, step, zero_point, qmin, qmax, grad_factor)
+    """Functional form of :class:`FakeQuantize` (without grad: its forward alone)."""
+    if not torch.is_grad_enabled():
+        return fake_quant_forward(x, step, zero_point, qmin, qmax).to(x.dtype)
+    return FakeQuantize.apply(x, step, zero_point, qmin, qmax, grad_factor, keep_intermediates)

@@ -139,7 +139,7 @@ def quantize_model(
     resolution = resolve_policy(unet, policy, warn=warn)
     unet.requires_grad_(False)
     student = build_student(unet, policy, resolution.layers)
-    report = build_report(student, policy, resolution)
+    report = build_report(student.unet, policy, resolution)
     return student, report
 
 
@@ -156,23 +156,7 @@ def build_student(unet: nn.Module, policy: QuantPolicy, layers: list[LayerPlan])
         parent_name, _, child = plan.name.rpartition(".")
         parent = tree.get_submodule(parent_name) if parent_name else tree
         base = getattr(parent, child)
-        wrapper = wrapper_for(base)
-        layer = wrapper(
-            base,
-            context,
-            weight_bits=plan.weight_bits,
-            act_bits=plan.act_bits,
-            lora_rank=plan.lora_rank,
-            lora_alpha=policy.lora_alpha,
-            n_buckets=policy.n_buckets,
-            weight_symmetric=policy.weight_symmetric,
-            weight_per_channel=policy.weight_per_channel,
-            weight_init=policy.weight_init,
-            act_symmetric=policy.act_symmetric,
-            act_init=policy.act_init,
-            lp_p=policy.lp_p,
-            name=plan.name,
-        )
+        layer = wrapper_for(base)(base, context, plan)
         for sub in (layer.w_quant, layer.a_quant, layer.lora):  # new tensors only; base stays shared
             if sub is not None:
                 sub.to(device=base.weight.device)
@@ -180,15 +164,6 @@ def build_student(unet: nn.Module, policy: QuantPolicy, layers: list[LayerPlan])
     if policy.quantize_attention_matmuls:
         for name, m in list(tree.named_modules()):
             if is_diffusers_attention(m):
-                proc = QuantAttnProcessor(
-                    context,
-                    policy.attn_bits or policy.act_bits,
-                    policy.n_buckets,
-                    symmetric=policy.act_symmetric,
-                    init=policy.act_init,
-                    p=policy.lp_p,
-                    name=name,
-                )
-                device = next(m.parameters()).device
-                m.set_processor(proc.to(device))
+                proc = QuantAttnProcessor(context, policy, name)
+                m.set_processor(proc.to(next(m.parameters()).device))
     return QuantizedUNet(tree, policy, context)

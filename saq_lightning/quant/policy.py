@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,10 +27,28 @@ from typing import Any
 from torch import nn
 
 from .functional import check_bits
-from .layers import WRAPPABLE, check_wrappable
 from .ranges import check_init_method
 
 PRESETS = ("w8a8", "w4a8", "w4a4")
+_PRESET_NAME = re.compile(r"w(?P<weight_bits>\d+)a(?P<act_bits>\d+)")
+
+#: module types a policy can select (the quantized layers wrap exactly these)
+WRAPPABLE: dict[str, type[nn.Module]] = {"Conv2d": nn.Conv2d, "Linear": nn.Linear}
+
+
+def check_wrappable(module: nn.Module, name: str = "") -> None:
+    """Raise ``TypeError`` if ``module`` is not a Conv2d/Linear this package can quantize."""
+    where = f" {name!r}" if name else ""
+    if not isinstance(module, tuple(WRAPPABLE.values())):
+        raise TypeError(
+            f"cannot wrap module{where} of type {type(module).__name__}: quantized layers exist for "
+            f"{sorted(WRAPPABLE)}"
+        )
+    if isinstance(module, nn.Conv2d) and (module.padding_mode != "zeros" or isinstance(module.padding, str)):
+        raise TypeError(
+            f"cannot wrap Conv2d{where}: padding={module.padding!r}, padding_mode="
+            f"{module.padding_mode!r} (only numeric zero padding is supported)"
+        )
 
 
 @dataclass
@@ -135,33 +154,39 @@ def preset(name: str, **overrides: Any) -> QuantPolicy:
     shortcuts and downsample convs FP (``fp_patterns=[]`` quantizes them too); LoRA rank 32
     elsewhere; per-channel asymmetric weights, per-timestep asymmetric activations (100 buckets).
     """
-    if name not in PRESETS:
-        raise ValueError(f"unknown quantization preset {name!r}; choose one of {PRESETS}")
-    w, a = int(name[1]), int(name[3])
-    return QuantPolicy(**{"name": name, "weight_bits": w, "act_bits": a, **overrides})
+    match = _PRESET_NAME.fullmatch(name) if isinstance(name, str) else None
+    if name not in PRESETS or match is None:
+        raise ValueError(f"unknown quantization preset {name!r}; choose one of {PRESETS} (w<weight bits>a<act bits>)")
+    bits = {k: int(v) for k, v in match.groupdict().items()}
+    return QuantPolicy(**{"name": name, **bits, **overrides})
 
 
 def as_policy(policy: QuantPolicy | str | Mapping[str, Any]) -> QuantPolicy:
-    """Accept a policy, a preset name or a plain dict (e.g. from YAML/JSON)."""
+    """The one way to a policy: a ``QuantPolicy``, a preset name (``w4a4``), a plain dict of
+    policy fields (e.g. from YAML/JSON) or ``{preset: w4a8, <field overrides>}``."""
     if isinstance(policy, QuantPolicy):
         policy.validate()
         return policy
     if isinstance(policy, str):
         return preset(policy)
     if isinstance(policy, Mapping):
-        return QuantPolicy.from_dict(policy)
+        fields = dict(policy)
+        name = fields.pop("preset", None)
+        return preset(name, **fields) if name is not None else QuantPolicy.from_dict(fields)
     raise TypeError(f"expected a QuantPolicy, preset name or dict, got {type(policy).__name__}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class LayerPlan:
-    """What one module becomes (resolved from a policy)."""
+    """What one module becomes: its resolved bits and LoRA rank, and the policy for the rest
+    (symmetry, initialisation, buckets, LoRA alpha). The quantized layer is built from it."""
 
     name: str
     type: str
     weight_bits: int
     act_bits: int
     lora_rank: int
+    policy: QuantPolicy
 
 
 @dataclass
@@ -215,7 +240,7 @@ def resolve_policy(model: nn.Module, policy: QuantPolicy, warn: bool = True) -> 
                 a = rule.act_bits if rule.act_bits is not None else a
                 r = rule.lora_rank if rule.lora_rank is not None else r
         check_wrappable(modules[name], name)
-        layers.append(LayerPlan(name, type(modules[name]).__name__, w, a, r))
+        layers.append(LayerPlan(name, type(modules[name]).__name__, w, a, r, policy))
 
     unmatched = [f"{where}: {pat!r}" for where, pat in all_patterns if (where, pat) not in used]
     if warn:

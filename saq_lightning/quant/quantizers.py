@@ -63,13 +63,17 @@ class AffineQuantizer(nn.Module):
     def is_initialised(self) -> bool:
         return self._initialised
 
+    def mark_initialised(self) -> None:
+        """Record that step/zero point hold real values (set by calibration or loaded codes)."""
+        self.initialised.fill_(True)
+        self._initialised = True
+
     def _set_params(self, step: Tensor, zero_point: Tensor, index: Tensor | slice = slice(None)) -> None:
         with torch.no_grad():
             self.step[index] = step.to(self.step)
             if not self.symmetric:
                 self.zero_point[index] = zero_point.to(self.zero_point)
-            self.initialised.fill_(True)
-        self._initialised = True
+        self.mark_initialised()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "spec"
@@ -129,7 +133,7 @@ class WeightQuantizer(AffineQuantizer):
         self._set_params(step, zp)
 
     def forward(self, w: Tensor) -> Tensor:
-        """Fake-quantized ``w`` (unfused path; the layers use the fused functions)."""
+        """Fake-quantized ``w`` (the layers call the same function on the merged weight)."""
         self._check(w)
         s, z = self.effective()
         return FakeQuantize.apply(w, s, z, self.qmin, self.qmax, self.grad_factor)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .model import QuantizedUNet
-    from .policy import QuantPolicy, Resolution
+from torch import nn
+
+from .attention import QuantAttnProcessor
+from .layers import QuantLayer
+from .policy import QuantPolicy, Resolution
 
 
 @dataclass
@@ -72,11 +74,12 @@ def _count(module) -> int:
     return sum(p.numel() for p in module.parameters()) if module is not None else 0
 
 
-def build_report(student: QuantizedUNet, policy: QuantPolicy, resolution: Resolution) -> QuantReport:
-    from .attention import QuantAttnProcessor
-
+def build_report(tree: nn.Module, policy: QuantPolicy, resolution: Resolution) -> QuantReport:
+    """Report on ``tree``, the student's (module-swapped) UNet."""
     rows: list[ReportRow] = []
-    for name, layer in student.quant_layers():
+    for name, layer in tree.named_modules():
+        if not isinstance(layer, QuantLayer):
+            continue
         rows.append(
             ReportRow(
                 module=name,
@@ -90,16 +93,16 @@ def build_report(student: QuantizedUNet, policy: QuantPolicy, resolution: Resolu
             )
         )
     for name in resolution.fp_kept:
-        m = student.unet.get_submodule(name)
+        m = tree.get_submodule(name)
         rows.append(ReportRow(name, type(m).__name__, None, None, 0, _count(m), 0, 0))
-    order = {n: i for i, (n, _) in enumerate(student.unet.named_modules())}
+    order = {n: i for i, (n, _) in enumerate(tree.named_modules())}
     rows.sort(key=lambda r: order.get(r.module, len(order)))
-    params = list(student.parameters())
+    params = list(tree.parameters())
     return QuantReport(
         policy=policy.name,
         rows=rows,
         unmatched_patterns=list(resolution.unmatched),
         total_params=sum(p.numel() for p in params),
         trainable_params=sum(p.numel() for p in params if p.requires_grad),
-        attention_quantizers=sum(isinstance(m, QuantAttnProcessor) for m in student.modules()),
+        attention_quantizers=sum(isinstance(m, QuantAttnProcessor) for m in tree.modules()),
     )

@@ -28,6 +28,19 @@ def _floor_ste(x: Tensor) -> Tensor:
     return x + (torch.floor(x) - x).detach()
 
 
+def rectified_sigmoid(v: Tensor) -> Tensor:
+    """``clamp(sigmoid(V) * (zeta - gamma) + gamma, 0, 1)``: the soft rounding offset."""
+    return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
+
+
+def adaround_quantize(w: Tensor, step: Tensor, zero_point: Tensor, offset: Tensor, qmin: int, qmax: int) -> Tensor:
+    """``(clamp(floor(w/s) + h + z, qmin, qmax) - z) * s`` in fp32, ``floor`` straight-through
+    (gradients to ``w`` and ``s`` as for ``floor(v) = v``, and to ``h``)."""
+    s, z = step.float(), zero_point.float()
+    q = torch.clamp(_floor_ste(w.float() / s) + offset + z, qmin, qmax)
+    return (q - z) * s
+
+
 class AdaRound(nn.Module):
     """Rounding decisions of one weight tensor (soft ``V`` or hard ``up``).
 
@@ -63,11 +76,19 @@ class AdaRound(nn.Module):
     def is_hard(self) -> bool:
         return self.V is None
 
+    @property
+    def decisions(self) -> Tensor:
+        """The tensor the rounding is made of: ``V`` while soft, ``up`` once hard."""
+        return self.up if self.V is None else self.V
+
+    @staticmethod
+    def offset(decisions: Tensor) -> Tensor:
+        """Rounding offset of :attr:`decisions`: ``h(V)`` in ``[0, 1]``, or the 0/1 ``up``."""
+        return rectified_sigmoid(decisions) if decisions.is_floating_point() else decisions.float()
+
     def h(self) -> Tensor:
         """Soft rounding offset in ``[0, 1]`` (the hard 0/1 tensor once hardened)."""
-        if self.V is None:
-            return self.up.float()
-        return torch.clamp(torch.sigmoid(self.V) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
+        return self.offset(self.decisions)
 
     def regulariser(self, beta: float) -> Tensor:
         """``sum(1 - |2 h - 1|^beta)``: zero when every ``h`` is exactly 0 or 1."""
@@ -89,20 +110,15 @@ class AdaRound(nn.Module):
         self.V = None
         self.register_buffer("up", up)
 
-    def _parts(self, w: Tensor, w_quant: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
-        s, z = w_quant.effective()
-        return w.float() / s.float(), s.float(), z.float()
-
     def forward(self, w: Tensor, w_quant: nn.Module) -> Tensor:
         """Fake-quantized ``w`` with these rounding decisions (fp32, gradients to ``V``, LoRA, ``s``)."""
-        v, s, z = self._parts(w, w_quant)
-        q = torch.clamp(_floor_ste(v) + self.h() + z, w_quant.qmin, w_quant.qmax)
-        return (q - z) * s
+        return adaround_quantize(w, *w_quant.effective(), self.h(), w_quant.qmin, w_quant.qmax)
 
     @torch.no_grad()
     def codes(self, w: Tensor, w_quant: nn.Module) -> Tensor:
         """Integer codes (int16) of the hard decisions: what the export writes."""
-        v, _, z = self._parts(w, w_quant)
+        s, z = w_quant.effective()
+        v, z = w.float() / s.float(), z.float()
         h = self.up.float() if self.V is None else (self.h() >= 0.5).float()
         return torch.clamp(torch.floor(v) + h + z, w_quant.qmin, w_quant.qmax).to(torch.int16)
 

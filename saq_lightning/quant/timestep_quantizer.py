@@ -69,7 +69,7 @@ class TimestepActQuantizer(AffineQuantizer):
     """Per-tensor activation quantizer with a ``[n_buckets]`` table of (step, zero point).
 
     ``forward``-free by design: layers ask :meth:`params_for` for per-sample ``(step, zp)``
-    shaped ``[B, 1, ..., 1]`` and feed them to the fused quantize+op function.
+    shaped ``[B, 1, ..., 1]`` and pass them to ``fake_quantize``.
     """
 
     def __init__(
@@ -121,7 +121,7 @@ class TimestepActQuantizer(AffineQuantizer):
 
     def params_for(self, x: Tensor) -> tuple[Tensor, Tensor, float]:
         """Per-sample ``(step, zero_point)`` broadcastable to ``x`` and the LSQ grad factor
-        (autograd ops; the fused layers gather the same values inside their function)."""
+        (autograd ops: the table's gradient is a scatter-add over the batch's buckets)."""
         idx, gf = self.bucket_for(x)
         s, z = self.effective()
         view = (idx.shape[0],) + (1,) * (x.ndim - 1)

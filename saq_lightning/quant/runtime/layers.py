@@ -28,6 +28,8 @@ one fp32 product of the exact sum), so outputs agree to fp32 rounding of the acc
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -71,7 +73,7 @@ class RuntimeLayer(nn.Module):
         self.weight_shape = tuple(layer.weight_shape)
         self.w_bits, self.w_qmin = wq.bits, wq.qmin
         self.a_quant: TimestepActQuantizer = layer.a_quant
-        self.conv = dict(layer._conv) if self.kind == "Conv2d" else None
+        self.conv = dataclasses.asdict(layer.op) if self.kind == "Conv2d" else None
         self.note = ""
         s, z = wq.effective()
         self.register_buffer("w_scale", s.detach().float().reshape(-1).clone())
