@@ -28,20 +28,44 @@ def _loss(module, p) -> torch.Tensor:
     return (pred - p["target"]).square().mean()
 
 
-@pytest.mark.slow
-def test_compiled_student_gives_the_eager_loss(tmp_path):
-    spec = save_tiny_teacher(tmp_path / "teacher")
+@pytest.fixture(scope="module")
+def eager_and_compiled(tmp_path_factory):
+    spec = save_tiny_teacher(tmp_path_factory.mktemp("compile") / "teacher")
     eager, compiled = tiny_module(spec), tiny_module(spec, compile="aot_eager")
     g = torch.Generator().manual_seed(1)
     calib = {"sample": torch.randn(8, 1, 8, 8, generator=g), "timestep": torch.linspace(0, 999, 8).round(),
              "class_labels": torch.arange(8) % 10}
     for m in (eager, compiled):
         calibrate(m.student, [calib], act_method="minmax", weight_method="minmax")
+    return eager, compiled
+
+
+@pytest.mark.slow
+def test_compiled_student_gives_the_eager_loss(eager_and_compiled):
+    eager, compiled = eager_and_compiled
     assert isinstance(compiled.student_model.unet, torch._dynamo.eval_frame.OptimizedModule)
     assert not isinstance(compiled.student, torch._dynamo.eval_frame.OptimizedModule)  # state stays eager
     p = _points()
     # aot_eager runs the captured graph with eager kernels: fp32 rounding at most
     torch.testing.assert_close(_loss(compiled, p), _loss(eager, p), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_compiled_student_gives_the_eager_gradients(eager_and_compiled):
+    """The training step's backward runs through the compiled graph too (AOTAutograd's backward of
+    the quantized layers' custom Functions), not only the forward."""
+    p = _points()
+    grads = []
+    for m in eager_and_compiled:
+        m.student.train()
+        m.student.zero_grad(set_to_none=True)
+        loss = (m.student_direction(p["x"], p["s"], p["cond"]) - p["target"]).square().mean()
+        loss.backward()
+        grads.append({n: q.grad for n, q in m.student.named_parameters() if q.grad is not None})
+    eager, compiled = grads
+    assert eager.keys() == compiled.keys() and len(eager) > 0
+    for name in eager:  # aot_eager runs eager kernels: fp32 rounding at most
+        torch.testing.assert_close(compiled[name], eager[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
 def test_compile_true_wraps_the_students_calls_with_the_default_backend(tmp_path):
