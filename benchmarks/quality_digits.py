@@ -39,6 +39,7 @@ from saq_lightning.metrics.digits_classifier import load_digits_classifier
 from saq_lightning.metrics.digits_eval import sample_class_balanced
 from saq_lightning.metrics.digits_quality import digits_quality
 from saq_lightning.metrics.sample_generation import SamplerSetting
+from saq_lightning.sampling.registry import solver_order
 
 FIXED_10 = [{"student_steps": 10, "student_order": 1, "teacher_order": 2}]
 MIXSTEP = [{"student_steps": s, "student_order": 1, "teacher_order": 2} for s in (20, 10, 5)]
@@ -203,7 +204,7 @@ def markdown_table(results: list[dict[str, Any]], cell_of=None) -> str:
                 if not any(cells):
                     continue
                 cfg = f"{g:g} | " if by_cfg else ""
-                lines.append(f"| {name} | DPM-Solver-{solver[-1]} | {cfg}" + " | ".join(cells) + " |")
+                lines.append(f"| {name} | DPM-Solver-{solver_order(solver)} | {cfg}" + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

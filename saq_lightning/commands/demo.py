@@ -33,6 +33,7 @@ from saq_lightning.metrics.digits_eval import SamplerSetting, sample_class_balan
 from saq_lightning.metrics.digits_quality import digits_fd, digits_quality
 from saq_lightning.metrics.grids import save_grid
 from saq_lightning.models import ModelSpec, build_model
+from saq_lightning.sampling.registry import model_calls_per_step, solver_order
 
 
 def teacher_report(
@@ -137,7 +138,7 @@ def evaluate(name: str, model, setting: SamplerSetting, n: int, seed: int, class
     save_grid(samples[:100], out / f"{grid_name}.png", col_labels=[str(k) for k in range(10)],
               title=f"{name}, {setting.label()} (columns: class)")
     return {"model": name, "sampler": setting.label(), "solver": setting.solver, "steps": setting.steps,
-            "nfe": setting.steps * int(setting.solver[-1]), **quality.as_dict(),
+            "nfe": setting.steps * model_calls_per_step(setting.solver, setting.order), **quality.as_dict(),
             "seconds": time.perf_counter() - t0, "grid": f"{grid_name}.png"}
 
 
@@ -184,7 +185,7 @@ def print_comparison(rows: list[dict[str, Any]], steps: int, n: int, console: Co
                 "pixel P / R"):
         table.add_column(col, justify="left" if col in ("model", "sampler") else "right")
     for r in rows:
-        table.add_row(r["model"], f"DPM-Solver-{r['solver'][-1]}", str(r["nfe"]), f"{r['fd']:.3f}",
+        table.add_row(r["model"], f"DPM-Solver-{solver_order(r['solver'])}", str(r["nfe"]), f"{r['fd']:.3f}",
                       f"{r['class_accuracy']:.1%}", f"{r['pixel_fd']:.3f}",
                       f"{r['precision']:.2f} / {r['recall']:.2f}",
                       f"{r['pixel_precision']:.2f} / {r['pixel_recall']:.2f}")

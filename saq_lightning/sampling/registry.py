@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,26 @@ _FACTORIES: dict[str, Callable[..., Solver]] = {
 }
 
 SOLVER_NAMES: tuple[str, ...] = tuple(_FACTORIES)
+_DPM_NAME = re.compile(r"dpm(?:\+\+)?(?P<order>[123])(?P<kind>[ms]?)")
+
+
+def solver_order(name: str) -> int:
+    """The default order a solver name states (``dpm2`` -> 2, ``dpm++3m`` -> 3; DDIM 1, PLMS 4)."""
+    key = name.lower()
+    if key in ("ddim", "plms"):
+        return 1 if key == "ddim" else 4
+    match = _DPM_NAME.fullmatch(key)
+    if match is None or key not in _FACTORIES:
+        raise SolverConfigError(f"solver must be one of {SOLVER_NAMES}, got {name!r}")
+    return int(match["order"])
+
+
+def model_calls_per_step(name: str, order: int | None = None) -> int:
+    """Network evaluations per step: k for singlestep DPM-Solver(++)-k, 1 for DDIM, PLMS and the
+    multistep solvers (which reuse earlier evaluations)."""
+    key = name.lower()
+    singlestep = key not in ("ddim", "plms") and not key.endswith("m")
+    return (order or solver_order(key)) if singlestep else 1
 
 
 def make_solver(name: str, schedule: NoiseSchedule, **options: Any) -> Solver:
