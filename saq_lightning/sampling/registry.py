@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
 from typing import Any
 
 from .ddim import DDIM
@@ -13,42 +11,43 @@ from .plms import PLMS
 from .schedules import NoiseSchedule
 from .solver import Solver
 
-_FACTORIES: dict[str, Callable[..., Solver]] = {
-    "ddim": lambda sch, **kw: DDIM(sch, **kw),
-    "plms": lambda sch, **kw: PLMS(sch, **kw),
-    "dpm1": lambda sch, **kw: DPMSolver(sch, order=1, **kw),
-    "dpm2": lambda sch, **kw: DPMSolver(sch, order=2, **kw),
-    "dpm3": lambda sch, **kw: DPMSolver(sch, order=3, **kw),
-    "dpm2m": lambda sch, **kw: DPMSolverMultistep(sch, order=2, **kw),
-    "dpm3m": lambda sch, **kw: DPMSolverMultistep(sch, order=3, **kw),
-    "dpm++1": lambda sch, **kw: DPMSolver(sch, order=1, algorithm="dpmsolver++", **kw),
-    "dpm++2s": lambda sch, **kw: DPMSolver(sch, order=2, algorithm="dpmsolver++", **kw),
-    "dpm++3s": lambda sch, **kw: DPMSolver(sch, order=3, algorithm="dpmsolver++", **kw),
-    "dpm++2m": lambda sch, **kw: DPMSolverMultistep(sch, order=2, algorithm="dpmsolver++", **kw),
-    "dpm++3m": lambda sch, **kw: DPMSolverMultistep(sch, order=3, algorithm="dpmsolver++", **kw),
+#: name -> (solver class, the constructor arguments the name fixes)
+_SOLVERS: dict[str, tuple[type[Solver], dict[str, Any]]] = {
+    "ddim": (DDIM, {}),
+    "plms": (PLMS, {}),
+    "dpm1": (DPMSolver, {"order": 1}),
+    "dpm2": (DPMSolver, {"order": 2}),
+    "dpm3": (DPMSolver, {"order": 3}),
+    "dpm2m": (DPMSolverMultistep, {"order": 2}),
+    "dpm3m": (DPMSolverMultistep, {"order": 3}),
+    "dpm++1": (DPMSolver, {"order": 1, "algorithm": "dpmsolver++"}),
+    "dpm++2s": (DPMSolver, {"order": 2, "algorithm": "dpmsolver++"}),
+    "dpm++3s": (DPMSolver, {"order": 3, "algorithm": "dpmsolver++"}),
+    "dpm++2m": (DPMSolverMultistep, {"order": 2, "algorithm": "dpmsolver++"}),
+    "dpm++3m": (DPMSolverMultistep, {"order": 3, "algorithm": "dpmsolver++"}),
 }
 
-SOLVER_NAMES: tuple[str, ...] = tuple(_FACTORIES)
-_DPM_NAME = re.compile(r"dpm(?:\+\+)?(?P<order>[123])(?P<kind>[ms]?)")
+SOLVER_NAMES: tuple[str, ...] = tuple(_SOLVERS)
+
+
+def _entry(name: str) -> tuple[type[Solver], dict[str, Any]]:
+    key = name.lower() if isinstance(name, str) else name
+    if key not in _SOLVERS:
+        raise SolverConfigError(f"solver must be one of {SOLVER_NAMES}, got {name!r}")
+    return _SOLVERS[key]
 
 
 def solver_order(name: str) -> int:
-    """The default order a solver name states (``dpm2`` -> 2, ``dpm++3m`` -> 3; DDIM 1, PLMS 4)."""
-    key = name.lower()
-    if key in ("ddim", "plms"):
-        return 1 if key == "ddim" else 4
-    match = _DPM_NAME.fullmatch(key)
-    if match is None or key not in _FACTORIES:
-        raise SolverConfigError(f"solver must be one of {SOLVER_NAMES}, got {name!r}")
-    return int(match["order"])
+    """The default order a solver name stands for (``dpm2`` -> 2, ``dpm++3m`` -> 3; DDIM 1, PLMS 4)."""
+    cls, fixed = _entry(name)
+    return fixed.get("order", cls.order)
 
 
 def model_calls_per_step(name: str, order: int | None = None) -> int:
     """Network evaluations per step: k for singlestep DPM-Solver(++)-k, 1 for DDIM, PLMS and the
     multistep solvers (which reuse earlier evaluations)."""
-    key = name.lower()
-    singlestep = key not in ("ddim", "plms") and not key.endswith("m")
-    return (order or solver_order(key)) if singlestep else 1
+    cls, _ = _entry(name)
+    return (order or solver_order(name)) if cls is DPMSolver else 1
 
 
 def make_solver(name: str, schedule: NoiseSchedule, **options: Any) -> Solver:
@@ -59,10 +58,8 @@ def make_solver(name: str, schedule: NoiseSchedule, **options: Any) -> Solver:
     ``dpm++2m|dpm++3m`` (multistep DPM-Solver++). The number is the default order; a per-sample
     ``order`` given to ``sample``/``step_with_direction`` overrides it.
     """
-    key = name.lower() if isinstance(name, str) else name
-    if key not in _FACTORIES:
-        raise SolverConfigError(f"solver must be one of {SOLVER_NAMES}, got {name!r}")
+    cls, fixed = _entry(name)
     try:
-        return _FACTORIES[key](schedule, **options)
+        return cls(schedule, **fixed, **options)
     except TypeError as err:  # an unknown option for this solver
         raise SolverConfigError(f"invalid option for solver {name!r}: {err}") from err
