@@ -442,8 +442,8 @@ class SAQLightningModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        """Alignment loss on held-out trajectory points (``lightning/validation.py``), overall, per
-        teacher order and per phase."""
+        """Alignment loss on held-out trajectory points (``generate`` writes them, seeded with
+        ``validation.VALIDATION_SEED_OFFSET``), overall, per teacher order and per phase."""
         points = self.training_points(batch)
         target = self.alignment_targets(points)
         pred = self.student_direction(points.x_s, points.s, points.cond)

@@ -490,7 +490,7 @@ def evaluate_samples(
     chosen = [METRICS[n] for n in names]
     ref = _open_reference(reference) if any(m.needs_reference for m in chosen) else None
     req = _Request(sample_file, ref, prompt_list, s)
-    skipped = {m: m.skip_note(req) for m in chosen if auto and m.skip_note(req)}
+    skipped = {m: note for m in chosen if auto and (note := m.skip_note(req))}
     notes = {next(iter(m.keys)): note for m, note in skipped.items()}
     chosen = [m for m in chosen if m not in skipped]
     needs_ref = [m.name for m in chosen if m.needs_reference]
