@@ -45,8 +45,9 @@ class AdaRound(nn.Module):
     """Rounding decisions of one weight tensor (soft ``V`` or hard ``up``).
 
     Build it with :meth:`from_weight` (``h(V)`` starts at the fractional part of ``w / s``, i.e.
-    the soft weight starts equal to ``w``). The quantizer passed to :meth:`forward` / :meth:`codes`
-    provides ``s, z, qmin, qmax`` (a :class:`~saq_lightning.quant.quantizers.WeightQuantizer`).
+    the soft weight starts equal to ``w``). A quantized layer applies the decisions through
+    :func:`adaround_quantize` with :meth:`offset` of :attr:`decisions`; the quantizer passed to
+    :meth:`codes` provides ``s, z, qmin, qmax`` (a :class:`~saq_lightning.quant.quantizers.WeightQuantizer`).
     """
 
     #: buffers a trainable checkpoint must keep (see ``quant.state``)
@@ -109,10 +110,6 @@ class AdaRound(nn.Module):
         del self.V
         self.V = None
         self.register_buffer("up", up)
-
-    def forward(self, w: Tensor, w_quant: nn.Module) -> Tensor:
-        """Fake-quantized ``w`` with these rounding decisions (fp32, gradients to ``V``, LoRA, ``s``)."""
-        return adaround_quantize(w, *w_quant.effective(), self.h(), w_quant.qmin, w_quant.qmax)
 
     @torch.no_grad()
     def codes(self, w: Tensor, w_quant: nn.Module) -> Tensor:
