@@ -81,3 +81,22 @@ def test_the_pipeline_reconstructs_a_cross_attention_unet(tmp_path):
     with torch.no_grad():
         out = student(**data[0]).sample
     assert torch.isfinite(out).all()
+
+
+def test_block_timings_separate_the_iterations_from_the_one_off_evaluations(tmp_path):
+    """ptq_cost extrapolates only ``iterate_seconds`` to the full iteration count: it must be the
+    loops alone, a part of ``optimize_seconds`` (which also holds the three full evaluations)."""
+    teacher = make_tiny_unet2d_condition().eval()
+    student = _student(teacher)
+    data = [cond_batch(8, seed=0)]
+    settings = ReconstructionSettings(objective="same_input", num_samples=8, iters=4, act_iters=2,
+                                      batch_size=4, record_batch_size=8)
+
+    def batches():
+        yield (lambda: teacher(**data[0]), lambda: student(**data[0]), 8)
+
+    report = reconstruct_student(student, teacher, batches, 8, lambda: calibrate(student, data), settings,
+                                 tmp_path / "state", {"test": 1}, progress=False, max_blocks=3)
+    assert len(report.blocks) == 3
+    for b in report.blocks:
+        assert 0.0 < b.iterate_seconds < b.optimize_seconds, b

@@ -9,6 +9,7 @@ optimizer steps (up to the order of floating-point summation).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ class BlockResult:
     curve: list[tuple[int, float, float]] = field(default_factory=list)  # (iter, rec, reg)
     record_seconds: float = 0.0  # recording the block's inputs and FP outputs
     optimize_seconds: float = 0.0  # rounding + activation-step iterations and the evaluations
+    iterate_seconds: float = 0.0  # the iterations alone (what scales with ``iters``/``act_iters``)
     cache_bytes: int = 0  # this rank's recorded rows (inputs, targets)
 
     def scalars(self) -> dict[str, float]:
@@ -130,7 +132,9 @@ def reconstruct_block(
     curve: list[tuple[int, float, float]] = []
     round_reg = 0.0
     gen = torch.Generator().manual_seed(settings.seed * 100003 + block_index)
+    iterate_seconds = 0.0
     if settings.iters and params:
+        t0 = time.perf_counter()
         opt = torch.optim.Adam(params, lr=settings.lr)
         denom = float(min(settings.batch_size, n_global) * cache.rows_per_sample)
         with set_quant_state(block.module, weight=True, act=False):
@@ -156,6 +160,7 @@ def reconstruct_block(
                     curve.append((it, float(stats[0]), round_reg))
                     if progress is not None:
                         progress(it, {"rec": float(stats[0]), "reg": round_reg})
+        iterate_seconds += time.perf_counter() - t0
     hard = [r.hard_fraction() for r in roundings]
     numel = [r.V.numel() for r in roundings]
     hard_fraction = sum(h * n for h, n in zip(hard, numel, strict=True)) / max(1, sum(numel))
@@ -169,6 +174,7 @@ def reconstruct_block(
     act_iters = settings.act_iters if settings.learn_act_steps else 0
     act_params = [p for layer in layers if layer.a_quant.bits < 16 for p in (layer.a_quant.step,)]
     if act_iters and act_params:
+        t0 = time.perf_counter()
         opt = torch.optim.Adam(act_params, lr=settings.act_lr)
         denom = float(min(settings.batch_size, n_global) * cache.rows_per_sample)
         with set_quant_state(block.module, weight=True, act=True):
@@ -185,11 +191,12 @@ def reconstruct_block(
                         p.clamp_(min=1e-8)
                 if progress is not None and (it % settings.log_every == 0 or it == act_iters - 1):
                     progress(settings.iters + it, {"act_rec": float(rec.detach())})
+        iterate_seconds += time.perf_counter() - t0
         block.module.zero_grad(set_to_none=True)
     with set_quant_state(block.module, weight=True, act=True):
         loss_after = evaluate_block(block, cache, n_global, context, settings, comm, device)
     return BlockResult(block.name, loss_before, loss_after, loss_after_weights, round_reg,
-                       hard_fraction, settings.iters, act_iters, curve)
+                       hard_fraction, settings.iters, act_iters, curve, iterate_seconds=iterate_seconds)
 
 
 def block_state(student: Any, block: Block) -> dict[str, Tensor]:
