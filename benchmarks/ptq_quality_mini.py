@@ -3,8 +3,8 @@
 For when ``quality_digits.py``'s PTQ rows do not fit the time available: takes ``ptq`` output
 folders (same policy and calibration settings), rebuilds the naive student from the first one's
 ``ptq_state/calibration.pt`` (the L_p calibration every PTQ row starts from, nearest rounding),
-samples each with the given solvers from the same x_T and prints FD / class accuracy / final-step
-RMS deviation from FP. Writes ``benchmarks/results/ptq_quality_mini.json``.
+samples each with the given solvers from the same x_T and prints FD (classifier space) / pixel FD /
+class accuracy / final-step RMS deviation from FP. Writes ``benchmarks/results/ptq_quality_mini.json``.
 
     python benchmarks/ptq_quality_mini.py runs/mini/brecq runs/mini/saptq1 --samples 100 --solvers dpm1@10
 """
@@ -63,8 +63,10 @@ def main() -> None:
             q = digits_quality(classifier, samples, labels, real)
             fp.setdefault(solver, samples)
             dev = float((samples - fp[solver]).pow(2).mean().sqrt())
-            results.append({"row": row, "solver": solver, "fd": q.fd, "acc": q.class_accuracy, "deviation": dev})
-            print(f"| {row} | {solver} | {q.fd:.3f} | {q.class_accuracy:.1%} | {dev:.4f} |", flush=True)
+            results.append({"row": row, "solver": solver, "fd": q.fd, "pixel_fd": q.pixel_fd, "acc": q.class_accuracy,
+                            "deviation": dev})
+            print(f"| {row} | {solver} | {q.fd:.3f} | {q.pixel_fd:.3f} | {q.class_accuracy:.1%} | {dev:.4f} |",
+                  flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True,
                             text=True).stdout.strip()
     out = Path(__file__).resolve().parent / "results" / "ptq_quality_mini.json"

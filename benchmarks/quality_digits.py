@@ -81,6 +81,9 @@ ROWS = [
 HEADLINE = {"W4A4 naive": "naive", "W4A4 same-input": "same_input",
             "W4A4 mixed-order": "mixed_order", "W4A4 mixed-order + mixstep": "mixstep",
             "W4A4 default recipe": "default_recipe", "W4A4 author recipe": "author_recipe"}
+#: PTQ rows (``quality_digits_ptq.py``, named "<POLICY> <row>") in the headline, against "<POLICY> PTQ naive"
+PTQ_HEADLINE = {"BRECQ": "brecq", "SA-PTQ (fp first-order)": "saptq_fp1",
+                "SA-PTQ (fp second-order)": "saptq_fp2", "SA-QLoRA from SA-PTQ": "saqlora"}
 
 
 def row_config(base: Path, out: Path, row: Row, max_steps: int) -> Path:
@@ -139,8 +142,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="*", default=[5, 10, 20], help="step counts")
     parser.add_argument("--name", default="quality_digits",
                         help="results file stem (a reduced run: another name keeps the full table)")
+    parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
+                        help="write one table from these result files (rows run by separate processes) "
+                             "instead of running rows")
     add_arguments(parser)  # PTQ rows (quality_digits_ptq.py)
     args = parser.parse_args()
+    if args.merge:
+        payload = merge_payloads(args.merge)
+        args.samples, args.max_steps = payload["samples"], payload["max_steps"]
+        write_outputs(Path(args.out), payload["results"], args, payload["guidance_scale"], payload["commit"],
+                      payload["seconds"])
+        return
     console = Console()
     out = Path(args.out)
     base = resolve_config(args.config)
@@ -218,7 +230,7 @@ def spaces_cell(r: dict[str, Any]) -> str:
 
 def headline(results: list[dict[str, Any]]) -> str:
     """Student FD with DPM-Solver-1 at 10 steps over FP FD with DPM-Solver-2 at 10 steps, per W4A4
-    row, CFG scale and feature space (classifier ``fd``, pixel ``pixel_fd``)."""
+    row, CFG scale and feature space (classifier ``fd``, pixel ``pixel_fd``); then the PTQ rows'."""
     parts = []
     for g in sorted({r.get("guidance_scale") for r in results}, key=lambda g: (g is None, g)):
         for metric, label in (("fd", "fd_ratio"), ("pixel_fd", "pixel_fd_ratio")):
@@ -229,7 +241,40 @@ def headline(results: list[dict[str, Any]]) -> str:
                       if fp2 and fd.get((row, "dpm1", 10)) is not None]
             if ratios:
                 parts.append((f"cfg{g:g} " if g is not None else "") + label + " " + " ".join(ratios))
+            parts += ptq_headline(fd, metric, g)
     return "; ".join(parts)
+
+
+def ptq_headline(fd: dict[tuple[str, str, int], float | None], metric: str, g: float | None) -> list[str]:
+    """Per policy: each PTQ row's FD with DPM-Solver-1 at 10 steps over its policy's ``PTQ naive``
+    row's (below 1: reconstruction beats calibration with nearest rounding)."""
+    parts = []
+    for policy in ("W8A8", "W4A8", "W4A4"):
+        naive = fd.get((f"{policy} PTQ naive", "dpm1", 10))
+        ratios = [f"{short}={fd[(f'{policy} {row}', 'dpm1', 10)] / naive:.2f}" for row, short in PTQ_HEADLINE.items()
+                  if naive and fd.get((f"{policy} {row}", "dpm1", 10)) is not None]
+        if ratios:
+            parts.append((f"cfg{g:g} " if g is not None else "") + f"{policy} {metric}_over_ptq_naive "
+                         + " ".join(ratios))
+    return parts
+
+
+def merge_payloads(paths: list[Path]) -> dict[str, Any]:
+    """One payload from result files of one commit and one setting; a cell (row, solver, steps,
+    CFG) in several files (the FP row each process sampled) is kept from the first file, and
+    ``seconds`` is the longest file's (the processes ran side by side)."""
+    payloads = [json.loads(Path(p).read_text()) for p in paths]
+    for field_name in ("commit", "samples", "max_steps", "guidance_scale"):
+        for path, payload in zip(paths[1:], payloads[1:], strict=True):
+            if payload.get(field_name) != payloads[0].get(field_name):
+                raise ValueError(f"{path}: {field_name} is {payload.get(field_name)!r}, but {paths[0]} has "
+                                 f"{payloads[0].get(field_name)!r}; merge only results of one commit and setting")
+    cells: dict[tuple, dict[str, Any]] = {}
+    for payload in payloads:
+        for r in payload["results"]:
+            cells.setdefault((r["row"], r["solver"], r["steps"], r.get("guidance_scale")), r)
+    return {**payloads[0], "results": list(cells.values()), "seconds": max(p["seconds"] for p in payloads),
+            "merged_from": [str(p) for p in paths]}
 
 
 def source_commit() -> str:

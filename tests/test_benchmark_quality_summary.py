@@ -62,3 +62,48 @@ def test_table_has_a_line_per_row_and_solver_and_a_column_per_step_count(bench):
         "| W4A4 naive | DPM-Solver-1 | 2.500 / 95.0% / 0.125 | 1.500 / 99.0% / 0.062 |",
         "| W4A4 naive | DPM-Solver-2 | 3.000 / 90.0% / 0.250 |  |",  # a setting that was not run
     ]
+
+
+def test_headline_gives_each_ptq_rows_dpm1_fd_over_its_policys_ptq_naive_row(bench):
+    results = [
+        _result("W4A8 PTQ naive", "dpm1", 10, 2.0), _result("W4A8 BRECQ", "dpm1", 10, 1.0),
+        _result("W4A8 SA-PTQ (fp first-order)", "dpm1", 10, 0.5),
+        _result("W4A4 BRECQ", "dpm1", 10, 1.0),  # no W4A4 naive row: no W4A4 ratios
+    ]
+    assert bench.headline(results) == "W4A8 fd_over_ptq_naive brecq=0.50 saptq_fp1=0.25"
+
+
+def test_ptq_headline_names_are_rows_of_quality_digits_ptq(bench):
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from quality_digits_ptq import PTQ_ROWS
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    names = {r.name for r in PTQ_ROWS}
+    for policy in ("W8A8", "W4A8", "W4A4"):
+        assert f"{policy} PTQ naive" in names
+        assert {f"{policy} {row}" for row in bench.PTQ_HEADLINE} <= names
+
+
+def _payload(tmp_path, name: str, results: list[dict], commit: str = "abc1234", seconds: float = 10.0) -> Path:
+    import json
+
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"commit": commit, "samples": 500, "max_steps": 800, "guidance_scale": 2.0,
+                                "seconds": seconds, "results": results}))
+    return path
+
+
+def test_merge_keeps_each_cell_once_from_the_first_file_and_the_longest_time(bench, tmp_path):
+    a = _payload(tmp_path, "a", [_result("FP", "dpm1", 10, 0.9), _result("W4A4 BRECQ", "dpm1", 10, 1.0)], seconds=60)
+    b = _payload(tmp_path, "b", [_result("FP", "dpm1", 10, 0.8), _result("W4A8 BRECQ", "dpm1", 10, 0.7)], seconds=90)
+    merged = bench.merge_payloads([a, b])
+    assert [(r["row"], r["fd"]) for r in merged["results"]] == [("FP", 0.9), ("W4A4 BRECQ", 1.0), ("W4A8 BRECQ", 0.7)]
+    assert merged["seconds"] == 90 and merged["commit"] == "abc1234"
+
+
+def test_merge_refuses_results_of_another_commit_naming_the_file_and_field(bench, tmp_path):
+    a = _payload(tmp_path, "a", [_result("FP", "dpm1", 10, 0.9)])
+    b = _payload(tmp_path, "b", [_result("FP", "dpm1", 10, 0.9)], commit="def5678")
+    with pytest.raises(ValueError, match=r"b\.json: commit is 'def5678'"):
+        bench.merge_payloads([a, b])
