@@ -150,6 +150,8 @@ def main() -> None:
     if args.merge:
         payload = merge_payloads(args.merge)
         args.samples, args.max_steps = payload["samples"], payload["max_steps"]
+        args.ptq_iters, args.ptq_act_iters, args.ptq_samples = (payload["ptq"][k] for k in ("iters", "act_iters",
+                                                                                          "samples"))
         write_outputs(Path(args.out), payload["results"], args, payload["guidance_scale"], payload["commit"],
                       payload["seconds"])
         return
@@ -190,7 +192,8 @@ def main() -> None:
                           f"{q.pixel_fd:6.3f}  P/R {q.precision:.2f}/{q.recall:.2f} pix "
                           f"{q.pixel_precision:.2f}/{q.pixel_recall:.2f}  dev "
                           f"{deviation if deviation is not None else float('nan'):.4f}")
-    write_outputs(out, results, args, guidance, commit, time.perf_counter() - t_start)
+        # after every row: a later row that fails loses only itself (rerun: trained rows resume)
+        write_outputs(out, results, args, guidance, commit, time.perf_counter() - t_start, final=row is rows[-1])
 
 
 def markdown_table(results: list[dict[str, Any]], cell_of=None) -> str:
@@ -264,7 +267,7 @@ def merge_payloads(paths: list[Path]) -> dict[str, Any]:
     CFG) in several files (the FP row each process sampled) is kept from the first file, and
     ``seconds`` is the longest file's (the processes ran side by side)."""
     payloads = [json.loads(Path(p).read_text()) for p in paths]
-    for field_name in ("commit", "samples", "max_steps", "guidance_scale"):
+    for field_name in ("commit", "samples", "max_steps", "guidance_scale", "ptq"):
         for path, payload in zip(paths[1:], payloads[1:], strict=True):
             if payload.get(field_name) != payloads[0].get(field_name):
                 raise ValueError(f"{path}: {field_name} is {payload.get(field_name)!r}, but {paths[0]} has "
@@ -287,14 +290,17 @@ def source_commit() -> str:
 
 
 def write_outputs(out: Path, results: list[dict[str, Any]], args: argparse.Namespace, guidance: float,
-                  commit: str, seconds: float) -> None:
+                  commit: str, seconds: float, final: bool = True) -> None:
+    """Write the JSON and Markdown results (``final``: also print the table and the headline)."""
     payload = {"commit": commit, "samples": args.samples, "max_steps": args.max_steps,
                "rows": list(dict.fromkeys(r["row"] for r in results)),
                "torch_threads": torch.get_num_threads(),
-               "guidance_scale": guidance, "seconds": seconds, "results": results}
+               "guidance_scale": guidance, "seconds": seconds, "results": results,
+               "ptq": {"iters": args.ptq_iters, "act_iters": args.ptq_act_iters, "samples": args.ptq_samples}}
     md = (f"Cells: FD / class accuracy / final-step RMS deviation from FP (same solver and steps); "
           f"{args.samples} class-balanced samples, CFG {guidance:g}, {args.max_steps} training steps per "
-          f"trained row, commit {commit}, {seconds / 60:.1f} min on this machine.\n\n"
+          f"trained row, PTQ rows {args.ptq_iters} + {args.ptq_act_iters} iterations per block on "
+          f"{args.ptq_samples} pairs, commit {commit}, {seconds / 60:.1f} min on this machine.\n\n"
           + markdown_table(results) + "\n\nSecond feature space: pixel-space FD / k-NN precision, recall "
           "(k = 3) in the classifier's feature space / in pixel space.\n\n"
           + markdown_table(results, spaces_cell) + "\n")
@@ -303,6 +309,8 @@ def write_outputs(out: Path, results: list[dict[str, Any]], args: argparse.Names
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{getattr(args, 'name', 'quality_digits')}.json").write_text(json.dumps(payload, indent=2) + "\n")
         (folder / f"{getattr(args, 'name', 'quality_digits')}.md").write_text(md)
+    if not final:
+        return
     print(md, flush=True)  # plain print: rich would wrap the table's lines
     print(headline(results))
 

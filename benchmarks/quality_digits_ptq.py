@@ -6,8 +6,9 @@ config's calibration, which ``--ptq_calibration_*`` may make lighter for the PTQ
 ``configs/digits_w8a8_saptq.yaml`` with the row's policy and objective; calibration pairs come from
 one shared ``generate`` folder (DPM-Solver-2 at 20 and 10 steps, CFG 2, the quality table's guidance).
 ``--ptq_iters`` / ``--ptq_act_iters`` / ``--ptq_samples`` reduce the lineage's 10k / 5k / 1024.
-The SA-QLoRA row trains the quality table's ``FIXED_10`` recipe for ``--max_steps`` steps with
-``model.init_from`` = the SA-PTQ (fp_first_order) student of the same policy.
+The SA-QLoRA row trains the quality table's mixed-order recipe for ``--max_steps`` steps with
+``model.init_from`` = the SA-PTQ (fp_first_order) student of the same policy, on the PTQ config's
+phases (DPM-Solver-2 teacher, 20 and 10 steps: the grids whose timestep buckets that student has).
 """
 
 from __future__ import annotations
@@ -102,15 +103,23 @@ def build_ptq_row_model(row: PTQRow, base: Path, out: Path, args: Any, console: 
     ckpt, seconds = ptq_student(row, out, args)
     if not row.qlora:
         return load_student(ckpt).eval(), seconds
-    from quality_digits import FIXED_10, Row, row_config  # the trained rows' recipe
+    from quality_digits import Row, row_config  # the trained rows' recipe
 
-    config = row_config(base, out / row.key, Row(row.name, row.policy, "mixed_order", FIXED_10), args.max_steps)
+    # the phases the SA-PTQ student was calibrated on: init_from refuses other timestep-bucket grids
+    config = row_config(base, out / row.key, Row(row.name, row.policy, "mixed_order", ptq_phases()), args.max_steps)
     cfg = yaml.safe_load(config.read_text())
     cfg["model"]["init_args"]["init_from"] = str(ckpt.resolve())
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     t0 = time.perf_counter()
     checkpoint = train(config, out / row.key, retrain=False, console=console)
     return load_student(checkpoint).eval(), seconds + time.perf_counter() - t0
+
+
+def ptq_phases() -> list[dict[str, int]]:
+    """The MixStep phases of the PTQ config (its calibration pairs' grids)."""
+    cfg = yaml.safe_load(PTQ_CONFIG.read_text())
+    return next(cb["init_args"]["phases"] for cb in cfg["trainer"]["callbacks"]
+                if cb["class_path"].endswith("MixStepCallback"))
 
 
 def add_arguments(parser: Any) -> None:

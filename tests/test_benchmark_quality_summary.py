@@ -90,7 +90,8 @@ def _payload(tmp_path, name: str, results: list[dict], commit: str = "abc1234", 
 
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps({"commit": commit, "samples": 500, "max_steps": 800, "guidance_scale": 2.0,
-                                "seconds": seconds, "results": results}))
+                                "seconds": seconds, "results": results,
+                                "ptq": {"iters": 3000, "act_iters": 1000, "samples": 1024}}))
     return path
 
 
