@@ -148,3 +148,54 @@ def test_sigusr1_in_an_srun_step_of_a_pipeline_command_requeues_the_job_and_exit
     assert done.returncode == 0 and "requeued job 77" in done.stdout
     assert (tmp_path / "called").read_text().split() == ["requeue", "77"]
     assert not requeue_on_sigusr1({})  # outside an srun step nothing is installed
+
+
+class _LoggedSteps(pl.LightningModule):
+    """Logs ``train/loss`` every step; at step ``at`` it raises the requeue flag (as SIGUSR1 would)."""
+
+    def __init__(self, requeue, at: int) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+        self.requeue, self.at = requeue, at
+
+    def training_step(self, batch, batch_idx):
+        if self.global_step == self.at:
+            self.requeue.requested = True
+        loss = self.layer(batch[0]).pow(2).mean()
+        self.log("train/loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        from torch.utils.data import DataLoader, TensorDataset
+
+        return DataLoader(TensorDataset(torch.randn(64, 2)), batch_size=4)
+
+
+def test_the_requeue_comes_after_the_saved_steps_scalars_are_in_the_tensorboard_file(tmp_path, monkeypatch):
+    """`scontrol requeue` ends the job: every step up to the saved one must be on disk by then (the
+    resumed run starts after it). A stand-in scontrol copies the event files at the moment it is called."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from saq_lightning.lightning.slurm import REQUEUE_CKPT, SlurmRequeue, SlurmRun
+
+    bin_dir, tb, snapshot = tmp_path / "bin", tmp_path / "tb", tmp_path / "at_requeue"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\ncp -r {tb} {snapshot}\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "41")
+    requeue = SlurmRequeue(SlurmRun(job="41", config={}, resume=None))
+    trainer = pl.Trainer(max_steps=12, logger=TensorBoardLogger(str(tb), name="", version=0), log_every_n_steps=1,
+                         callbacks=[requeue], default_root_dir=str(tmp_path), enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(_LoggedSteps(requeue, at=5))
+    saved = torch.load(tmp_path / REQUEUE_CKPT, weights_only=False)["global_step"]
+    events = sorted(snapshot.rglob("events.out.tfevents.*"))
+    assert events, "scontrol ran before anything was written"
+    acc = EventAccumulator(str(events[0]), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert saved == 6 and [e.step for e in acc.Scalars("train/loss")] == list(range(saved))

@@ -195,7 +195,13 @@ def apply_resume(namespace: Any, run: SlurmRun | None) -> None:
 
 
 class SlurmRequeue(pl.Callback):
-    """SIGUSR1 -> at the next step boundary: save ``requeue.ckpt``, ``scontrol requeue``, stop.
+    """SIGUSR1 -> at the next step boundary: save ``requeue.ckpt`` and stop; at the end of
+    training, flush the loggers and ``scontrol requeue``.
+
+    The requeue waits for the end of training because Lightning logs a step's metrics only after
+    ``on_train_batch_end``, and the requeue ends this job: requeued at the step boundary, the job
+    could be gone before the saved step's scalars reached the TensorBoard file (the resumed run
+    starts at the next step, so that point would be missing from the curve for good).
 
     Also writes :data:`RECORD_KEY` into every checkpoint (periodic ``last.ckpt`` included).
     """
@@ -226,6 +232,14 @@ class SlurmRequeue(pl.Callback):
         path = Path(trainer.default_root_dir) / REQUEUE_CKPT
         trainer.save_checkpoint(path)  # every rank, at the same step: no collective is left waiting
         self.requeued = True
+        trainer.should_stop = True
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.requeued:
+            return
+        for logger in trainer.loggers:
+            logger.save()  # TensorBoard: flush the event file
+        path = Path(trainer.default_root_dir) / REQUEUE_CKPT
         if trainer.is_global_zero:
             job = requeue_id()
             done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, check=False)
@@ -235,7 +249,6 @@ class SlurmRequeue(pl.Callback):
             else:
                 print(f"SLURM: saved {path} at step {trainer.global_step}, but `scontrol requeue {job}` failed: "
                       f"{done.stderr.strip()} (submit the job again to resume)", file=sys.stderr, flush=True)
-        trainer.should_stop = True
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
