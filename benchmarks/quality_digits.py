@@ -13,7 +13,9 @@ pixel-space FD and k-NN precision/recall in both spaces (classifier features / p
     python benchmarks/quality_digits.py --out runs/quality_digits [--max_steps 800] [--samples 500]
 
 Writes ``quality_digits.json`` + ``quality_digits.md`` to ``--out`` (and copies both to
-``benchmarks/results/``). The last line is the headline "dual acceleration" ratio per W4A4 row:
+``benchmarks/results/``) after every row. Rows can run in separate processes (``--rows``, each
+with its own ``--name``) and be joined with ``--merge <json>...``. The PTQ rows (SA-PTQ, BRECQ,
+SA-QLoRA from SA-PTQ at W8A8 / W4A8 / W4A4) are in ``quality_digits_ptq.py``. The last line is the headline "dual acceleration" ratio per W4A4 row:
 student FD with DPM-Solver-1 at 10 steps over FP FD with DPM-Solver-2 at 10 steps.
 """
 
