@@ -210,7 +210,7 @@ class SlurmRequeue(pl.Callback):
         self.run = run
         self.signum = signum
         self.requested = False
-        self.requeued = False
+        self.saved: Path | None = None  # requeue.ckpt, once written: the requeue follows at the end
         self._previous: Any = None
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -227,28 +227,27 @@ class SlurmRequeue(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        if self.requeued or not trainer.strategy.reduce_boolean_decision(self.requested, all=False):
+        if self.saved is not None or not trainer.strategy.reduce_boolean_decision(self.requested, all=False):
             return
-        path = Path(trainer.default_root_dir) / REQUEUE_CKPT
-        trainer.save_checkpoint(path)  # every rank, at the same step: no collective is left waiting
-        self.requeued = True
+        self.saved = Path(trainer.default_root_dir) / REQUEUE_CKPT
+        trainer.save_checkpoint(self.saved)  # every rank, at the same step: no collective is left waiting
         trainer.should_stop = True
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.requeued:
+        if self.saved is None:
             return
         for logger in trainer.loggers:
             logger.save()  # TensorBoard: flush the event file
-        path = Path(trainer.default_root_dir) / REQUEUE_CKPT
-        if trainer.is_global_zero:
-            job = requeue_id()
-            done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, check=False)
-            if done.returncode == 0:
-                print(f"SLURM: signal {int(self.signum)} at step {trainer.global_step}: saved {path}, requeued "
-                      f"job {job}", flush=True)
-            else:
-                print(f"SLURM: saved {path} at step {trainer.global_step}, but `scontrol requeue {job}` failed: "
-                      f"{done.stderr.strip()} (submit the job again to resume)", file=sys.stderr, flush=True)
+        if not trainer.is_global_zero:
+            return
+        job = requeue_id()
+        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, check=False)
+        if done.returncode == 0:
+            print(f"SLURM: signal {int(self.signum)} at step {trainer.global_step}: saved {self.saved}, requeued "
+                  f"job {job}", flush=True)
+        else:
+            print(f"SLURM: saved {self.saved} at step {trainer.global_step}, but `scontrol requeue {job}` failed: "
+                  f"{done.stderr.strip()} (submit the job again to resume)", file=sys.stderr, flush=True)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
