@@ -41,7 +41,7 @@ class BlockResult:
     iters: int
     act_iters: int
     curve: list[tuple[int, float, float]] = field(default_factory=list)  # (iter, rec, reg)
-    record_seconds: float = 0.0  # recording the block's inputs and FP outputs
+    record_seconds: float = 0.0  # recording the block's inputs and FP outputs (set by the caller)
     optimize_seconds: float = 0.0  # rounding + activation-step iterations and the evaluations
     iterate_seconds: float = 0.0  # the iterations alone (what scales with ``iters``/``act_iters``)
     cache_bytes: int = 0  # this rank's recorded rows (inputs, targets)
@@ -117,6 +117,7 @@ def reconstruct_block(
     Expects the layers' quantizers initialised (``quant.calibrate``). Leaves the block with hard
     rounding (``layer.rounding`` holds the decisions), weights and activations quantized.
     """
+    started = time.perf_counter()
     comm = comm or Comm()
     device = torch.device(device)
     layers = [layer for _, layer in block.layers]
@@ -196,7 +197,9 @@ def reconstruct_block(
     with set_quant_state(block.module, weight=True, act=True):
         loss_after = evaluate_block(block, cache, n_global, context, settings, comm, device)
     return BlockResult(block.name, loss_before, loss_after, loss_after_weights, round_reg,
-                       hard_fraction, settings.iters, act_iters, curve, iterate_seconds=iterate_seconds)
+                       hard_fraction, settings.iters, act_iters, curve,
+                       optimize_seconds=time.perf_counter() - started, iterate_seconds=iterate_seconds,
+                       cache_bytes=cache.nbytes())
 
 
 def block_state(student: Any, block: Block) -> dict[str, Tensor]:
