@@ -18,11 +18,12 @@ from .export import export_student, load_exported, pack_codes, read_manifest, un
 from .functional import FakeQuantize, fake_quantize, qrange
 from .layers import QuantConv2d, QuantLayer, QuantLinear
 from .lora import LoRA
+from .macs import MacCounts, count_macs
 from .model import QuantizedUNet, quantize_model
 from .param_groups import param_groups
 from .policy import PRESETS, LayerPlan, LayerRule, QuantPolicy, as_policy, preset, resolve_policy
 from .quantizers import AffineQuantizer, WeightQuantizer
-from .report import QuantReport
+from .report import PrecisionShare, QuantReport
 from .state import load_trainable_state_dict, set_quant_state, trainable_state_dict
 from .timestep_quantizer import TimestepActQuantizer, TimestepContext, bucket_index
 
@@ -33,6 +34,8 @@ __all__ = [
     "LayerPlan",
     "LayerRule",
     "LoRA",
+    "MacCounts",
+    "PrecisionShare",
     "QuantAttnProcessor",
     "QuantConv2d",
     "QuantLayer",
@@ -46,6 +49,7 @@ __all__ = [
     "as_policy",
     "bucket_index",
     "calibrate",
+    "count_macs",
     "export_student",
     "fake_quantize",
     "init_weight_quantizers",
