@@ -97,9 +97,8 @@ def test_on_the_fly_mode_rolls_the_teacher_out_inside_the_step_and_trains(tmp_pa
 
 def test_targets_shard_without_eps_eff_in_the_shards_is_a_clear_error(tmp_path, guided):
     spec, _, _ = guided
-    shards = write_tiny_shards(spec, tmp_path / "no_targets",
-                               generation={"trajectories_per_phase": 2, "trajectories_per_shard": 2,
-                                           "store_targets": False})
-    module = tiny_module(spec, targets="shard")
+    generation = {"trajectories_per_phase": 2, "trajectories_per_shard": 2, "store_targets": False}
+    shards = write_tiny_shards(spec, tmp_path / "no_targets", generation=generation)
+    module = tiny_module(spec, targets="shard", generation=generation)  # shards of this config
     with pytest.raises(ValueError, match=r"targets='shard' but the shards in .*no_targets hold no eps_eff"):
         tiny_trainer(tmp_path, 1).fit(module, datamodule=tiny_datamodule(shards))

@@ -9,7 +9,9 @@ multistep teacher or student solver also ``x_hist``, the previous grid states).
 
 A shard's records are a pure function of the seed and its trajectory indices (the rollout batch
 is part of the manifest), which is what makes the shard writer's resume and multi-rank
-splitting safe.
+splitting safe. The manifest records the provenance a run checks (:mod:`.trajectory_meta`: the
+teacher's fingerprint, the solver step and its intermediate-point rule, seed and counts, the
+generator version ``GENERATOR``); a folder that differs is refused, never resumed.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from saq_lightning.data.manifest import MANIFEST_NAME, load_manifest
 from saq_lightning.data.mixstep import MixStepPhase, MixStepSchedule
 from saq_lightning.data.shard_writer import WriteReport, write_trajectory_shards
 from saq_lightning.data.trajectory_pairs import PAIRS_META, add_pairs
@@ -30,12 +33,12 @@ from saq_lightning.data.trajectory_records import trajectory_records
 from .conditions import ConditionSource, noise_for
 from .settings import GenerationSettings
 from .teacher_flow import TeacherFlow
+from .trajectory_meta import check_generator, check_teacher_weights, generation_meta
 from .validation import VALIDATION_SEED_OFFSET
 
 if TYPE_CHECKING:  # pragma: no cover
     from .module import SAQLightningModule
 
-GENERATOR = "saq_lightning.generate/1"
 #: subfolder of the trajectory folder holding the held-out validation trajectories
 VALIDATION_FOLDER = "val"
 
@@ -60,16 +63,16 @@ class PhaseLayout:
 def trajectory_meta(
     module: SAQLightningModule, schedule: MixStepSchedule, settings: GenerationSettings | None = None
 ) -> dict[str, Any]:
-    """The manifest ``meta`` of ``module``'s trajectories under ``schedule``."""
+    """The manifest ``meta`` of ``module``'s trajectories under ``schedule``: the provenance a run
+    checks (teacher and its fingerprint, solver step, generator version, seed, counts) and how
+    the records are stored."""
     settings = settings or module.generation
     meta = module.expected_trajectory_meta()
+    meta.update(generation_meta(settings, schedule.num_phases))
     meta.update({
         "phases": schedule.to_dict()["phases"],
-        "seed": settings.seed,
-        "trajectories_per_phase": settings.per_phase(schedule.num_phases),
         "rollout_batch_size": settings.rollout_batch_size or settings.trajectories_per_shard,
         "targets": "eps_eff" if settings.store_targets else None,
-        "generator": GENERATOR,
     })
     if settings.store_pairs:
         meta["pairs"] = PAIRS_META
@@ -127,6 +130,17 @@ class TrajectoryRollout:
         return records
 
 
+def refuse_stale_folder(folder: Path, meta: dict[str, Any]) -> None:
+    """A folder written by another generator version or another teacher's weights is refused in
+    one line (before the writer's field-by-field layout check), never resumed or kept."""
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        return
+    found = load_manifest(folder, require_complete=False).meta
+    check_generator(found, str(path))
+    check_teacher_weights(found, meta["teacher_fingerprint"], str(path))
+
+
 def generate_trajectories(
     module: SAQLightningModule,
     schedule: MixStepSchedule,
@@ -152,11 +166,13 @@ def generate_trajectories(
     rollout = TrajectoryRollout(module.flow, schedule.phases, PhaseLayout(tuple(counts)),
                                 module.conditions, settings.seed, settings.store_targets, device,
                                 settings.store_pairs)
+    meta = trajectory_meta(module, schedule, settings)
+    refuse_stale_folder(Path(folder), meta)
     report = write_trajectory_shards(
         folder, rollout,
         num_trajectories=sum(counts),
         trajectories_per_shard=settings.trajectories_per_shard,
-        meta=trajectory_meta(module, schedule, settings),
+        meta=meta,
         storage_dtype=settings.storage_dtype,
         rollout_batch_size=settings.rollout_batch_size,
         rank=rank, world_size=world_size, progress=progress,
@@ -178,7 +194,9 @@ def write_validation_trajectories(
                        seed=module.generation.seed + VALIDATION_SEED_OFFSET)
     rollout = TrajectoryRollout(module.flow, schedule.phases, PhaseLayout((n,) * schedule.num_phases),
                                 module.conditions, settings.seed, settings.store_targets, device)
+    meta = {**trajectory_meta(module, schedule, settings), "split": "validation"}
+    refuse_stale_folder(folder, meta)
     return write_trajectory_shards(
         folder, rollout, num_trajectories=n * schedule.num_phases, trajectories_per_shard=n,
-        meta={**trajectory_meta(module, schedule, settings), "split": "validation"},
+        meta=meta,
         storage_dtype=settings.storage_dtype, rank=rank, world_size=world_size, progress=progress)

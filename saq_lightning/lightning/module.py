@@ -73,7 +73,7 @@ from .settings import (
 )
 from .student_step import check_phase_solvers, student_effective_direction
 from .teacher_flow import PointHistory, TeacherFlow, TrainingPoints, history_points
-from .trajectory_meta import check_trajectory_meta, manifest_phases
+from .trajectory_meta import GENERATOR, check_trajectory_folder, manifest_phases, solver_step_meta
 
 log = logging.getLogger(__name__)
 
@@ -228,11 +228,14 @@ class SAQLightningModule(L.LightningModule):
         """Manifest facts that trajectories for this run must have (see ``generate``)."""
         spec = self.teacher_spec
         return {
+            "generator": GENERATOR,
             "model_id": spec.name or spec.kind,
             "teacher": {"kind": spec.kind, "name": spec.name},
+            "teacher_fingerprint": self.teacher_fingerprint,
             "schedule": dict(self.teacher.schedule_config),
             "image_shape": list(self.teacher.sample_shape),
             "teacher_solver": self.teacher_settings.solver,
+            "teacher_step": solver_step_meta(self.flow.solver),
             "spacing": self.teacher_settings.spacing,
             "guidance_scale": self.teacher_settings.guidance_scale,
             "conditions": self.conditions.describe(),
@@ -264,8 +267,7 @@ class SAQLightningModule(L.LightningModule):
         dm = self.trainer.datamodule
         manifest = getattr(dm, "manifest", None)
         if manifest is not None:
-            check_trajectory_meta(manifest.meta, self.expected_trajectory_meta(),
-                                  source=f"{getattr(dm, 'shards', '?')}/manifest.json")
+            check_trajectory_folder(manifest, self, f"{getattr(dm, 'shards', '?')}/manifest.json")
             if self.phases is None:
                 self.phases = manifest_phases(manifest)
             if self.target_source == "shard" and "eps_eff" not in manifest.fields:

@@ -41,7 +41,7 @@ from saq_lightning.quant.reconstruction import (
 from saq_lightning.sampling.predictor import select_batch
 
 from .checkpointing import student_state_dict
-from .trajectory_meta import check_trajectory_meta, manifest_phases
+from .trajectory_meta import check_trajectory_folder, manifest_phases
 
 CHECKPOINT = "student.ckpt"
 RESULTS = "ptq_results.json"
@@ -104,7 +104,7 @@ def run_ptq(
     out = Path(settings.output)
     shards = Path(shards)
     manifest = load_manifest(shards)
-    check_trajectory_meta(manifest.meta, module.expected_trajectory_meta(), f"{shards}/manifest.json")
+    check_trajectory_folder(manifest, module, f"{shards}/manifest.json")
     phases = manifest_phases(manifest)
     if phases:  # the shards' grids give the activation buckets, as in fit
         module.bind_bucket_map(phases)
