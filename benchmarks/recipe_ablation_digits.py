@@ -24,8 +24,8 @@ is not in it).
     python benchmarks/recipe_ablation_digits.py --study balance --out runs/ablation_balance
     python benchmarks/recipe_ablation_digits.py --study cfg --out runs/ablation_cfg
 
-Writes ``<name>.json`` + ``<name>.md`` to ``--out`` and ``benchmarks/results/`` and ends with one
-summary line.
+Writes ``<name>.json`` + ``<name>.md`` to ``--out`` and ``--results`` (``benchmarks/results/``) and
+ends with one summary line.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def build(row: Row, base: Path, out: Path, args: argparse.Namespace, console: Co
 
 
 def summarise(results: list[dict[str, Any]], study: str) -> str:
-    """One line: DPM-Solver-1 at 10 steps, FD mean ± half the seed range per row (and CFG)."""
+    """One line: FD at 10 steps, mean ± half the seed range per row, CFG scale and sampler."""
     groups: dict[tuple[str, float, str], list[float]] = {}
     for r in results:
         groups.setdefault((r["row"], r["guidance_scale"], r["solver"]), []).append(r["fd"])
@@ -105,8 +105,9 @@ def summarise(results: list[dict[str, Any]], study: str) -> str:
 
     rows = list(dict.fromkeys(r["row"] for r in results))
     scales = sorted({r["guidance_scale"] for r in results})
-    parts = [f"{row} " + " ".join(f"cfg{g:g} dpm1 {cell(row, g, 'dpm1')} dpm2 {cell(row, g, 'dpm2')}"
-                                  for g in scales) for row in rows]
+    solvers = list(dict.fromkeys(r["solver"] for r in results))
+    parts = [f"{row} " + " ".join(f"cfg{g:g} {s} {cell(row, g, s)}" for g in scales for s in solvers)
+             for row in rows]
     return f"{study}: FD at 10 steps (mean ± half-range over sample seeds): " + "; ".join(parts)
 
 
@@ -127,9 +128,13 @@ def main() -> None:
     parser.add_argument("--max_steps", type=int, default=300)
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="sampling noise seeds")
+    parser.add_argument("--solvers", nargs="+", default=["dpm1", "dpm2"], choices=["dpm1", "dpm2"],
+                        help="samplers (10 steps each)")
     parser.add_argument("--trajectories", type=int, default=None,
                         help="trajectories per phase (default: the config's; smoke runs use fewer)")
     parser.add_argument("--name", default=None, help="results file stem (default ablation_<study>_digits)")
+    parser.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results",
+                        help="second folder the JSON and table are copied to")
     args = parser.parse_args()
     name = args.name or f"ablation_{args.study}_digits"
     out = Path(args.out or f"runs/ablation_{args.study}")
@@ -147,7 +152,7 @@ def main() -> None:
         console.rule(row.name)
         model, train_seconds = build(row, base, out, args, console)
         for g in scales:
-            for solver in ("dpm1", "dpm2"):
+            for solver in args.solvers:
                 for seed in args.seeds:
                     setting = SamplerSetting(solver, 10, "time_uniform", g)
                     samples, labels = sample_class_balanced(model, args.samples, setting, seed)
@@ -162,13 +167,13 @@ def main() -> None:
                     console.print(f"  cfg {g:g} {solver} seed {seed}: FD {q.fd:.3f} acc {q.class_accuracy:.1%}")
     summary = summarise(results, args.study)
     payload = {"commit": commit, "study": args.study, "max_steps": args.max_steps, "samples": args.samples,
-               "seeds": args.seeds, "trajectories": args.trajectories, "torch_threads": torch.get_num_threads(),
+               "seeds": args.seeds, "solvers": args.solvers, "trajectories": args.trajectories, "torch_threads": torch.get_num_threads(),
                "seconds": time.perf_counter() - t_start, "rows": [r.name for r in study_rows(args.study)],
                "results": results, "summary": summary}
     md = (f"{args.study} ablation, commit {commit}: {args.max_steps} training steps per row, {args.samples} "
           f"samples per cell, sample seeds {args.seeds}, {payload['seconds'] / 60:.1f} min.\n\n"
           + markdown(results) + "\n")
-    for folder in (out, Path(__file__).resolve().parent / "results"):
+    for folder in (out, args.results):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
         (folder / f"{name}.md").write_text(md)
