@@ -106,3 +106,21 @@ def test_a_combined_student_trained_off_its_models_sampling_scale_gets_one_line(
     assert "aligned at CFG 2 only" in tiny_module(spec, guidance_scale=2.0).guidance_line()
     assert tiny_module(spec, guidance_scale=1.5).guidance_line() is None
     assert tiny_module(spec, guidance_scale=2.0, guidance_alignment="branches").guidance_line() is None
+
+
+def test_fit_prints_the_per_element_balance_of_a_summed_loss_and_an_off_scale_cfg_once(setup, caplog):
+    """The author's summed loss and a combined student trained off its model's sampling scale are
+    not errors, but each changes what the run means: ``fit`` says so in one line each."""
+    import logging
+    from dataclasses import replace
+
+    root, spec, shards = setup
+    spec = replace(spec, sampling={"guidance_scale": 1.5})
+    module = tiny_module(spec, guidance_scale=2.0, generation=GENERATION,
+                         loss={"w_mse": 1.0, "w_cos": 100.0, "mse_reduction": "sum", "cos_reduction": "sum"})
+    with caplog.at_level(logging.INFO):
+        tiny_trainer(root / "notes", 1, [], SCHEDULE).fit(module, datamodule=tiny_datamodule(shards))
+    notes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("note:")]
+    assert len(notes) == 2, notes
+    assert "cosine weighs 1.562 against a per-element mean MSE" in notes[0]  # 100 / 64 (1x8x8)
+    assert "aligned at CFG 2 only" in notes[1]
