@@ -357,8 +357,9 @@ class SAQLightningModule(L.LightningModule):
                 or evaluated is None or float(evaluated) == trained):
             return None
         return (f"note: the student is aligned at CFG {trained:g} only (guidance_alignment: "
-                f"combined), the model spec samples at {float(evaluated):g}: train at "
-                f"guidance_scale: {float(evaluated):g} or use guidance_alignment: branches")
+                f"combined), its model spec samples at {float(evaluated):g}: evaluate it at "
+                f"{trained:g}, train at guidance_scale: {float(evaluated):g}, or use "
+                f"guidance_alignment: branches")
 
     def bind_bucket_map(self, phases: list[MixStepPhase] | tuple[MixStepPhase, ...]) -> None:
         """Give the student the step-to-bucket tables of ``phases``' grids (raises on collisions,
