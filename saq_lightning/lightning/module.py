@@ -303,6 +303,9 @@ class SAQLightningModule(L.LightningModule):
         return getattr(self.trainer.datamodule, "mixstep", None)
 
     def setup(self, stage: str) -> None:
+        if stage == "validate" and self.phases is None:  # validation scores each phase's own step
+            schedule = self._mixstep_schedule()
+            self.phases = None if schedule is None else list(schedule.phases)
         if stage != "fit":
             return
         schedule = self._mixstep_schedule()
