@@ -1,7 +1,9 @@
 """The paper's Table 1 at small scale, on the embedded digits default.
 
-Rows: FP | W4A4 naive PTQ | W4A4 same-input alignment (EfficientDM-style) | W4A4 mixed-order
-(SA-QLoRA) | W4A4 mixed-order + mixstep | W4A8 naive / mixed-order | W8A8 naive | W4A4 default
+Rows: FP | W4A4 naive PTQ | W4A4 same-input (cos, 2nd-order points): the same-input target on
+this project's recipe (MOTA's cosine term, the DPM-Solver-2 trajectory's points, per-bucket
+calibration) | W4A4 EfficientDM (DDIM points, MSE): the faithful baseline (FP DDIM trajectory,
+MSE only, same input) | W4A4 mixed-order (SA-QLoRA) | W4A4 mixed-order + mixstep | W4A8 naive / mixed-order | W8A8 naive | W4A4 default
 recipe / W4A4 author recipe (``configs/digits_w4a4.yaml`` against ``configs/digits_w4a4_author.yaml``
 with their own phases, the same budget). Every trained row has the same training budget
 (``--max_steps`` optimizer steps of ``configs/digits_w4a4.yaml``'s batch). Each row is sampled with DPM-Solver-1/2/3 at 5, 10 and 20 steps from the same x_T; columns:
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -48,6 +51,9 @@ MIXSTEP = [{"student_steps": s, "student_order": 1, "teacher_order": 2} for s in
 # solver-aware rows (docs/training.md): the student's own DPM-Solver-2 step in the loss; one student
 # for DPM-Solver-1, -2 and -3 (a phase per order, each against a teacher of at least order 2)
 SOLVER_AWARE_DPM2 = [{"student_steps": 10, "student_order": 2, "teacher_order": 2}]
+# EfficientDM: the FP teacher's DDIM (first-order) trajectory, aligned at the same input, MSE only
+DDIM_10 = [{"student_steps": 10, "student_order": 1, "teacher_order": 1}]
+MSE_ONLY = {"loss": {"w_mse": 1.0, "w_cos": 0.0}}
 SOLVER_AWARE_123 = [{"student_steps": 10, "student_order": k, "teacher_order": max(k, 2)}
                     for k in (1, 2, 3)]
 
@@ -59,16 +65,18 @@ class Row:
     alignment: str | None = None  # None: naive PTQ (calibrated, untrained)
     phases: list[dict[str, int]] | None = field(default_factory=lambda: FIXED_10)  # None: the config's
     config: str | None = None  # another training config than --config (a recipe row)
+    init: dict[str, Any] = field(default_factory=dict)  # model.init_args overrides (dicts merged)
 
     @property
     def key(self) -> str:
-        return self.name.lower().replace(" + ", "_").replace(" ", "_").replace("-", "_")
+        return re.sub(r"[^a-z0-9]+", "_", self.name.lower()).strip("_")
 
 
 ROWS = [
     Row("FP"),
     Row("W4A4 naive", "w4a4"),
-    Row("W4A4 same-input", "w4a4", "same_input"),
+    Row("W4A4 same-input (cos, 2nd-order points)", "w4a4", "same_input"),
+    Row("W4A4 EfficientDM (DDIM points, MSE)", "w4a4", "same_input", DDIM_10, init=MSE_ONLY),
     Row("W4A4 mixed-order", "w4a4", "mixed_order"),
     Row("W4A4 mixed-order + mixstep", "w4a4", "mixed_order", MIXSTEP),
     Row("W4A8 naive", "w4a8"),
@@ -80,7 +88,9 @@ ROWS = [
     Row("W4A4 solver-aware DPM-2", "w4a4", "mixed_order", SOLVER_AWARE_DPM2),
     Row("W4A4 solver-aware orders 1-3", "w4a4", "mixed_order", SOLVER_AWARE_123),
 ]
-HEADLINE = {"W4A4 naive": "naive", "W4A4 same-input": "same_input",
+HEADLINE = {"W4A4 naive": "naive", "W4A4 same-input": "same_input",  # the row's name before 2026-12-07
+            "W4A4 same-input (cos, 2nd-order points)": "same_input",
+            "W4A4 EfficientDM (DDIM points, MSE)": "efficientdm",
             "W4A4 mixed-order": "mixed_order", "W4A4 mixed-order + mixstep": "mixstep",
             "W4A4 default recipe": "default_recipe", "W4A4 author recipe": "author_recipe"}
 #: PTQ rows (``quality_digits_ptq.py``, named "<POLICY> <row>") in the headline, against "<POLICY> PTQ naive"
@@ -96,12 +106,17 @@ def row_config(base: Path, out: Path, row: Row, max_steps: int) -> Path:
     init = cfg["model"]["init_args"]
     init["policy"] = row.policy or "w4a4"
     init["alignment"] = row.alignment or "mixed_order"
+    for name, value in row.init.items():
+        init[name] = {**init.get(name, {}), **value} if isinstance(value, dict) else value
     for cb in cfg["trainer"]["callbacks"]:
         if cb["class_path"].endswith("MixStepCallback") and row.phases is not None:
             cb["init_args"]["phases"] = row.phases
-    # rows with the same phases share one trajectory folder (generate keeps finished shards)
-    shared = {"mixstep": MIXSTEP, "fixed10": FIXED_10}
+    # rows with the same phases (and teacher settings) share one trajectory folder (generate keeps
+    # finished shards)
+    shared = {"mixstep": MIXSTEP, "fixed10": FIXED_10, "ddim10": DDIM_10}
     tag = next((k for k, v in shared.items() if v == row.phases), row.key)
+    if "guidance_scale" in row.init:
+        tag += f"_cfg{row.init['guidance_scale']:g}"
     cfg["data"]["init_args"]["shards"] = str(out.parent / f"trajectories_{tag}")
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path

@@ -56,3 +56,20 @@ def test_phase_batches_proportional_to_steps(mode):
     assert seq[18:] == ([0, 0] if mode == "cycle" else [3, 3])
     assert MixStepSchedule.from_dict(schedule.to_dict()) == schedule
     assert "phase_batches" not in MixStepSchedule(schedule.phases).to_dict()  # old checkpoints resume
+
+
+@pytest.mark.parametrize("name", ["digits_w4a4_author.yaml", "ldm4_w4a4_author.yaml"])
+def test_the_author_recipe_decays_lora_and_activation_steps_at_adamws_default(name):
+    """The author's code trains LoRA and activation steps with AdamW's default weight decay 0.01
+    (weight-quantizer steps never decay)."""
+    from config_helpers import parse
+
+    from saq_lightning.lightning.optim import build_optimizer
+    from saq_lightning.lightning.settings import OptimizerSettings
+
+    settings = OptimizerSettings(**parse(name).model.init_args.as_dict()["optimizer"])
+    assert (settings.weight_decay, settings.act_weight_decay) == (0.01, 0.01)
+    _, student = calibrated_class_student()
+    optimizer, _ = build_optimizer(student, settings, 100)
+    decay = {g["name"].split("/")[0]: g["weight_decay"] for g in optimizer.param_groups}
+    assert decay == {"lora": 0.01, "weight_steps": 0.0, "act_tables": 0.01}

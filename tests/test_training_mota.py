@@ -56,3 +56,57 @@ def test_shape_mismatch_is_an_error_naming_both_shapes():
 def test_group_means_averages_per_integer_label():
     means = group_means(torch.tensor([1.0, 2.0, 4.0, 8.0]), torch.tensor([1, 2, 2, 3]))
     assert {k: v.item() for k, v in means.items()} == {1: 1.0, 2: 3.0, 3: 8.0}
+
+
+# ---------------------------------------------------------------- the balance across resolutions
+def _orthogonal_error(d: int, scale: float, rho: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A target of ``d`` elements (per-element rms ``scale``) and a prediction off it by an error
+    orthogonal to it of relative size ``rho`` (``|delta| = rho |target|``)."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(1, d, generator=g, dtype=torch.float64) * scale
+    n = torch.randn(1, d, generator=g, dtype=torch.float64)
+    n = n - (n * q).sum() / (q * q).sum() * q
+    delta = n * (rho * q.norm() / n.norm())
+    return (q + delta).float(), q.float()
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_relative_mse_and_the_cosine_mean_the_same_at_digits_and_ldm4_resolution(scale):
+    """The same relative error gives the same relative MSE and 1 - cos at D = 64 and 12,288 (and any
+    target scale); the plain mean MSE is resolution-independent too but grows with the scale^2."""
+    rho = 0.1
+    expected_cos = 1.0 - 1.0 / math.sqrt(1.0 + rho ** 2)  # exact for an orthogonal error
+    for d in (64, 12_288):
+        pred, target = _orthogonal_error(d, scale, rho, seed=d)
+        rel = mota_terms(pred, target, relative=True)
+        plain = mota_terms(pred, target)
+        assert rel.mse.item() == pytest.approx(rho ** 2, rel=1e-4)
+        assert 1.0 - rel.cos.item() == pytest.approx(expected_cos, rel=1e-3)
+        # the plain mean MSE carries the target's mean energy |q|^2 / D (~ scale^2)
+        assert plain.mse.item() == pytest.approx(rho ** 2 * target.square().mean().item(), rel=1e-4)
+        # the cosine is half the relative MSE of an orthogonal error, to O(rho^2)
+        assert (1.0 - rel.cos.item()) / rel.mse.item() == pytest.approx(0.5, rel=0.01)
+
+
+def test_the_authors_sum_reduction_weighs_the_cosine_100_over_d_against_a_mean_mse():
+    """``w_cos: 100`` with summed MSE and cosine is ``w_cos = 100 / D`` in the mean form: 1.5625 on
+    digits (D = 64), 0.00814 on LDM-4 (D = 12,288), 0.0061 on SD (16,384); checked against the loss."""
+    from saq_lightning.lightning.mota import reduce_mota
+    from saq_lightning.lightning.settings import LossSettings
+
+    author = LossSettings(w_mse=1.0, w_cos=100.0, mse_reduction="sum", cos_reduction="sum")
+    assert author.per_element_cos_weight(64) == pytest.approx(1.5625, rel=1e-12)
+    assert author.per_element_cos_weight(12_288) == pytest.approx(0.0081380, rel=1e-4)
+    assert author.per_element_cos_weight(16_384) == pytest.approx(0.0061035, rel=1e-4)
+    g = torch.Generator().manual_seed(3)
+    pred, target = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)
+    terms = mota_terms(pred, target, 1.0, 100.0)
+    summed, _ = reduce_mota(terms, 192, 1.0, 100.0, "sum", "sum")
+    weight = author.per_element_cos_weight(192, batch_size=4)
+    mean_form = terms.mse.mean() + weight * (1.0 - terms.cos).mean()
+    torch.testing.assert_close(summed / (192 * 4), mean_form, rtol=1e-5, atol=0)
+    line = author.balance_line(12_288)
+    assert line is not None and "0.008138" in line and "mse_reduction: mean" in line
+    assert LossSettings().balance_line(12_288) is None  # the default form is the same at every D
+    with pytest.raises(ValueError, match="loss.mse_normalization must be"):
+        LossSettings(mse_normalization="energy")

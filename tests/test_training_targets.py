@@ -102,3 +102,60 @@ def test_targets_shard_without_eps_eff_in_the_shards_is_a_clear_error(tmp_path, 
     module = tiny_module(spec, targets="shard", generation=generation)  # shards of this config
     with pytest.raises(ValueError, match=r"targets='shard' but the shards in .*no_targets hold no eps_eff"):
         tiny_trainer(tmp_path, 1).fit(module, datamodule=tiny_datamodule(shards))
+
+
+# ---------------------------------------------------------------- the authors' literal target
+def _dpm2_points(module, steps: int):
+    """Every (step, sample) point of a 4-sample DPM-Solver-2 teacher rollout of ``steps`` steps."""
+    phase = MixStepPhase(steps, 1, 2)
+    x_T = torch.randn(4, *module.teacher.sample_shape, generator=torch.Generator().manual_seed(0))
+    cond = torch.arange(4)
+    rows = module.flow.rollout(x_T, cond, phase).points()
+    return rows, cond.repeat(steps)
+
+
+@pytest.mark.parametrize("spacing", ["time_uniform", "logSNR"])
+def test_intermediate_eps_target_is_the_teachers_eps_at_the_dpm2_intermediate_point(guided, spacing):
+    """``eps_eff = eps_s + (eps(u, s1) - eps_s) / (2 r1)``: on logSNR grids (r1 = 1/2) the authors'
+    literal target ``eps(u, s1)`` is ``eps_eff``; on time-uniform grids r1 falls to ~0.2 at the last
+    step, where the literal target carries only 2 r1 of the second-order correction."""
+    spec, _, _ = guided
+    module = tiny_module(spec, guidance_scale=2.0, spacing=spacing, mixed_order_target="intermediate_eps")
+    flow = module.flow
+    rows, cond = _dpm2_points(module, 10)
+    literal = module.alignment_targets(_points(rows, cond))
+    eps_eff = flow.step_targets(rows.x_s, rows.s, rows.t, rows.order, cond)
+    eps_s = flow.step_targets(rows.x_s, rows.s, rows.t, 1, cond)
+    sch = flow.schedule
+    s1 = flow.solver.spacing_inner(rows.s, rows.t, rows.order)[:, 0]
+    lam = sch.lambda_
+    r1 = ((lam(s1) - lam(rows.s)) / (lam(rows.t) - lam(rows.s))).reshape(-1, 1, 1, 1)
+    torch.testing.assert_close(eps_eff, eps_s + (literal - eps_s) / (2 * r1), rtol=0, atol=2e-4)
+    last = rows.s == rows.s.min()
+    if spacing == "logSNR":
+        torch.testing.assert_close(r1.flatten(), torch.full_like(r1.flatten(), 0.5), rtol=0, atol=1e-5)
+        torch.testing.assert_close(literal, eps_eff, rtol=0, atol=2e-4)
+    else:
+        r_last = float(r1.flatten()[last][0])
+        assert 0.15 < r_last < 0.25
+        # the literal target misses 1 - 2 r1 (~60 %) of the second-order correction there
+        missed = (literal[last] - eps_eff[last]).norm() / (eps_eff[last] - eps_s[last]).norm()
+        assert float(missed) == pytest.approx(1.0 - 2.0 * r_last, rel=0.02)
+
+
+def _points(rows, cond):
+    from saq_lightning.lightning.teacher_flow import TrainingPoints
+
+    return TrainingPoints(rows.x_s, rows.s, rows.t, rows.order, torch.zeros_like(rows.order), cond)
+
+
+def test_intermediate_eps_target_is_refused_where_it_is_not_one_dpm2_step(guided):
+    spec, _, _ = guided
+    with pytest.raises(ValueError, match="targets='shard' reads the shards' eps_eff"):
+        tiny_module(spec, mixed_order_target="intermediate_eps", targets="shard")
+    with pytest.raises(ValueError, match="teacher_solver must be 'dpm'"):
+        tiny_module(spec, mixed_order_target="intermediate_eps", teacher_solver="dpm++")
+    from saq_lightning.lightning.module import check_intermediate_target_phases
+
+    with pytest.raises(ValueError, match="phase 1 .*teacher_steps == student_steps"):
+        check_intermediate_target_phases(list(SCHEDULE.phases))

@@ -64,3 +64,36 @@ def test_digits_fd_callback_samples_the_student_with_its_trained_sampler(tmp_pat
     first, again = callback.measure(module), callback.measure(module)
     assert first["val/digits_fd"] > 0 and 0.0 <= first["val/digits_accuracy"] <= 1.0
     assert again == first  # the same noises every time: the figure moves only with the student
+
+
+def test_validation_scores_the_solver_aware_students_own_k_step_direction(tmp_path):
+    """A phase with ``student_order: 2`` trains the student's own DPM-Solver-2 step; the validation
+    loss scores that objective, not the first-order direction at ``x_s``."""
+    import torch
+    from test_training_helpers import tiny_module
+    from test_training_solver_aware import all_records
+
+    from saq_lightning.data import MixStepPhase, MixStepSchedule
+    from saq_lightning.lightning.mota import mota_terms
+    from saq_lightning.lightning.student_step import student_effective_direction
+
+    spec = save_tiny_teacher(tmp_path / "teacher")
+    schedule = MixStepSchedule((MixStepPhase(10, 2, 2),))
+    generation = {"trajectories_per_phase": 2, "trajectories_per_shard": 2}
+    write_tiny_shards(spec, tmp_path / "shards", schedule, guidance_scale=2.0, generation=generation)
+    module = tiny_module(spec, guidance_scale=2.0, generation=generation)
+    module.phases = list(schedule.phases)
+    module.calibrate_student()
+    batch = all_records(tmp_path / "shards")
+    module.eval()
+    with torch.no_grad():
+        logged = module.validation_step(batch, 0)
+        points = module.training_points(batch)
+        target = module.alignment_targets(points)
+        own = student_effective_direction(module.flow, module.flow.predictor(module.student_model),
+                                          module.phases, points)
+        first = module.student_direction(points.x_s, points.s, points.cond)
+    expected = mota_terms(own, target).loss.mean()
+    first_order = mota_terms(first, target).loss.mean()
+    torch.testing.assert_close(logged, expected, rtol=1e-6, atol=0)
+    assert abs(float(first_order - expected)) > 1e-3 * float(expected)  # the two objectives differ

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, TypeVar
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from saq_lightning.data.mixstep import MixStepPhase, MixStepSchedule
@@ -60,7 +61,7 @@ from .checkpointing import (
 )
 from .conditions import ConditionSource, noise_for
 from .init_from import check_init_bucket_map, load_init_from
-from .mota import group_means, mota_terms, reduce_mota
+from .mota import MotaTerms, group_means, mota_terms, reduce_mota
 from .optim import build_optimizer, grad_total_norm, learning_rates
 from .resume import check_resume_settings, rebuild_lr_schedule
 from .settings import (
@@ -77,7 +78,18 @@ from .trajectory_meta import GENERATOR, check_trajectory_folder, manifest_phases
 
 log = logging.getLogger(__name__)
 
+
+def check_intermediate_target_phases(phases: list[MixStepPhase]) -> None:
+    """``intermediate_eps`` is the point of one DPM-Solver-2 step: refuse phases where it is not."""
+    for i, p in enumerate(phases):
+        if int(p.teacher_order) > 2 or int(p.teacher_steps) != int(p.student_steps):
+            raise ValueError(f"phase {i} ({p}): mixed_order_target='intermediate_eps' needs teacher "
+                             f"order <= 2 and teacher_steps == student_steps (one DPM-Solver-2 "
+                             f"step per point); use mixed_order_target='eps_eff'")
+
 Alignment = Literal["mixed_order", "same_input"]
+GuidanceAlignment = Literal["combined", "branches"]
+MixedOrderTarget = Literal["eps_eff", "intermediate_eps"]
 TargetSource = Literal["auto", "shard", "online"]
 Spacing = Literal["time_uniform", "logSNR", "time_quadratic", "leading"]
 T = TypeVar("T")
@@ -117,6 +129,15 @@ class SAQLightningModule(L.LightningModule):
         spacing: time grid of every phase (``time_uniform``, ``logSNR``, ...).
         guidance_scale: classifier-free guidance of the teacher rollouts and of both sides of the
             loss (1 = none; the paper trains ImageNet at 2.0).
+        guidance_alignment: ``combined`` (the loss compares the guided directions
+            ``eps_u + g (eps_c - eps_u)``: one combination of the two branches, right at scale
+            ``g`` only) or ``branches`` (the conditional and the unconditional outputs are aligned
+            separately, each with its own teacher target at the guided trajectory's points:
+            exact at every scale for first-order steps; targets online).
+        mixed_order_target: ``eps_eff`` (the exact effective direction of the teacher's order-k
+            step) or ``intermediate_eps`` (the authors' code: the teacher's ``eps(u, s1)`` at
+            DPM-Solver-2's intermediate point, equal to ``eps_eff`` only where ``s1`` is the
+            ``lambda``-midpoint; targets online; teacher ``dpm``, orders 1-2).
         loss, optimizer, calibration, generation: see :mod:`.settings`.
         online_points_per_batch: on-the-fly mode: trajectory points trained on per batch
             (default: as many as initial noises in the batch), drawn from the rollouts.
@@ -142,6 +163,8 @@ class SAQLightningModule(L.LightningModule):
         teacher_solver: Literal["dpm", "dpm++", "dpm_multistep", "dpm++_multistep", "plms"] = "dpm",
         spacing: Spacing = "time_uniform",
         guidance_scale: float = 1.0,
+        guidance_alignment: GuidanceAlignment = "combined",
+        mixed_order_target: MixedOrderTarget = "eps_eff",
         loss: LossSettings | None = None,
         optimizer: OptimizerSettings | None = None,
         calibration: CalibrationSettings | None = None,
@@ -161,6 +184,21 @@ class SAQLightningModule(L.LightningModule):
         if targets == "shard" and alignment != "mixed_order":
             raise ValueError("targets='shard' reads eps_eff, the mixed_order target; same_input "
                              "targets are the teacher's eps at x_s, computed online")
+        if guidance_alignment not in ("combined", "branches"):
+            raise ValueError(f"guidance_alignment must be 'combined' or 'branches', got {guidance_alignment!r}")
+        if mixed_order_target not in ("eps_eff", "intermediate_eps"):
+            raise ValueError(f"mixed_order_target must be 'eps_eff' or 'intermediate_eps', got "
+                             f"{mixed_order_target!r}")
+        if mixed_order_target == "intermediate_eps" and alignment != "mixed_order":
+            raise ValueError("mixed_order_target='intermediate_eps' is a mixed_order target; "
+                             "alignment='same_input' aligns to the teacher's eps at x_s")
+        if mixed_order_target == "intermediate_eps" and teacher_solver != "dpm":
+            raise ValueError(f"mixed_order_target='intermediate_eps' is DPM-Solver-2's eps(u, s1): "
+                             f"teacher_solver must be 'dpm', got {teacher_solver!r}")
+        if targets == "shard" and (guidance_alignment == "branches" or mixed_order_target != "eps_eff"):
+            raise ValueError("targets='shard' reads the shards' eps_eff (guided, exact); "
+                             "guidance_alignment='branches' and mixed_order_target='intermediate_eps' "
+                             "compute their targets online: use targets='auto' or 'online'")
         if online_points_per_batch is not None and online_points_per_batch < 1:
             raise ValueError(f"online_points_per_batch must be >= 1, got {online_points_per_batch}")
         if max_nonfinite_steps < 0:
@@ -179,6 +217,8 @@ class SAQLightningModule(L.LightningModule):
         self.calibration_settings = calibration
         self.generation = generation
         self.alignment = alignment
+        self.guidance_alignment = guidance_alignment
+        self.mixed_order_target = mixed_order_target
         self.target_source = targets
         self.online_points_per_batch = online_points_per_batch
         self.max_nonfinite_steps = max_nonfinite_steps
@@ -192,6 +232,13 @@ class SAQLightningModule(L.LightningModule):
             net = torch.compile(net, **({"backend": compile} if isinstance(compile, str) else {}))
         self._views = _Views(self.teacher.with_unet(net))
         self.flow = TeacherFlow(self.teacher, self.teacher_settings)
+        # branches: each branch is an unguided predictor with its own condition
+        self.branch_flow = None
+        if guidance_alignment == "branches":
+            if self.teacher.conditioner is None:
+                raise ValueError("guidance_alignment='branches' aligns the conditional and the "
+                                 "unconditional outputs: the teacher has no condition")
+            self.branch_flow = TeacherFlow(self.teacher, replace(self.teacher_settings, guidance_scale=1.0))
         self.strict_loading = False  # checkpoints hold the student's trainable state only
         self.phases: list[MixStepPhase] | None = None
         self.active_phase: tuple[int, MixStepPhase] | None = None
@@ -259,6 +306,9 @@ class SAQLightningModule(L.LightningModule):
         return getattr(self.trainer.datamodule, "mixstep", None)
 
     def setup(self, stage: str) -> None:
+        if stage == "validate" and self.phases is None:  # validation scores each phase's own step
+            schedule = self._mixstep_schedule()
+            self.phases = None if schedule is None else list(schedule.phases)
         if stage != "fit":
             return
         schedule = self._mixstep_schedule()
@@ -284,6 +334,15 @@ class SAQLightningModule(L.LightningModule):
                                  "add a MixStepCallback to trainer.callbacks")
             if self.target_source == "shard":
                 raise ValueError("targets='shard' needs trajectory shards (data.shards)")
+        line = self.loss_settings.balance_line(int(np.prod(self.teacher.sample_shape)),
+                                               int(getattr(dm, "batch_size", None) or 1))
+        if line is not None:
+            rank_zero_info(line)
+        line = self.guidance_line()
+        if line is not None:
+            rank_zero_info(line)
+        if self.phases is not None and self.mixed_order_target == "intermediate_eps":
+            check_intermediate_target_phases(self.phases)
         if self.phases is not None:
             MixStepSchedule(tuple(self.phases)).check_buckets(self.policy.n_buckets)
             check_phase_solvers(self.flow, self.phases,
@@ -293,6 +352,19 @@ class SAQLightningModule(L.LightningModule):
             dm.check_schedule(schedule)  # before calibration: shards of other phases fail now
         if self.phases is not None:
             self.bind_bucket_map(self.phases)
+
+    def guidance_line(self) -> str | None:
+        """One line when a combined-guidance student is trained at another CFG scale than its
+        model spec samples at (it is aligned at its training scale only)."""
+        evaluated = self.teacher.sampling_defaults.get("guidance_scale")
+        trained = self.teacher_settings.guidance_scale
+        if (self.guidance_alignment != "combined" or self.teacher.conditioner is None
+                or evaluated is None or float(evaluated) == trained):
+            return None
+        return (f"note: the student is aligned at CFG {trained:g} only (guidance_alignment: "
+                f"combined), its model spec samples at {float(evaluated):g}: evaluate it at "
+                f"{trained:g}, train at guidance_scale: {float(evaluated):g}, or use "
+                f"guidance_alignment: branches")
 
     def bind_bucket_map(self, phases: list[MixStepPhase] | tuple[MixStepPhase, ...]) -> None:
         """Give the student the step-to-bucket tables of ``phases``' grids (raises on collisions,
@@ -392,20 +464,62 @@ class SAQLightningModule(L.LightningModule):
             select_batch(cond, pick % b, b) if cond is not None else None,
             rows.eps_eff[pick], steps[pick], history)
 
-    def alignment_targets(self, points: TrainingPoints) -> Tensor:
-        """The loss target of every point (no gradient)."""
+    def alignment_targets(self, points: TrainingPoints, flow: TeacherFlow | None = None) -> Tensor:
+        """The loss target of every point (no gradient); ``flow``: the teacher flow (default the
+        run's; the unguided one for the branches of ``guidance_alignment='branches'``)."""
+        flow = flow or self.flow
         if self.alignment == "same_input":
-            return self.flow.step_targets(points.x_s, points.s, points.t, 1, points.cond)
+            return flow.step_targets(points.x_s, points.s, points.t, 1, points.cond)
+        if self.mixed_order_target == "intermediate_eps":
+            return flow.intermediate_targets(points.x_s, points.s, points.t, points.order, points.cond)
         if points.eps_eff is not None and self.target_source != "online":
             return points.eps_eff
         if self.target_source == "shard":
             raise ValueError("targets='shard' but the batch holds no eps_eff")
-        return self.flow.targets(points.x_s, points.s, points.t, points.order, points.cond,
-                                 points.phase, self.phases, points.history)
+        return flow.targets(points.x_s, points.s, points.t, points.order, points.cond,
+                            points.phase, self.phases, points.history)
 
     def student_direction(self, x_s: Tensor, s: Tensor, cond: Any) -> Tensor:
         """The student's first-order direction at ``(x_s, s)``, guided like the teacher."""
         return self.flow.predictor(self.student_model)(x_s, s, cond)
+
+    def branch_points(self, points: TrainingPoints) -> TrainingPoints:
+        """``guidance_alignment='branches'``: every point twice, with its condition (rows ``:B``)
+        and with the null condition (rows ``B:``); no cached target (the shards' is the guided one)."""
+        if points.cond is None or not isinstance(points.cond, Tensor):
+            raise ValueError("guidance_alignment='branches' needs the points' conditions (tensors); "
+                             "the batch holds none")
+        b = points.x_s.shape[0]
+        null = self.teacher.null_cond(b, device=points.cond.device).to(points.cond.dtype)
+
+        def twice(v: Any) -> Any:
+            return None if v is None else torch.cat([v, v])
+
+        history = None if points.history is None else PointHistory(*(twice(v) for v in points.history))
+        return TrainingPoints(twice(points.x_s), twice(points.s), twice(points.t), twice(points.order),
+                              twice(points.phase), torch.cat([points.cond, null]), None,
+                              twice(points.step), history)
+
+    def alignment_terms(self, points: TrainingPoints) -> tuple[MotaTerms, TrainingPoints, int]:
+        """Per-row MOTA terms of the student's own step (its phase's solver and order; order 1: its
+        direction at ``x_s``) against the targets, the rows they belong to (branches: each point
+        twice) and the elements per row. Training and validation score the same thing."""
+        flow = self.flow
+        first_order = self.student_direction
+        if self.branch_flow is not None:
+            points, flow = self.branch_points(points), self.branch_flow
+            first_order = flow.predictor(self.student_model)
+        with torch.no_grad():
+            target = self.alignment_targets(points, flow)
+        if self.phases is None:
+            pred = first_order(points.x_s, points.s, points.cond)
+        else:  # the student's own step of its phase's solver and order (order 1: the same)
+            pred = student_effective_direction(flow, flow.predictor(self.student_model),
+                                               self.phases, points, first_order)
+        w = self.loss_settings
+        terms = mota_terms(pred, target, w.w_mse, w.w_cos,
+                           relative=w.mse_normalization == "target_energy")
+        return terms, points, int(pred[0].numel())
 
     def _finite_everywhere(self, loss: Tensor) -> bool:
         finite = bool(torch.isfinite(loss.detach()).all())
@@ -414,15 +528,9 @@ class SAQLightningModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         with torch.no_grad():
             points = self.training_points(batch)
-            target = self.alignment_targets(points)
-        if self.phases is None:
-            pred = self.student_direction(points.x_s, points.s, points.cond)
-        else:  # the student's own step of its phase's solver and order (order 1: the same)
-            pred = student_effective_direction(self.flow, self.flow.predictor(self.student_model),
-                                               self.phases, points, self.student_direction)
+        terms, points, elements = self.alignment_terms(points)
         w = self.loss_settings
-        terms = mota_terms(pred, target, w.w_mse, w.w_cos)
-        loss, per_sample = reduce_mota(terms, pred[0].numel(), w.w_mse, w.w_cos, w.mse_reduction,
+        loss, per_sample = reduce_mota(terms, elements, w.w_mse, w.w_cos, w.mse_reduction,
                                        w.cos_reduction)
         bs = int(points.x_s.shape[0])
         self.skipped_nonfinite_batch = not self._finite_everywhere(loss)
@@ -445,12 +553,11 @@ class SAQLightningModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """Alignment loss on held-out trajectory points (``generate`` writes them, seeded with
-        ``validation.VALIDATION_SEED_OFFSET``), overall, per teacher order and per phase."""
-        points = self.training_points(batch)
-        target = self.alignment_targets(points)
-        pred = self.student_direction(points.x_s, points.s, points.cond)
-        w = self.loss_settings
-        per_sample = mota_terms(pred, target, w.w_mse, w.w_cos).loss.detach().float()
+        ``validation.VALIDATION_SEED_OFFSET``), overall, per teacher order and per phase: the
+        training objective per point (the student's own k-step direction in solver-aware phases,
+        both branches under ``guidance_alignment='branches'``)."""
+        terms, points, _ = self.alignment_terms(self.training_points(batch))
+        per_sample = terms.loss.detach().float()
         loss = per_sample.mean()
         bs = int(per_sample.shape[0])
         self.log("val/alignment_loss", loss, batch_size=bs)

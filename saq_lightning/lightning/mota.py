@@ -7,7 +7,11 @@ For a student direction ``pred`` and a target direction ``target`` (both ``[B, .
     L     = w_mse * mean_i mse_i + w_cos * mean_i (1 - cos_i)
 
 By default the MSE is the *mean* over a sample's elements (not the sum), so its scale does not
-depend on the resolution, and both parts are batch means. :func:`reduce_mota` also gives the
+depend on the resolution, and both parts are batch means. ``relative=True`` divides each sample's
+MSE by its target's mean energy ``mean_j target_ij^2`` (the relative squared error), which also
+removes the target's scale (guidance, ``eps_eff`` magnitude): for a small error ``delta``,
+``1 - cos_i ~ |delta_perp|^2 / (2 |target_i|^2)``, so relative MSE and ``2 (1 - cos)`` weigh the
+error orthogonal to the target alike at every resolution (docs/training.md, "Loss balance"). :func:`reduce_mota` also gives the
 author's development-code reductions, per term: ``sum`` (MSE summed over elements and batch;
 ``sum_i (1 - cos_i)``). Both parts are computed in float32 whatever the input dtype (bf16
 autocast included). Pure functions: no module state, no Lightning.
@@ -33,8 +37,11 @@ class MotaTerms(NamedTuple):
     cos: Tensor
 
 
-def mota_terms(pred: Tensor, target: Tensor, w_mse: float = 1.0, w_cos: float = 1.0) -> MotaTerms:
-    """Per-sample MOTA loss, MSE and cosine similarity (float32, shape ``[B]``)."""
+def mota_terms(pred: Tensor, target: Tensor, w_mse: float = 1.0, w_cos: float = 1.0,
+               relative: bool = False) -> MotaTerms:
+    """Per-sample MOTA loss, MSE and cosine similarity (float32, shape ``[B]``).
+
+    ``relative``: the MSE of each sample over its target's mean energy (see the module doc)."""
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
     if pred.ndim < 1 or pred.shape[0] == 0:
@@ -42,6 +49,8 @@ def mota_terms(pred: Tensor, target: Tensor, w_mse: float = 1.0, w_cos: float = 
     p = pred.float().reshape(pred.shape[0], -1)
     q = target.float().reshape(target.shape[0], -1)
     mse = (p - q).square().mean(dim=1)
+    if relative:
+        mse = mse / q.square().mean(dim=1).clamp_min(COS_EPS)
     norms = (p.norm(dim=1) * q.norm(dim=1)).clamp_min(COS_EPS)
     cos = (p * q).sum(dim=1) / norms
     return MotaTerms(w_mse * mse + w_cos * (1.0 - cos), mse, cos)

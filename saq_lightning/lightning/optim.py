@@ -45,6 +45,9 @@ def build_optimizer(
                           act_lr=settings.act_lr, lora_lr_mode=settings.lora_lr_mode,
                           weight_decay=settings.weight_decay,
                           lora_lr_divisor=settings.lora_lr_divisor)
+    for group in groups:  # param_groups never decays the activation tables; the author's code does
+        if group["name"] == "act_tables":
+            group["weight_decay"] = settings.act_weight_decay
     optimizer = torch.optim.AdamW(groups, lr=settings.lr, betas=settings.betas, eps=settings.eps,
                                   weight_decay=settings.weight_decay)
     total = int(total_steps) if math.isfinite(total_steps) else 10**9

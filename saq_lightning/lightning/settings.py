@@ -21,12 +21,20 @@ class LossSettings:
     ``mse_reduction``/``cos_reduction``: ``mean`` (default: per-element mean MSE, batch means) or
     ``sum`` (MSE summed over elements and batch; ``sum_batch (1 - cos)``). The author's
     development code: ``sum``/``sum`` with ``w_mse = 1``, ``w_cos = 100``.
+
+    The balance is resolution-independent only with ``mse_reduction: mean``: a per-sample cosine
+    against a per-element mean MSE keeps its ratio at every D, a summed MSE multiplies the MSE
+    weight by D (the author's ``w_cos: 100`` is ``w_cos = 100 / D`` of the mean form: 1.56 on
+    digits, 0.008 on LDM-4). :meth:`per_element_cos_weight` gives that figure; ``fit`` prints it
+    for a ``sum`` reduction. ``mse_normalization: target_energy`` divides each sample's MSE by its
+    target's mean energy (relative MSE), so that the balance also ignores the target's scale.
     """
 
     w_mse: float = 1.0
     w_cos: float = 1.0
     mse_reduction: Literal["mean", "sum"] = "mean"
     cos_reduction: Literal["mean", "sum"] = "mean"
+    mse_normalization: Literal["none", "target_energy"] = "none"
 
     def __post_init__(self) -> None:
         if self.w_mse < 0 or self.w_cos < 0 or self.w_mse + self.w_cos == 0:
@@ -35,6 +43,31 @@ class LossSettings:
         for name in ("mse_reduction", "cos_reduction"):
             if getattr(self, name) not in ("mean", "sum"):
                 raise ValueError(f"loss.{name} must be 'mean' or 'sum', got {getattr(self, name)!r}")
+        if self.mse_normalization not in ("none", "target_energy"):
+            raise ValueError(f"loss.mse_normalization must be 'none' or 'target_energy', got "
+                             f"{self.mse_normalization!r}")
+
+    def per_element_cos_weight(self, elements: int, batch_size: int = 1) -> float:
+        """The cosine's weight relative to a weight-1 per-element mean MSE (per sample), for
+        samples of ``elements`` values in batches of ``batch_size``: ``w_cos / w_mse`` in the
+        mean form, ``w_cos / (w_mse * D)`` with a summed MSE (a summed cosine and a summed MSE
+        scale alike with the batch; a summed cosine against a mean MSE by ``batch_size``)."""
+        if self.w_mse == 0:
+            return float("inf")
+        mse_scale = (elements * batch_size) if self.mse_reduction == "sum" else 1.0
+        cos_scale = batch_size if self.cos_reduction == "sum" else 1.0
+        return self.w_cos * cos_scale / (self.w_mse * mse_scale)
+
+    def balance_line(self, elements: int, batch_size: int = 1) -> str | None:
+        """One line saying what a resolution-dependent balance means at ``elements`` per sample
+        (``None`` for the resolution-independent mean form)."""
+        if self.mse_reduction == "mean" and self.cos_reduction == "mean":
+            return None
+        weight = self.per_element_cos_weight(elements, batch_size)
+        return (f"note: loss.mse_reduction={self.mse_reduction}, cos_reduction={self.cos_reduction} "
+                f"over D = {elements} elements per sample: the cosine weighs {weight:.4g} against "
+                f"a per-element mean MSE (the resolution-independent form is mse_reduction: mean "
+                f"with w_cos: {weight:.4g}); this balance changes with the resolution")
 
 
 @dataclass
@@ -47,6 +80,9 @@ class OptimizerSettings:
     activation-table rates. Every rate follows the same schedule: linear warm-up over
     ``warmup_steps``, then (``decay: linear``) a linear decay to ``final_lr_factor`` times the
     initial rate at the last optimizer step (``trainer.max_steps``).
+    ``weight_decay``: AdamW's decoupled decay of the LoRA groups; ``act_weight_decay``: of the
+    activation tables (step sizes and zero points; the author's code decays both at AdamW's
+    default 0.01). Weight-quantizer steps never decay.
     """
 
     lr: float = 5e-4
@@ -55,6 +91,7 @@ class OptimizerSettings:
     lora_lr_mode: Literal["weight_step", "constant", "scale_aware"] = "weight_step"
     lora_lr_divisor: float = 2500.0
     weight_decay: float = 0.0
+    act_weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     warmup_steps: int = 0
@@ -63,7 +100,7 @@ class OptimizerSettings:
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
-        for name in ("lr", "weight_step_lr", "act_lr", "weight_decay", "eps"):
+        for name in ("lr", "weight_step_lr", "act_lr", "weight_decay", "act_weight_decay", "eps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"optimizer.{name} must be >= 0, got {getattr(self, name)}")
         if self.lora_lr_divisor <= 0:

@@ -237,6 +237,37 @@ class TeacherFlow:
         return eps_eff_from_states(x_s, x, step_coefficients(self.schedule, s, t))
 
     @torch.no_grad()
+    def intermediate_targets(self, x_s: Tensor, s: Tensor, t: Tensor, order: Tensor, cond: Any) -> Tensor:
+        """The literal target of the authors' code: the teacher's ``eps(u, s1)`` at the
+        intermediate point ``u`` of its DPM-Solver-2 step ``s -> t`` (order-1 rows, and steps
+        that end at ``t = 0``: ``eps(x_s, s)``).
+
+        ``eps_eff = eps_s + (eps(u, s1) - eps_s) / (2 r1)`` with ``r1 = (lambda(s1) - lambda(s)) / h``,
+        so the two agree only where ``s1`` is the ``lambda``-midpoint (``logSNR`` grids); on
+        ``time_uniform`` grids ``r1`` falls to ~0.2 at the last steps and ``eps(u, s1)`` carries
+        only ``2 r1`` of the second-order correction."""
+        if self.settings.solver != "dpm":
+            raise ValueError(f"the intermediate-point target is DPM-Solver-2's eps(u, s1): teacher_solver "
+                             f"must be 'dpm', got {self.settings.solver!r}")
+        order = torch.as_tensor(order, device=x_s.device).expand(x_s.shape[0])
+        if bool((order > 2).any()):
+            raise ValueError(f"the intermediate-point target is defined for teacher orders 1 and 2, the "
+                             f"batch holds order {int(order.max())}")
+        predictor = self.predictor()
+        eps_s = predictor(x_s, s, cond)
+        second = (order == 2) & (t > 0)
+        if not bool(second.any()):
+            return eps_s
+        rows = torch.nonzero(second).flatten()
+        b = x_s.shape[0]
+        xr, sr, tr = x_s[rows], s[rows], t[rows]
+        cr = select_batch(cond, rows, b)
+        s1 = self.solver.spacing_inner(sr, tr, order[rows])[:, 0].to(sr.dtype)
+        u = step_with_direction(predictor, xr, sr, s1, self.solver, order=1, cond=cr,
+                                eps_s=eps_s[rows]).x_t
+        return eps_s.index_copy(0, rows, predictor(u, s1, cr).to(eps_s.dtype))
+
+    @torch.no_grad()
     def targets(
         self,
         x_s: Tensor,

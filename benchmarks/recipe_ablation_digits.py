@@ -1,0 +1,185 @@
+"""Recipe ablations on the embedded digits default (issue 22): the MOTA loss balance and CFG.
+
+``--study balance``: three cos:MSE balances at equal budget, written in the resolution-independent
+mean form (``w_cos`` against a per-element mean MSE; the author's summed form ``100 * sum(1 - cos) +
+sum (pred - target)^2`` is ``w_cos = 100 / D`` there, and Adam removes the overall factor):
+
+* ``w_cos = 1``: the shipped default;
+* ``w_cos = 100 / 64 = 1.5625``: the author's balance at the digits' D = 64;
+* ``w_cos = 100 / 12288 = 0.0081``: the author's balance at LDM-4's D = 12,288 (what the author
+  recipe means there), trained on digits so that the two balances meet on one model.
+
+``--study cfg``: students trained at CFG 2 with ``guidance_alignment: combined`` (the guided
+directions: one combination of the branches) and ``branches`` (conditional and unconditional
+outputs aligned separately), each sampled at CFG 1 and 2.
+
+Every trained row: ``configs/digits_w4a4.yaml``'s student (W4A4) and data, one 10-step phase
+against the DPM-Solver-2 teacher, ``--max_steps`` optimizer steps, the same seeds; the callbacks
+that only watch training (sample grids, FD, trajectory deviation) are left out. Each row is
+sampled with DPM-Solver-1 and -2 at 10 steps from ``--seeds`` noise seeds (FD against the real
+digits, class accuracy, final-step RMS deviation from FP under the same sampler); the spread over
+sample seeds is the interval a difference must leave to count (one training seed: training noise
+is not in it).
+
+    python benchmarks/recipe_ablation_digits.py --study balance --out runs/ablation_balance
+    python benchmarks/recipe_ablation_digits.py --study cfg --out runs/ablation_cfg
+
+Writes ``<name>.json`` + ``<name>.md`` to ``--out`` and ``--results`` (``benchmarks/results/``) and
+ends with one summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from quality_digits import FIXED_10, Row, row_config, source_commit
+from rich.console import Console
+
+from saq_lightning.commands.demo import resolve_config, train
+from saq_lightning.commands.generate import load_run
+from saq_lightning.data.digits import digits_split
+from saq_lightning.lightning.student_loading import load_student
+from saq_lightning.metrics.digits_classifier import load_digits_classifier
+from saq_lightning.metrics.digits_eval import sample_class_balanced
+from saq_lightning.metrics.digits_quality import digits_quality
+from saq_lightning.metrics.sample_generation import SamplerSetting
+
+LDM4_D, DIGITS_D = 3 * 64 * 64, 64
+BALANCES = {"w_cos 1 (default)": 1.0, "w_cos 100/64 (author at D=64)": 100.0 / DIGITS_D,
+            "w_cos 100/12288 (author at LDM-4 D)": 100.0 / LDM4_D}
+CFG_ROWS = {"combined": "combined", "branches": "branches"}
+#: callbacks that only watch training: left out so that every row spends its budget on training
+WATCHERS = ("SampleGridCallback", "TrajectoryDeviationCallback", "DigitsFDCallback")
+
+
+def study_rows(study: str) -> list[Row]:
+    if study == "balance":
+        return [Row(f"W4A4 {name}", "w4a4", "mixed_order", FIXED_10, init={"loss": {"w_mse": 1.0, "w_cos": w}})
+                for name, w in BALANCES.items()]
+    return [Row(f"W4A4 {name}", "w4a4", "mixed_order", FIXED_10, init={"guidance_alignment": mode})
+            for name, mode in CFG_ROWS.items()]
+
+
+def lean_config(path: Path, trajectories: int | None) -> None:
+    """Drop the watcher callbacks; ``trajectories``: fewer trajectories per phase (smoke runs)."""
+    cfg = yaml.safe_load(path.read_text())
+    cbs = cfg["trainer"]["callbacks"]
+    cfg["trainer"]["callbacks"] = [c for c in cbs if not c["class_path"].endswith(WATCHERS)]
+    if trajectories is not None:
+        gen = cfg["model"]["init_args"].setdefault("generation", {})
+        gen.update(trajectories_per_phase=trajectories, trajectories_per_shard=trajectories)
+        cfg["data"]["init_args"]["shards"] += f"_n{trajectories}"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def build(row: Row, base: Path, out: Path, args: argparse.Namespace, console: Console):
+    """The row's model (FP: the teacher) and its training seconds; trained rows train (or, done,
+    are reused) in ``out/<row key>``."""
+    if row.policy is None:
+        return load_run(["--config", str(base)]).model.teacher, 0.0
+    config = row_config(base, out / row.key, row, args.max_steps)
+    lean_config(config, args.trajectories)
+    t0 = time.perf_counter()
+    checkpoint = train(config, out / row.key, retrain=False, console=console)
+    return load_student(checkpoint).eval(), time.perf_counter() - t0
+
+
+def summarise(results: list[dict[str, Any]], study: str) -> str:
+    """One line: FD at 10 steps, mean ± half the seed range per row, CFG scale and sampler."""
+    groups: dict[tuple[str, float, str], list[float]] = {}
+    for r in results:
+        groups.setdefault((r["row"], r["guidance_scale"], r["solver"]), []).append(r["fd"])
+
+    def cell(row: str, g: float, solver: str) -> str:
+        v = groups.get((row, g, solver), [])
+        if not v:
+            return "-"
+        return f"{statistics.fmean(v):.3f}±{(max(v) - min(v)) / 2:.3f}"
+
+    rows = list(dict.fromkeys(r["row"] for r in results))
+    scales = sorted({r["guidance_scale"] for r in results})
+    solvers = list(dict.fromkeys(r["solver"] for r in results))
+    parts = [f"{row} " + " ".join(f"cfg{g:g} {s} {cell(row, g, s)}" for g in scales for s in solvers)
+             for row in rows]
+    return f"{study}: FD at 10 steps (mean ± half-range over sample seeds): " + "; ".join(parts)
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    lines = ["| row | CFG | solver | seed | FD | accuracy | deviation from FP |", "|---|---:|---|---:|---:|---:|---:|"]
+    for r in results:
+        dev = "-" if r["final_deviation"] is None else f"{r['final_deviation']:.4f}"
+        lines.append(f"| {r['row']} | {r['guidance_scale']:g} | {r['solver']} | {r['seed']} | {r['fd']:.3f} | "
+                     f"{r['class_accuracy']:.1%} | {dev} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", choices=["balance", "cfg"], required=True)
+    parser.add_argument("--out", default=None, help="default runs/ablation_<study>")
+    parser.add_argument("--config", default="configs/digits_w4a4.yaml")
+    parser.add_argument("--max_steps", type=int, default=300)
+    parser.add_argument("--samples", type=int, default=500)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="sampling noise seeds")
+    parser.add_argument("--solvers", nargs="+", default=["dpm1", "dpm2"], choices=["dpm1", "dpm2"],
+                        help="samplers (10 steps each)")
+    parser.add_argument("--trajectories", type=int, default=None,
+                        help="trajectories per phase (default: the config's; smoke runs use fewer)")
+    parser.add_argument("--name", default=None, help="results file stem (default ablation_<study>_digits)")
+    parser.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results",
+                        help="second folder the JSON and table are copied to")
+    args = parser.parse_args()
+    name = args.name or f"ablation_{args.study}_digits"
+    out = Path(args.out or f"runs/ablation_{args.study}")
+    console = Console()
+    base = resolve_config(args.config)
+    trained_cfg = float(yaml.safe_load(base.read_text())["model"]["init_args"].get("guidance_scale", 1.0))
+    scales = [1.0, trained_cfg] if args.study == "cfg" else [trained_cfg]
+    classifier, _ = load_digits_classifier()
+    real, _ = digits_split("all")
+    commit = source_commit()
+    t_start = time.perf_counter()
+    results: list[dict[str, Any]] = []
+    fp_final: dict[tuple, torch.Tensor] = {}
+    for row in [Row("FP"), *study_rows(args.study)]:
+        console.rule(row.name)
+        model, train_seconds = build(row, base, out, args, console)
+        for g in scales:
+            for solver in args.solvers:
+                for seed in args.seeds:
+                    setting = SamplerSetting(solver, 10, "time_uniform", g)
+                    samples, labels = sample_class_balanced(model, args.samples, setting, seed)
+                    q = digits_quality(classifier, samples, labels, real)
+                    key = (solver, g, seed)
+                    if row.policy is None:
+                        fp_final[key] = samples
+                    dev = None if row.policy is None else float((samples - fp_final[key]).pow(2).mean().sqrt())
+                    results.append({"row": row.name, "guidance_scale": g, "solver": solver, "steps": 10,
+                                    "seed": seed, **q.as_dict(), "final_deviation": dev,
+                                    "train_seconds": train_seconds})
+                    console.print(f"  cfg {g:g} {solver} seed {seed}: FD {q.fd:.3f} acc {q.class_accuracy:.1%}")
+    summary = summarise(results, args.study)
+    payload = {"commit": commit, "study": args.study, "max_steps": args.max_steps, "samples": args.samples,
+               "seeds": args.seeds, "solvers": args.solvers, "trajectories": args.trajectories, "torch_threads": torch.get_num_threads(),
+               "seconds": time.perf_counter() - t_start, "rows": [r.name for r in study_rows(args.study)],
+               "results": results, "summary": summary}
+    md = (f"{args.study} ablation, commit {commit}: {args.max_steps} training steps per row, {args.samples} "
+          f"samples per cell, sample seeds {args.seeds}, {payload['seconds'] / 60:.1f} min.\n\n"
+          + markdown(results) + "\n")
+    for folder in (out, args.results):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+        (folder / f"{name}.md").write_text(md)
+    print(md, flush=True)
+    print(summary)
+
+
+if __name__ == "__main__":
+    main()
