@@ -32,3 +32,21 @@ def test_the_fd_sampler_is_the_students(spec, family, phase, solver, order):
 def test_sampler_for_refuses_an_order_the_family_lacks():
     with pytest.raises(ValueError, match="dpm_multistep student has order 1..3, got 4"):
         sampler_for("dpm_multistep", 4)
+
+
+def test_the_deviation_callback_skips_a_plms_student_saying_why(spec):
+    from saq_lightning.callbacks.trajectory_deviation import TrajectoryDeviationCallback
+
+    module = tiny_module(spec, teacher_solver="plms", spacing="leading")
+    module.phases = [MixStepPhase(50, 3, 4, student_solver="plms")]
+    why = TrajectoryDeviationCallback(steps=20, aligned_solver="dpm2").unmatched_student(module)
+    assert why is not None and why.startswith("the student is trained for plms order 3")
+    assert TrajectoryDeviationCallback(solver="plms", aligned_solver="plms").unmatched_student(module) is None
+
+
+def test_the_deviation_callback_runs_for_a_singlestep_dpm_student(spec):
+    from saq_lightning.callbacks.trajectory_deviation import TrajectoryDeviationCallback
+
+    module = tiny_module(spec)
+    module.phases = [MixStepPhase(10, 1, 2)]
+    assert TrajectoryDeviationCallback().unmatched_student(module) is None
