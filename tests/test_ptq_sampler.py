@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from ptq_helpers import paired_shards, ptq_config
 
 from saq_lightning.commands.ptq import ptq
@@ -74,20 +75,28 @@ def test_an_unknown_solver_is_refused_naming_the_field():
         PTQSettings(solver="dpm9")
 
 
+def with_buckets(cfg, n_buckets):
+    data = yaml.safe_load(cfg.read_text())
+    data["model"]["init_args"]["policy"]["n_buckets"] = n_buckets
+    data["trainer"]["callbacks"][0]["init_args"]["n_buckets"] = n_buckets
+    cfg.write_text(yaml.safe_dump(data))
+
+
 @pytest.fixture(scope="module")
 def dpm2_student(tmp_path_factory):
     root = tmp_path_factory.mktemp("ptq_sampler")
     spec, shards = paired_shards(root)
     cfg = ptq_config(root / "ptq.yaml", spec, shards, root / "out", pair_roles="fp_first_order",
                      solver="dpm2", steps=10)
+    with_buckets(cfg, 20)  # room for the 10 grid points and their 10 intermediate points
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         ptq(["--config", str(cfg), "--progress", "false", "--accelerator", "cpu"])
-    return spec, root / "out" / "student.ckpt", printed.getvalue()
+    return spec, root / "out" / "student.ckpt", printed.getvalue(), shards
 
 
 def test_the_ptq_run_prints_the_role_line_once_and_records_the_sampler(dpm2_student):
-    _, ckpt, printed = dpm2_student
+    _, ckpt, printed, _ = dpm2_student
     lines = [line for line in printed.splitlines() if line.startswith("ptq: the student is for")]
     assert len(lines) == 1 and "cancels the second-order correction" in lines[0]
     record = torch.load(ckpt, map_location="cpu", weights_only=True)["ptq"]
@@ -97,7 +106,7 @@ def test_the_ptq_run_prints_the_role_line_once_and_records_the_sampler(dpm2_stud
 
 
 def test_sample_defaults_to_the_ptq_students_sampler(dpm2_student, tmp_path, capsys):
-    spec, ckpt, _ = dpm2_student
+    spec, ckpt, *_ = dpm2_student
     sample(str(tmp_path / "s"), model=spec, student=str(ckpt), num_samples=4, batch_size=4, device="cpu",
            grid_size=0)
     got = json.loads((tmp_path / "s" / "samples.json").read_text())["settings"]
@@ -120,5 +129,25 @@ def test_same_input_on_grid_and_intermediate_points_runs_end_to_end(tmp_path, ca
     out = capsys.readouterr().out
     assert "ptq: the student is for dpm2@10 (time_uniform, cfg 1) (same_input, same_input_points " \
            "grid_and_intermediate)" in out
+    # the tiny policy's 10 buckets hold the 10 grid points only: said once, and the run goes on
+    assert out.count("ptq: the intermediate points share their nearest grid point's activation bucket: "
+                     "10 intermediate points need activation buckets of their own and 10 buckets "
+                     "leave 0 after the 10 grid points; use n_buckets >= 20") == 1
     record = torch.load(tmp_path / "out" / "student.ckpt", map_location="cpu", weights_only=True)["ptq"]
     assert record["settings"]["same_input_points"] == "grid_and_intermediate"
+
+
+def test_an_fp_first_order_student_has_buckets_of_its_own_at_the_pairs_intermediate_points(dpm2_student):
+    from saq_lightning.data.calibration_points import load_calibration_points
+    from saq_lightning.quant.bucket_map import BucketMap
+    from saq_lightning.sampling import DiscreteSchedule
+
+    spec, ckpt, _, shards = dpm2_student
+    bmap = BucketMap.from_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["saq"]["bucket_map"])
+    points = load_calibration_points(shards, 24, seed=0)
+    schedule = DiscreteSchedule.from_config(**spec.schedule)
+    mids = schedule.model_timestep(points.s_mid)
+    known = torch.tensor(bmap.points()[0], dtype=torch.float64)
+    assert bool(((mids[:, None] - known[None, :]).abs().min(dim=1).values <= bmap.tolerance).all())
+    grid_buckets = {b for row in bmap.tables.values() for b in row}
+    assert not set(bmap.lookup(mids).tolist()) & grid_buckets  # none borrowed from a grid point

@@ -31,6 +31,7 @@ import torch
 from saq_lightning.data.calibration_points import CalibrationPoints, load_calibration_points
 from saq_lightning.data.manifest import load_manifest
 from saq_lightning.files import atomic_path
+from saq_lightning.quant.bucket_map import BucketCollisionError
 from saq_lightning.quant.reconstruction import (
     Block,
     BlockResult,
@@ -41,6 +42,7 @@ from saq_lightning.quant.reconstruction import (
 )
 from saq_lightning.sampling.predictor import select_batch
 
+from .buckets import bucket_map_for
 from .checkpointing import student_state_dict
 from .ptq_sampler import PTQSampler, default_role, resolve_sampler, role_note
 from .trajectory_meta import check_trajectory_meta, manifest_phases
@@ -103,6 +105,28 @@ def _sides(points: CalibrationPoints, settings: ReconstructionSettings):
     raise ValueError(f"pair_roles {settings.pair_roles!r} is not resolved")
 
 
+def quantized_at_intermediate_points(rec: ReconstructionSettings) -> bool:
+    """Whether the quantized side of the reconstruction sees the pairs' intermediate points (then
+    they get activation buckets of their own instead of their nearest grid point's)."""
+    if rec.objective == "same_input":
+        return rec.same_input_points == "grid_and_intermediate"
+    return rec.pair_roles == "fp_first_order"
+
+
+def _bind_intermediate_buckets(module: Any, phases: Any) -> str | None:
+    """Give the pairs' intermediate points activation buckets of their own; when the policy's
+    ``n_buckets`` leave too few, they keep their nearest grid point's and the line saying so is
+    returned."""
+    try:
+        module.student.set_bucket_map(bucket_map_for(
+            module.flow.schedule, module.teacher_settings.spacing, phases, module.policy.n_buckets,
+            intermediate=[2 if p.teacher_order >= 2 else 0 for p in phases]))
+    except BucketCollisionError as err:
+        return (f"ptq: the intermediate points share their nearest grid point's activation bucket: "
+                f"{str(err).split(': ', 1)[1]}")
+    return None
+
+
 def ptq_sampler(module: Any, settings: PTQSettings, phases: Any) -> PTQSampler:
     """The sampler ``settings`` names, in ``module``'s run."""
     run = module.teacher_settings
@@ -156,14 +180,19 @@ def run_ptq(
     manifest = load_manifest(shards)
     check_trajectory_meta(manifest.meta, module.expected_trajectory_meta(), f"{shards}/manifest.json")
     phases = manifest_phases(manifest)
-    if phases:  # the shards' grids give the activation buckets, as in fit
-        module.bind_bucket_map(phases)
     sampler = ptq_sampler(module, settings, phases)
     rec, note = resolve_roles(rec, sampler)
+    shared = None
+    if phases:  # the shards' grids give the activation buckets, as in fit
+        module.bind_bucket_map(phases)
+        if quantized_at_intermediate_points(rec):  # and the pairs' intermediate points their own
+            shared = _bind_intermediate_buckets(module, phases)
     if comm.rank == 0:
         roles = f", pair_roles {rec.pair_roles}" if rec.objective == "mixed_order" else \
             f", same_input_points {rec.same_input_points}"
         print(note or f"ptq: the student is for {sampler.label()} ({rec.objective}{roles})")
+        if shared:
+            print(shared)
     pairs = rec.objective == "mixed_order" or rec.same_input_points == "grid_and_intermediate"
     points = load_calibration_points(shards, rec.num_samples, rec.seed, pairs=pairs)
     fp_x, fp_t, q_x, q_t = _sides(points, rec)
