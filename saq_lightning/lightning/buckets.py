@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import torch
 
 from saq_lightning.data.mixstep import MixStepPhase
-from saq_lightning.quant.bucket_map import BucketMap, StudentGrid
-from saq_lightning.sampling import DiscreteSchedule, time_grid
+from saq_lightning.quant.bucket_map import BucketCollisionError, BucketMap, StudentGrid
+from saq_lightning.sampling import DiscreteSchedule, DPMSolver, Solver, time_grid
 from saq_lightning.sampling.grids import spacing_points
 
 #: fractions of a step at which a singlestep solver of each order evaluates (by the spacing rule)
@@ -60,3 +60,25 @@ def bucket_map_for(schedule: DiscreteSchedule, spacing: str, phases: Sequence[Mi
     see :func:`student_grids`)."""
     return BucketMap.from_grids(student_grids(schedule, spacing, phases, intermediate), n_buckets,
                                 schedule.num_train_timesteps)
+
+
+def solver_aware_orders(phases: Sequence[MixStepPhase], student_solvers: Sequence[Solver]) -> list[int]:
+    """Per phase, the order whose intermediate points the student itself evaluates in training:
+    ``student_order`` for a singlestep (DPM-Solver) student of order >= 2, else 0."""
+    return [int(p.student_order) if int(p.student_order) >= 2 and isinstance(solver, DPMSolver) else 0
+            for p, solver in zip(phases, student_solvers, strict=True)]
+
+
+def bucket_map_with_intermediates(schedule: DiscreteSchedule, spacing: str, phases: Sequence[MixStepPhase],
+                                  n_buckets: int, intermediate: Sequence[int]) -> tuple[BucketMap, str | None]:
+    """:func:`bucket_map_for` with the ``intermediate`` points; when ``n_buckets`` leaves too few
+    buckets for them, the map without them (intermediate points then use their nearest grid
+    point's bucket) and the one line saying so. A grid that collides by itself still raises."""
+    if not any(int(k) >= 2 for k in intermediate):
+        return bucket_map_for(schedule, spacing, phases, n_buckets), None
+    try:
+        return bucket_map_for(schedule, spacing, phases, n_buckets, intermediate), None
+    except BucketCollisionError as err:
+        plain = bucket_map_for(schedule, spacing, phases, n_buckets)
+        return plain, (f"the intermediate points share their nearest grid point's activation bucket: "
+                       f"{str(err).split(': ', 1)[1]}")

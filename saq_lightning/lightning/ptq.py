@@ -31,7 +31,6 @@ import torch
 from saq_lightning.data.calibration_points import CalibrationPoints, load_calibration_points
 from saq_lightning.data.manifest import load_manifest
 from saq_lightning.files import atomic_path
-from saq_lightning.quant.bucket_map import BucketCollisionError
 from saq_lightning.quant.reconstruction import (
     Block,
     BlockResult,
@@ -42,7 +41,7 @@ from saq_lightning.quant.reconstruction import (
 )
 from saq_lightning.sampling.predictor import select_batch
 
-from .buckets import bucket_map_for
+from .buckets import bucket_map_with_intermediates
 from .checkpointing import student_state_dict
 from .ptq_sampler import PTQSampler, default_role, resolve_sampler, role_note
 from .trajectory_meta import check_trajectory_meta, manifest_phases
@@ -117,14 +116,11 @@ def _bind_intermediate_buckets(module: Any, phases: Any) -> str | None:
     """Give the pairs' intermediate points activation buckets of their own; when the policy's
     ``n_buckets`` leave too few, they keep their nearest grid point's and the line saying so is
     returned."""
-    try:
-        module.student.set_bucket_map(bucket_map_for(
-            module.flow.schedule, module.teacher_settings.spacing, phases, module.policy.n_buckets,
-            intermediate=[2 if p.teacher_order >= 2 else 0 for p in phases]))
-    except BucketCollisionError as err:
-        return (f"ptq: the intermediate points share their nearest grid point's activation bucket: "
-                f"{str(err).split(': ', 1)[1]}")
-    return None
+    bucket_map, note = bucket_map_with_intermediates(
+        module.flow.schedule, module.teacher_settings.spacing, phases, module.policy.n_buckets,
+        [2 if p.teacher_order >= 2 else 0 for p in phases])
+    module.student.set_bucket_map(bucket_map)
+    return None if note is None else f"ptq: {note}"
 
 
 def ptq_sampler(module: Any, settings: PTQSettings, phases: Any) -> PTQSampler:
