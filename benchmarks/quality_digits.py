@@ -94,7 +94,7 @@ HEADLINE = {"W4A4 naive": "naive", "W4A4 same-input": "same_input",  # the row's
             "W4A4 mixed-order": "mixed_order", "W4A4 mixed-order + mixstep": "mixstep",
             "W4A4 default recipe": "default_recipe", "W4A4 author recipe": "author_recipe"}
 #: PTQ rows (``quality_digits_ptq.py``, named "<POLICY> <row>") in the headline, against "<POLICY> PTQ naive"
-PTQ_HEADLINE = {"BRECQ": "brecq", "SA-PTQ (fp first-order)": "saptq_fp1",
+PTQ_HEADLINE = {"BRECQ": "brecq", "BRECQ (grid + intermediate)": "brecq_gi", "SA-PTQ (fp first-order)": "saptq_fp1",
                 "SA-PTQ (fp second-order)": "saptq_fp2", "SA-QLoRA from SA-PTQ": "saqlora"}
 
 

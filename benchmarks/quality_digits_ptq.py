@@ -1,4 +1,11 @@
-"""PTQ rows of ``benchmarks/quality_digits.py``: BRECQ, SA-PTQ (both pair roles), SA-QLoRA from SA-PTQ.
+"""PTQ rows of ``benchmarks/quality_digits.py``: BRECQ (on grid points, and on grid + intermediate
+points), SA-PTQ (both pair roles), SA-QLoRA from SA-PTQ.
+
+``BRECQ (grid + intermediate)`` is plain same-input BRECQ on the grid points *and* the DPM-Solver-2
+intermediate points of the same calibration pairs (``ptq.same_input_points:
+grid_and_intermediate``, each point with its own FP output): the control that separates SA-PTQ's
+pairing from its calibration coverage under a second-order sampler (grid-only BRECQ never sees
+the intermediate points that DPM-Solver-2 queries; ``fp_first_order`` does).
 
 ``PTQ naive`` rows are the PTQ rows' own starting point: the same L_p calibration, nearest
 rounding, no iteration (``quality_digits.py``'s ``naive`` rows are the same recipe with the training
@@ -29,6 +36,7 @@ class PTQRow:
     policy: str
     objective: str
     pair_roles: str = "fp_first_order"
+    points: str = "grid"  # same_input: grid, or grid_and_intermediate (the coverage control)
     qlora: bool = False  # SA-QLoRA started from this policy's SA-PTQ (fp_first_order) student
     naive: bool = False  # no iterations: nearest rounding from the same calibration as the PTQ rows
 
@@ -43,6 +51,7 @@ def _rows() -> list[PTQRow]:
         P = p.upper()
         rows += [PTQRow(f"{P} PTQ naive", p, "same_input", naive=True),
                  PTQRow(f"{P} BRECQ", p, "same_input"),
+                 PTQRow(f"{P} BRECQ (grid + intermediate)", p, "same_input", points="grid_and_intermediate"),
                  PTQRow(f"{P} SA-PTQ (fp first-order)", p, "mixed_order", "fp_first_order"),
                  PTQRow(f"{P} SA-PTQ (fp second-order)", p, "mixed_order", "fp_second_order"),
                  PTQRow(f"{P} SA-QLoRA from SA-PTQ", p, "mixed_order", "fp_first_order", qlora=True)]
@@ -54,10 +63,13 @@ PTQ_ROWS = _rows()
 
 def _ptq_args(row: PTQRow, out: Path, args: Any) -> list[str]:
     tag = "naive" if row.naive else f"{row.objective}_{row.pair_roles}"
+    if row.points != "grid":
+        tag = f"{row.objective}_{row.points}"
     iters, act_iters = (0, 0) if row.naive else (args.ptq_iters, args.ptq_act_iters)
     cli = ["--config", str(PTQ_CONFIG), "--model.init_args.policy", row.policy,
            "--data.init_args.shards", str(out / "ptq_pairs"), "--ptq.output", str(out / f"ptq_{row.policy}_{tag}"),
            "--ptq.objective", row.objective, "--ptq.pair_roles", row.pair_roles,
+           "--ptq.same_input_points", row.points,
            "--ptq.iters", str(iters), "--ptq.act_iters", str(act_iters),
            "--ptq.num_samples", str(args.ptq_samples)]
     if args.ptq_calibration_samples is not None:  # the initial L_p calibration (all PTQ rows alike)

@@ -147,3 +147,50 @@ def test_an_integer_export_keeps_the_bucket_map(schedule, tmp_path):
     folder = export_student(student, tmp_path / "export")
     loaded = load_exported(folder)
     assert loaded.bucket_map.same_as(student.bucket_map)
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+def test_intermediate_points_get_buckets_of_their_own_and_leave_the_grid_tables(schedule, spacing):
+    phases = [MixStepPhase(20), MixStepPhase(10)]
+    plain = bucket_map_for(schedule, spacing, phases, n_buckets=100)
+    both = bucket_map_for(schedule, spacing, phases, n_buckets=100, intermediate=[2, 2])
+    assert both.tables == plain.tables and both.same_as(plain)  # the grid buckets do not move
+    grid_buckets = {b for row in plain.tables.values() for b in row}
+    for g in both.grids:
+        mids = torch.tensor(g.intermediate, dtype=torch.float64)
+        assert mids.numel() == g.steps
+        got = both.lookup(mids)
+        borrowed = plain.lookup(mids)  # what they had before: the nearest grid point's bucket
+        own = [b not in grid_buckets for b in got.tolist()]
+        # every midpoint that is not itself a grid point has a bucket no grid point uses
+        on_grid = [bool((torch.tensor(both.points(intermediate=False)[0], dtype=torch.float64) - m).abs().min()
+                        <= both.tolerance) for m in mids]
+        assert [not o for o in on_grid] == own
+        assert torch.equal(got[torch.tensor(on_grid)], borrowed[torch.tensor(on_grid)])
+        assert len(set(got.tolist())) == g.steps
+
+
+def test_time_uniform_midpoints_of_10_steps_are_20_step_grid_points(schedule):
+    both = bucket_map_for(schedule, "time_uniform", [MixStepPhase(20), MixStepPhase(10)], 100, intermediate=[2, 2])
+    fine = dict(zip(both.grids[0].timesteps, both.table("phase 0 (student_steps=20)"), strict=True))
+    ten = both.grids[1]
+    assert both.intermediate_tables[ten.name] == tuple(fine[min(fine, key=lambda p: abs(p - t))]
+                                                       for t in ten.intermediate)
+    assert len(both.points()[0]) == 40  # 20 grid points + the 20 midpoints of the 20-step grid
+
+
+def test_intermediate_buckets_round_trip_and_an_older_map_still_loads(schedule):
+    both = bucket_map_for(schedule, "logSNR", [MixStepPhase(10)], 40, intermediate=[3])
+    again = BucketMap.from_dict(both.to_dict())
+    assert again.intermediate_tables == both.intermediate_tables and again.grids == both.grids
+    old = both.to_dict()
+    for g in old["grids"]:
+        g.pop("intermediate"), g.pop("intermediate_buckets")
+    assert BucketMap.from_dict(old).same_as(both)  # a map recorded without intermediate points
+
+
+def test_too_few_buckets_for_the_intermediate_points_is_refused_naming_the_count(schedule):
+    with pytest.raises(BucketCollisionError, match=r"10 intermediate points need activation buckets of their "
+                                                   r"own and 15 buckets leave 5 after the 10 grid points; "
+                                                   r"use n_buckets >= 20"):
+        bucket_map_for(schedule, "logSNR", [MixStepPhase(10)], 15, intermediate=[2])

@@ -104,6 +104,13 @@ def test_the_ptq_student_records_its_grids_buckets_and_teacher_fingerprint(base)
     assert [(g["spacing"], g["steps"]) for g in saq["bucket_map"]["grids"]] == [("time_uniform", 10)]
 
 
+def test_an_fp_second_order_student_has_no_intermediate_buckets(base):
+    # its quantized side sees grid points only (the default role for the default dpm1 sampler)
+    root, *_ = base
+    saq = torch.load(root / "one" / "student.ckpt", map_location="cpu", weights_only=True)["saq"]
+    assert all("intermediate" not in g for g in saq["bucket_map"]["grids"])
+
+
 def test_init_from_refuses_a_ptq_student_of_other_teacher_weights(base, tmp_path):
     from test_training_helpers import save_tiny_teacher
 

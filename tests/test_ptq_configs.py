@@ -61,3 +61,21 @@ def test_digits_saptq_configs_build_module_data_and_settings_for_real(name):
     assert settings.output == f"runs/{name.removesuffix('.yaml')}"
     blocks = find_blocks(module.student.unet, *settings.block_definition())
     assert {n for b in blocks for n, _ in b.layers} == {n for n, _ in module.student.quant_layers()}
+
+
+@pytest.mark.parametrize("name", DIGITS + BIG)
+def test_saptq_configs_name_their_sampler_and_the_role_that_suits_it(name):
+    from saq_lightning.lightning.ptq import resolve_roles
+    from saq_lightning.lightning.ptq_sampler import default_role, resolve_sampler
+
+    cfg = parse(name)
+    ptq = PTQSettings(**{k: v for k, v in vars(cfg.ptq).items() if not k.startswith("__")})
+    init = cfg.model.init_args.as_dict()
+    mix = next(c for c in cfg.trainer.callbacks if c.class_path.endswith("MixStepCallback"))
+    phases = MixStepSchedule(tuple(mix.init_args.as_dict()["phases"])).phases
+    sampler = resolve_sampler(ptq.solver, ptq.order, ptq.steps, ptq.spacing, init["spacing"],
+                              init["guidance_scale"], phases)
+    assert (sampler.solver, sampler.order) == ("dpm1", 1)  # the first-order sampler of dual acceleration
+    assert sampler.steps in {p.student_steps for p in phases}  # pairs exist on the sampler's grid
+    assert ptq.pair_roles == default_role(sampler) == "fp_second_order"
+    assert resolve_roles(ptq.reconstruction(), sampler)[1] is None  # nothing to warn about

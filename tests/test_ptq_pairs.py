@@ -73,3 +73,35 @@ def test_store_pairs_needs_a_second_order_teacher(made, tmp_path):
     schedule = MixStepSchedule((MixStepPhase(10, 1, 1),))
     with pytest.raises(ValueError, match="store_pairs needs teacher_order 2"):
         generate_trajectories(module, schedule, tmp_path / "x", progress=False)
+
+
+def test_pair_sides_put_each_role_where_it_belongs(made):
+    from saq_lightning.lightning.ptq import PTQSettings, _sides
+
+    root, _ = made
+    p = load_calibration_points(root / "paired", 16, seed=3)
+    fp_x, fp_t, q_x, q_t = _sides(p, PTQSettings(pair_roles="fp_second_order").reconstruction())
+    assert torch.equal(q_x, p.x_s) and torch.equal(q_t, p.s)  # quantized at the grid point
+    assert torch.equal(fp_x, p.x_mid) and torch.equal(fp_t, p.s_mid)  # FP at its intermediate point
+    fp_x, fp_t, q_x, q_t = _sides(p, PTQSettings(pair_roles="fp_first_order").reconstruction())
+    assert torch.equal(fp_x, p.x_s) and torch.equal(q_x, p.x_mid)
+
+
+def test_same_input_on_grid_and_intermediate_points_gives_each_point_its_own_fp_output(made):
+    from saq_lightning.lightning.ptq import PTQSettings, _sides
+
+    root, _ = made
+    p = load_calibration_points(root / "paired", 16, seed=3)
+    rec = PTQSettings(objective="same_input", same_input_points="grid_and_intermediate").reconstruction()
+    fp_x, fp_t, q_x, q_t = _sides(p, rec)
+    assert torch.equal(fp_x, q_x) and torch.equal(fp_t, q_t)  # same input on both sides
+    mid = torch.arange(16) % 2 == 1
+    assert torch.equal(fp_x[mid], p.x_mid[mid]) and torch.equal(fp_t[mid], p.s_mid[mid])
+    assert torch.equal(fp_x[~mid], p.x_s[~mid]) and torch.equal(fp_t[~mid], p.s[~mid])
+
+
+def test_same_input_points_is_refused_for_mixed_order():
+    from saq_lightning.lightning.ptq import PTQSettings
+
+    with pytest.raises(ValueError, match="ptq.same_input_points is a same_input setting"):
+        PTQSettings(same_input_points="grid_and_intermediate")

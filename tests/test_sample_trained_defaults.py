@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from cli_run_helpers import tiny_fit_config
 from test_training_helpers import save_tiny_teacher, write_tiny_shards
 
@@ -46,3 +47,42 @@ def test_an_override_that_departs_prints_one_line(trained, tmp_path, capsys):
     assert notes == [(f"note: sampling {ckpt} with guidance_scale 1.0 (trained: 2.0); it was aligned "
                      f"to the trained sampler")]  # 5 steps is a trained phase: no note for it
     assert settings(tmp_path / "s")["guidance_scale"] == 1.0
+
+
+def _with_first_phase(ckpt, out, **fields):
+    """A copy of the fit checkpoint whose first mixstep phase has ``fields`` (as a run of that
+    phase would have saved it)."""
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    for name, state in checkpoint["callbacks"].items():
+        if "MixStepCallback" in name:
+            state["schedule"]["phases"][0].update(fields)
+    torch.save(checkpoint, out)
+    return out
+
+
+@pytest.mark.parametrize(("fields", "solver", "order"), [
+    ({"student_solver": "plms", "student_order": 3, "teacher_order": 4}, "plms", 3),
+    ({"student_solver": "dpm++_multistep", "student_order": 2}, "dpm++2m", None),
+    ({"student_solver": "dpm_multistep", "student_order": 2}, "dpm2m", None),
+])
+def test_a_multistep_student_samples_with_its_own_solver(trained, tmp_path, capsys, fields, solver, order):
+    # a PLMS-3 student must not be sampled with singlestep DPM-Solver-3 (3x the model calls), nor a
+    # DPM++(2M) student with singlestep DPM-2
+    spec, ckpt = trained
+    student = _with_first_phase(ckpt, tmp_path / "student.ckpt", **fields)
+    sample(str(tmp_path / "s"), model=spec, student=str(student), num_samples=4, batch_size=4,
+           device="cpu", grid_size=0)
+    got = settings(tmp_path / "s")
+    assert (got["solver"], got["order"], got["steps"]) == (solver, order, 10)
+    assert "note:" not in capsys.readouterr().out
+
+
+def test_plms_student_sampled_at_plms4_prints_the_order(trained, tmp_path, capsys):
+    spec, ckpt = trained
+    student = _with_first_phase(ckpt, tmp_path / "student.ckpt", student_solver="plms", student_order=3,
+                                teacher_order=4)
+    sample(str(tmp_path / "s"), model=spec, student=str(student), num_samples=4, batch_size=4,
+           device="cpu", grid_size=0, solver="plms")
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert notes == [(f"note: sampling {student} with order plms's default (trained: 3); it was aligned "
+                      f"to the trained sampler")]

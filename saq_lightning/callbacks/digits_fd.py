@@ -1,8 +1,8 @@
 """``DigitsFDCallback``: a periodic quality figure for the embedded digits default.
 
 Every ``every_n_train_steps`` (and at the end of training) the student samples ``num_samples``
-class-balanced digits with the sampler it is trained for (its first mixstep phase: student order
-and steps, the run's spacing and guidance scale), and the FD against all 1,797 real digits in
+class-balanced digits with the sampler it is trained for (its first mixstep phase: student solver,
+order and steps, the run's spacing and guidance scale), and the FD against all 1,797 real digits in
 the digits classifier's feature space and the class accuracy are logged as ``val/digits_fd`` and
 ``val/digits_accuracy``. Rank 0 only; the same noises every time, so the curve shows the student
 changing, not the sample.
@@ -22,9 +22,7 @@ from saq_lightning.data.digits import digits_split
 from saq_lightning.metrics.digits_classifier import load_digits_classifier
 from saq_lightning.metrics.digits_eval import evaluate_digits_model
 from saq_lightning.metrics.sample_generation import SamplerSetting
-
-_SOLVERS = {("dpm", 1): "dpm1", ("dpm", 2): "dpm2", ("dpm", 3): "dpm3",
-            ("dpm++", 1): "dpm++1", ("dpm++", 2): "dpm++2s", ("dpm++", 3): "dpm++3s"}
+from saq_lightning.metrics.trained_sampler import sampler_for
 
 
 class DigitsFDCallback(pl.Callback):
@@ -41,12 +39,19 @@ class DigitsFDCallback(pl.Callback):
         self._last_step = -1
 
     def trained_setting(self, pl_module) -> SamplerSetting:
-        """The sampler the student is aligned to (first phase; DPM-Solver-1 at 10 steps without one)."""
+        """The sampler the student is aligned to: the first phase's student solver (default: the
+        run's family) at its student order and steps (DPM-Solver-1 at 10 steps without phases)."""
         phases = pl_module.phases or []
-        order, steps = (phases[0].student_order, phases[0].student_steps) if phases else (1, 10)
         settings = pl_module.teacher_settings
-        return SamplerSetting(solver=_SOLVERS.get((settings.solver, int(order)), "dpm1"), steps=int(steps),
-                              spacing=settings.spacing, guidance_scale=settings.guidance_scale)
+        if phases:
+            first = phases[0]
+            family = getattr(first, "student_solver", None) or settings.solver
+            solver, order = sampler_for(family, int(first.student_order))
+            steps = int(first.student_steps)
+        else:
+            solver, order, steps = "dpm1", None, 10
+        return SamplerSetting(solver=solver, steps=steps, order=order, spacing=settings.spacing,
+                              guidance_scale=settings.guidance_scale)
 
     @torch.no_grad()
     def measure(self, pl_module) -> dict[str, float]:

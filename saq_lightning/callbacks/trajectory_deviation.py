@@ -100,16 +100,46 @@ class TrajectoryDeviationCallback(Callback):
         self.aligned_solver, self.aligned_order = aligned_solver, aligned_order
         self.guidance_scale, self.seed, self.prefix, self.log_plot = guidance_scale, seed, prefix, log_plot
         self._last_step = -1
+        self._skip: str | None = None
 
     # -- hooks ------------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._skip = self.unmatched_student(pl_module)
+        if self._skip and trainer.is_global_zero:
+            print(f"TrajectoryDeviationCallback: skipped: {self._skip}")
+
+    def unmatched_student(self, pl_module: nn.Module) -> str | None:
+        """Why this callback's solver says nothing about the module's student (``None``: it does).
+
+        Its orders 1/2/3 of ``solver`` against ``aligned_solver`` describe a student sampled with
+        ``solver``'s family; a student trained for another family (a PLMS or a multistep student)
+        is sampled with that, so the figures would describe a sampler nobody uses."""
+        from ..metrics.trained_sampler import sampler_for
+
+        phases = getattr(pl_module, "phases", None) or []
+        settings = getattr(pl_module, "teacher_settings", None)
+        for phase in phases:
+            family = getattr(phase, "student_solver", None) or getattr(settings, "solver", None)
+            if family is None:
+                continue
+            names = {sampler_for(family, k)[0] for k in ((1, 2, 3, 4) if family == "plms" else (1, 2, 3))}
+            if self.solver not in names:
+                return (f"the student is trained for {family} order {phase.student_order}, and this "
+                        f"callback compares {self.solver} orders {list(self.orders)} against "
+                        f"{self.aligned_solver}; set its solver (and aligned_solver) to the student's "
+                        f"family ({sorted(names)}) or remove it")
+        return None
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         step = trainer.global_step
+        if self._skip:
+            return
         if step > 0 and step % self.every_n_train_steps == 0 and step != self._last_step:
             self.run(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.global_step != self._last_step:
+        if not self._skip and trainer.global_step != self._last_step:
             self.run(trainer, pl_module)
 
     # -- work -------------------------------------------------------------------------------------

@@ -43,6 +43,8 @@ def _setting(defaults: dict, conditional: bool, solver: str | None, steps: int |
         return value if value is not None else defaults.get(key, fallback)
 
     guidance = pick(guidance_scale, "guidance_scale", DEFAULTS.guidance_scale if conditional else 1.0)
+    if order is None and solver is None:  # the default solver comes with its order (a PLMS-3 student)
+        order = defaults.get("order")
     return SamplerSetting(
         solver=pick(solver, "solver", DEFAULTS.solver), steps=int(pick(steps, "steps", DEFAULTS.steps)),
         spacing=pick(spacing, "spacing", DEFAULTS.spacing), guidance_scale=float(guidance), order=order,
@@ -82,8 +84,9 @@ def sample(
 ) -> str:
     """Sample a model into an ADM-format .npz (arr_0 uint8 NHWC, arr_1 labels) plus grid.png.
 
-    Unset sampler options come from what a ``.ckpt`` student was trained for (solver and order,
-    first phase's steps, spacing, guidance; an option that departs prints one line), then from the
+    Unset sampler options come from what a ``.ckpt`` student was trained for (a ``fit`` checkpoint:
+    its first phase's student solver and order and steps, the run's spacing and guidance; a ``ptq``
+    checkpoint: the sampler its pairs were built for; an option that departs prints one line), then from the
     model spec's ``sampling:`` block, then from ddim / 50 steps / time_uniform / CFG 2 (1 for
     unconditional models).
 

@@ -48,7 +48,7 @@ from saq_lightning.quant import (
 from saq_lightning.sampling import sample
 from saq_lightning.sampling.predictor import select_batch
 
-from .buckets import bucket_map_for
+from .buckets import bucket_map_with_intermediates, solver_aware_orders
 from .calibration import calibration_batches
 from .checkpointing import (
     check_identity,
@@ -369,8 +369,12 @@ class SAQLightningModule(L.LightningModule):
     def bind_bucket_map(self, phases: list[MixStepPhase] | tuple[MixStepPhase, ...]) -> None:
         """Give the student the step-to-bucket tables of ``phases``' grids (raises on collisions,
         and when an ``init_from`` student was calibrated on other grids)."""
-        bucket_map = bucket_map_for(self.flow.schedule, self.teacher_settings.spacing, phases,
-                                    self.policy.n_buckets)
+        # a singlestep student of order >= 2 evaluates its own intermediate points: buckets of their own
+        orders = solver_aware_orders(phases, [self.flow.student_solver(p) for p in phases])
+        bucket_map, note = bucket_map_with_intermediates(self.flow.schedule, self.teacher_settings.spacing,
+                                                         phases, self.policy.n_buckets, orders)
+        if note is not None:
+            log.warning(note)
         if self.init_from is not None:
             check_init_bucket_map(self.student.bucket_map, bucket_map, self.init_from)
         self.student.set_bucket_map(bucket_map)

@@ -10,7 +10,8 @@ unconditional rows) are reconstructed as the sampler will use them.
 Output folder (``ptq.output``)::
 
     student.ckpt           SA-QLoRA-format student checkpoint (``checkpoint["saq"]`` + trainable
-                           state incl. AdaRound decisions): ``sample``/``evaluate``/``diagnose``,
+                           state incl. AdaRound decisions; ``checkpoint["ptq"]["sampler"]``: the
+                           sampler it is for, ``sample``'s default): ``sample``/``evaluate``/``diagnose``,
                            ``load_student``, the export, and ``fit`` via ``model.init_from``
     ptq_results.json       per block: losses before/after, rounding regulariser, hard fraction
     tb/                    TensorBoard scalars per block
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,9 @@ from saq_lightning.quant.reconstruction import (
 )
 from saq_lightning.sampling.predictor import select_batch
 
+from .buckets import bucket_map_with_intermediates
 from .checkpointing import student_state_dict
+from .ptq_sampler import PTQSampler, default_role, resolve_sampler, role_note
 from .trajectory_meta import check_trajectory_folder, manifest_phases
 
 CHECKPOINT = "student.ckpt"
@@ -49,23 +52,90 @@ RESULTS = "ptq_results.json"
 
 @dataclass
 class PTQSettings(ReconstructionSettings):
-    """The ``ptq:`` block: reconstruction settings plus where the result goes."""
+    """The ``ptq:`` block: reconstruction settings, the sampler the student is for, and where the
+    result goes.
+
+    ``solver`` / ``order`` / ``steps`` / ``spacing``: the sampler (a ``sample --solver`` name, its
+    order when not the name's, its steps; default the fewest student steps of the shards' phases,
+    and the run's spacing, the only one the pairs come from). It picks the default
+    ``pair_roles`` (``ptq_sampler.py``) and is recorded in ``student.ckpt`` for ``sample``.
+    """
 
     output: str = "runs/ptq"
+    solver: str = "dpm1"
+    order: int | None = None
+    steps: int | None = None
+    spacing: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from saq_lightning.sampling.registry import SOLVER_NAMES
+
+        if self.solver not in SOLVER_NAMES:
+            raise ValueError(f"ptq.solver must be one of {SOLVER_NAMES} (the sampler the student is for), "
+                             f"got {self.solver!r}")
+        if self.order is not None and self.order not in (1, 2, 3, 4):
+            raise ValueError(f"ptq.order must be 1, 2, 3 (4 for plms) or null, got {self.order!r}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"ptq.steps must be >= 1, got {self.steps}")
 
     def reconstruction(self) -> ReconstructionSettings:
         d = asdict(self)
-        d.pop("output")
+        for name in ("output", "solver", "order", "steps", "spacing"):
+            d.pop(name)
         return ReconstructionSettings(**d)
 
 
 def _sides(points: CalibrationPoints, settings: ReconstructionSettings):
     """(FP input, FP time, quantized input, quantized time) of every calibration point."""
     if settings.objective == "same_input":
-        return points.x_s, points.s, points.x_s, points.s
+        if settings.same_input_points == "grid":
+            return points.x_s, points.s, points.x_s, points.s
+        # every other drawn record by its intermediate point: half grid, half intermediate points,
+        # each with its own FP output
+        mid = torch.arange(len(points)) % 2 == 1
+        x = torch.where(mid.view(-1, *([1] * (points.x_s.dim() - 1))), points.x_mid, points.x_s)
+        t = torch.where(mid, points.s_mid, points.s)
+        return x, t, x, t
     if settings.pair_roles == "fp_first_order":
         return points.x_s, points.s, points.x_mid, points.s_mid
-    return points.x_mid, points.s_mid, points.x_s, points.s
+    if settings.pair_roles == "fp_second_order":
+        return points.x_mid, points.s_mid, points.x_s, points.s
+    raise ValueError(f"pair_roles {settings.pair_roles!r} is not resolved")
+
+
+def quantized_at_intermediate_points(rec: ReconstructionSettings) -> bool:
+    """Whether the quantized side of the reconstruction sees the pairs' intermediate points (then
+    they get activation buckets of their own instead of their nearest grid point's)."""
+    if rec.objective == "same_input":
+        return rec.same_input_points == "grid_and_intermediate"
+    return rec.pair_roles == "fp_first_order"
+
+
+def _bind_intermediate_buckets(module: Any, phases: Any) -> str | None:
+    """Give the pairs' intermediate points activation buckets of their own; when the policy's
+    ``n_buckets`` leave too few, they keep their nearest grid point's and the line saying so is
+    returned."""
+    bucket_map, note = bucket_map_with_intermediates(
+        module.flow.schedule, module.teacher_settings.spacing, phases, module.policy.n_buckets,
+        [2 if p.teacher_order >= 2 else 0 for p in phases])
+    module.student.set_bucket_map(bucket_map)
+    return None if note is None else f"ptq: {note}"
+
+
+def ptq_sampler(module: Any, settings: PTQSettings, phases: Any) -> PTQSampler:
+    """The sampler ``settings`` names, in ``module``'s run."""
+    run = module.teacher_settings
+    return resolve_sampler(settings.solver, settings.order, settings.steps, settings.spacing,
+                           run.spacing, run.guidance_scale, phases)
+
+
+def resolve_roles(rec: ReconstructionSettings, sampler: PTQSampler) -> tuple[ReconstructionSettings, str | None]:
+    """``rec`` with its pair role decided (by the sampler when unset) and the one line to print when
+    the reconstruction does not suit the sampler."""
+    if rec.objective == "mixed_order" and rec.pair_roles is None:
+        rec = replace(rec, pair_roles=default_role(sampler))
+    return rec, role_note(rec.objective, rec.pair_roles or "", rec.same_input_points, sampler)
 
 
 class _TensorBoard:
@@ -106,9 +176,21 @@ def run_ptq(
     manifest = load_manifest(shards)
     check_trajectory_folder(manifest, module, f"{shards}/manifest.json")
     phases = manifest_phases(manifest)
+    sampler = ptq_sampler(module, settings, phases)
+    rec, note = resolve_roles(rec, sampler)
+    shared = None
     if phases:  # the shards' grids give the activation buckets, as in fit
         module.bind_bucket_map(phases)
-    points = load_calibration_points(shards, rec.num_samples, rec.seed, pairs=rec.objective == "mixed_order")
+        if quantized_at_intermediate_points(rec):  # and the pairs' intermediate points their own
+            shared = _bind_intermediate_buckets(module, phases)
+    if comm.rank == 0:
+        roles = f", pair_roles {rec.pair_roles}" if rec.objective == "mixed_order" else \
+            f", same_input_points {rec.same_input_points}"
+        print(note or f"ptq: the student is for {sampler.label()} ({rec.objective}{roles})")
+        if shared:
+            print(shared)
+    pairs = rec.objective == "mixed_order" or rec.same_input_points == "grid_and_intermediate"
+    points = load_calibration_points(shards, rec.num_samples, rec.seed, pairs=pairs)
     fp_x, fp_t, q_x, q_t = _sides(points, rec)
     device = next(module.teacher.unet.parameters()).device
     dtype = next(module.teacher.unet.parameters()).dtype
@@ -143,16 +225,20 @@ def run_ptq(
         if tb is not None:
             tb.close()
     if report.complete and comm.rank == 0:
-        _write_outputs(module, out, report, settings)
+        _write_outputs(module, out, report, settings, rec, sampler)
     comm.barrier()
     return report
 
 
-def _write_outputs(module: Any, out: Path, report: ReconstructionReport, settings: PTQSettings) -> None:
+def _write_outputs(module: Any, out: Path, report: ReconstructionReport, settings: PTQSettings,
+                   rec: ReconstructionSettings, sampler: PTQSampler) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    settings = replace(settings, pair_roles=rec.pair_roles)  # as resolved
     ckpt = {"saq": module.checkpoint_identity(), "state_dict": {k: v.cpu() for k, v in student_state_dict(module.student).items()},
-            "ptq": {"settings": asdict(settings), "blocks": [asdict(b) for b in report.blocks]}}
+            "ptq": {"settings": asdict(settings), "sampler": sampler.record(),
+                    "blocks": [asdict(b) for b in report.blocks]}}
     with atomic_path(out / CHECKPOINT) as tmp:
         torch.save(ckpt, tmp)
     results = [{k: v for k, v in asdict(b).items() if k != "curve"} for b in report.blocks]
-    (out / RESULTS).write_text(json.dumps({"settings": asdict(settings), "blocks": results}, indent=1))
+    (out / RESULTS).write_text(json.dumps({"settings": asdict(settings), "sampler": sampler.record(),
+                                           "blocks": results}, indent=1))

@@ -1,9 +1,12 @@
-"""The sampler a trained student was aligned to, read from its training checkpoint.
+"""The sampler a trained student was aligned to, read from its checkpoint.
 
-A student is trained for one sampler: its mixstep phases' student order and step counts, the run's
-solver family, spacing and guidance scale (``docs/training.md``, "Sampling a trained student").
-``sample`` takes its defaults from here, so that ``sample --student last.ckpt`` samples the student
-as it was trained; an explicit option that departs from it prints one line saying so.
+A student is trained for one sampler. A ``fit`` checkpoint says it through its mixstep phases (the
+first phase's ``student_solver``, default the run's solver family, its ``student_order`` and step
+count) and the run's spacing and guidance scale (``docs/training.md``, "Sampling a trained
+student"); a ``ptq`` checkpoint (``student.ckpt``) records the sampler its pairs were built for
+(``checkpoint["ptq"]["sampler"]``, ``docs/quant.md``). ``sample`` takes its defaults from here, so
+that ``sample --student last.ckpt`` samples the student as it was trained; an explicit option that
+departs from it prints one line saying so.
 """
 
 from __future__ import annotations
@@ -14,16 +17,45 @@ from typing import Any
 
 import torch
 
-#: solver name of the student's first-order (or k-th order) step, by the run's solver family
-_SOLVERS = {"dpm": {1: "dpm1", 2: "dpm2", 3: "dpm3"}, "dpm++": {1: "dpm++1", 2: "dpm++2s", 3: "dpm++3s"}}
+#: singlestep families: the solver name of each order (one name per order: no override needed)
+_SINGLESTEP = {"dpm": {1: "dpm1", 2: "dpm2", 3: "dpm3"}, "dpm++": {1: "dpm++1", 2: "dpm++2s", 3: "dpm++3s"}}
+#: multistep families: order 1 is the family's first-order step (DDIM = DPM-Solver-1)
+_MULTISTEP = {"dpm_multistep": {1: "dpm1", 2: "dpm2m", 3: "dpm3m"},
+              "dpm++_multistep": {1: "dpm++1", 2: "dpm++2m", 3: "dpm++3m"}}
+
+
+def sampler_for(family: str, order: int) -> tuple[str, int | None]:
+    """``(solver name, order override)`` that samples a student of solver ``family`` at ``order``:
+    ``dpm``/2 -> ``dpm2``, ``dpm++_multistep``/2 -> ``dpm++2m``, ``plms``/3 -> (``plms``, 3)
+    (PLMS' name stands for order 4, so its order is given explicitly).
+
+    Raises:
+        ValueError: an unknown family or an order the family does not have.
+    """
+    order = int(order)
+    if family == "plms":
+        if order not in (1, 2, 3, 4):
+            raise ValueError(f"a plms student has order 1..4, got {order}")
+        return "plms", (None if order == 4 else order)
+    table = {**_SINGLESTEP, **_MULTISTEP}.get(family)
+    if table is None:
+        raise ValueError(f"unknown solver family {family!r} (expected one of "
+                         f"{sorted([*_SINGLESTEP, *_MULTISTEP, 'plms'])})")
+    if order not in table:
+        raise ValueError(f"a {family} student has order 1..3, got {order}")
+    return table[order], None
 
 
 def trained_sampler(student: str | None) -> dict[str, Any]:
-    """``{solver, student_order, steps, spacing, guidance_scale, trained_steps}`` of a ``.ckpt`` student
-    (``{}`` for the FP model, a naive student or an export folder, which record no training)."""
+    """``{solver, [order], student_order, steps, spacing, guidance_scale, trained_steps}`` of a ``.ckpt``
+    student (``{}`` for the FP model, a naive student or an export folder, which record no training).
+    ``order`` is present only where the solver name does not fix it (a PLMS-3 student)."""
     if not student or not str(student).endswith(".ckpt") or not Path(student).is_file():
         return {}
     checkpoint = torch.load(student, map_location="cpu", weights_only=True)
+    ptq = checkpoint.get("ptq")
+    if isinstance(ptq, Mapping) and isinstance(ptq.get("sampler"), Mapping):
+        return ptq_sampler(ptq["sampler"])
     hparams = checkpoint.get("hyper_parameters") or {}
     phases = _phases(checkpoint.get("callbacks") or {})
     out: dict[str, Any] = {}
@@ -32,13 +64,28 @@ def trained_sampler(student: str | None) -> dict[str, Any]:
     if "spacing" in hparams:
         out["spacing"] = str(hparams["spacing"])
     if phases:
-        order = int(phases[0]["student_order"])
-        family = _SOLVERS.get(str(hparams.get("teacher_solver", "dpm")), _SOLVERS["dpm"])
-        if order in family:
-            out["solver"] = family[order]
+        first = phases[0]
+        order = int(first["student_order"])
+        family = str(first.get("student_solver") or hparams.get("teacher_solver", "dpm"))
+        solver, override = sampler_for(family, order)
+        out["solver"] = solver
+        if override is not None:
+            out["order"] = override
         out["student_order"] = order
-        out["steps"] = int(phases[0]["student_steps"])
+        out["steps"] = int(first["student_steps"])
         out["trained_steps"] = sorted({int(p["student_steps"]) for p in phases})
+    return out
+
+
+def ptq_sampler(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """The trained-sampler dict of a PTQ checkpoint's ``ptq.sampler`` record."""
+    out: dict[str, Any] = {"solver": str(recorded["solver"]), "steps": int(recorded["steps"]),
+                           "spacing": str(recorded["spacing"]),
+                           "guidance_scale": float(recorded["guidance_scale"]),
+                           "student_order": int(recorded["order"]),
+                           "trained_steps": [int(recorded["steps"])]}
+    if recorded.get("order_override") is not None:
+        out["order"] = int(recorded["order_override"])
     return out
 
 
@@ -57,8 +104,11 @@ def departures(trained: Mapping[str, Any], setting: Any) -> list[str]:
             notes.append(f"{name} {getattr(setting, name)!r} (trained: {trained[name]!r})")
     if "trained_steps" in trained and setting.steps not in trained["trained_steps"]:
         notes.append(f"steps {setting.steps} (trained: {trained['trained_steps']})")
+    trained_order = trained.get("order")
     if setting.order is not None and setting.order != trained.get("student_order", setting.order):
         notes.append(f"order {setting.order} (trained: {trained['student_order']})")
+    elif setting.order is None and trained_order is not None and setting.solver == trained.get("solver"):
+        notes.append(f"order {setting.solver}'s default (trained: {trained_order})")
     return notes
 
 

@@ -24,8 +24,20 @@ share their buckets exactly) ranked ``r = 0..U-1`` from the noisiest:
 Then every grid is checked: distinct steps of one grid must get distinct buckets, otherwise a
 :class:`BucketCollisionError` names the phase, the spacing and the colliding steps.
 
-Lookups (:meth:`BucketMap.lookup`): a timestep within ``tolerance`` of a trained point gets that
-point's bucket. Any other timestep (a step count or spacing the student was not trained for, a
+**Intermediate points** (``StudentGrid.intermediate``): a grid whose quantized model is also
+evaluated between its grid points (a solver-aware phase's singlestep student, SA-PTQ pairs whose
+quantized side sits at the DPM-Solver-2 intermediate points) lists those model timesteps too. They
+get buckets of their own *after* the grid points are assigned (so the grid tables are those of the
+same grids without intermediate points): each distinct intermediate point that is not a grid
+point takes a bucket no grid point uses, in noise order (noisier points, higher buckets), and the
+check refuses a grid whose intermediate points cannot all get an unused bucket. An intermediate
+point that coincides with a grid point (nested grids: a 10-step DPM-2 midpoint on a time-uniform
+grid is a 20-step grid point) is that point and shares its bucket. :meth:`BucketMap.same_as`
+compares the grid tables only: a map recorded before intermediate points had buckets, or a run that
+does not evaluate them, keeps the same grid buckets.
+
+Lookups (:meth:`BucketMap.lookup`): a timestep within ``tolerance`` of a trained point (grid or
+intermediate) gets that point's bucket. Any other timestep (a step count or spacing the student was not trained for, a
 singlestep solver's intermediate point) gets the bucket of the **nearest trained point** (in
 model-timestep value); the map says so once (a logged warning), not at every call.
 
@@ -60,12 +72,14 @@ class BucketCollisionError(ValueError):
 @dataclass(frozen=True)
 class StudentGrid:
     """One student grid: its name (e.g. ``phase 0``), spacing, step count and evaluated model
-    timesteps ``[steps]`` (noisiest first)."""
+    timesteps ``[steps]`` (noisiest first), and the intermediate model timesteps its steps also
+    evaluate (``()``: none; see the module docstring)."""
 
     name: str
     spacing: str
     steps: int
     timesteps: tuple[float, ...]
+    intermediate: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.timesteps) != self.steps:
@@ -87,6 +101,7 @@ class BucketMap:
     grids: tuple[StudentGrid, ...] = ()
     tables: dict[str, tuple[int, ...]] = field(default_factory=dict)
     tolerance: float = TOLERANCE
+    intermediate_tables: dict[str, tuple[int, ...]] = field(default_factory=dict)
     _keys: dict[torch.device, tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False,
                                                              compare=False)
     _warned: bool = field(default=False, repr=False, compare=False)
@@ -129,7 +144,8 @@ class BucketMap:
             if len(set(row)) != len(row):
                 _raise_collisions(g, row, n_buckets)
             tables[g.name] = row
-        return cls(int(n_buckets), int(num_train_timesteps), grids, tables, float(tolerance))
+        inner = _intermediate_tables(grids, points, bucket_of, n_buckets, tolerance)
+        return cls(int(n_buckets), int(num_train_timesteps), grids, tables, float(tolerance), inner)
 
     # ------------------------------------------------------------------ queries
     @property
@@ -147,13 +163,17 @@ class BucketMap:
         """The trained grid of this spacing and step count, if any."""
         return next((g for g in self.grids if g.spacing == spacing and g.steps == steps), None)
 
-    def points(self) -> tuple[list[float], list[int]]:
-        """The distinct trained timesteps (noisiest first) and their buckets."""
+    def points(self, intermediate: bool = True) -> tuple[list[float], list[int]]:
+        """The distinct trained timesteps (noisiest first) and their buckets (``intermediate``:
+        with the intermediate points)."""
         seen: dict[float, int] = {}
-        for g in self.grids:
-            for t, b in zip(g.timesteps, self.tables[g.name], strict=True):
-                if all(abs(t - s) > self.tolerance for s in seen):
-                    seen[t] = b
+        pairs = [(t, b) for g in self.grids for t, b in zip(g.timesteps, self.tables[g.name], strict=True)]
+        if intermediate:
+            pairs += [(t, b) for g in self.grids
+                      for t, b in zip(g.intermediate, self.intermediate_tables.get(g.name, ()), strict=True)]
+        for t, b in pairs:
+            if all(abs(t - s) > self.tolerance for s in seen):
+                seen[t] = b
         ts = sorted(seen, reverse=True)
         return ts, [seen[t] for t in ts]
 
@@ -199,7 +219,10 @@ class BucketMap:
             "num_train_timesteps": self.num_train_timesteps,
             "tolerance": self.tolerance,
             "grids": [{"name": g.name, "spacing": g.spacing, "steps": g.steps,
-                       "timesteps": list(g.timesteps), "buckets": list(self.tables[g.name])}
+                       "timesteps": list(g.timesteps), "buckets": list(self.tables[g.name]),
+                       **({"intermediate": list(g.intermediate),
+                           "intermediate_buckets": list(self.intermediate_tables[g.name])}
+                          if g.intermediate else {})}
                       for g in self.grids],
         }
 
@@ -208,19 +231,49 @@ class BucketMap:
         if d.get("format") != FORMAT:
             raise ValueError(f"not a bucket map (format {d.get('format')!r}, expected {FORMAT!r})")
         grids = tuple(StudentGrid(g["name"], g["spacing"], int(g["steps"]),
-                                  tuple(float(t) for t in g["timesteps"])) for g in d["grids"])
+                                  tuple(float(t) for t in g["timesteps"]),
+                                  tuple(float(t) for t in g.get("intermediate", ()))) for g in d["grids"])
         tables = {g["name"]: tuple(int(b) for b in g["buckets"]) for g in d["grids"]}
+        inner = {g["name"]: tuple(int(b) for b in g["intermediate_buckets"]) for g in d["grids"]
+                 if g.get("intermediate")}
         return cls(int(d["n_buckets"]), int(d["num_train_timesteps"]), grids, tables,
-                   float(d.get("tolerance", TOLERANCE)))
+                   float(d.get("tolerance", TOLERANCE)), inner)
 
     def same_as(self, other: BucketMap) -> bool:
-        """Equal tables and points (timesteps to ``tolerance``)."""
+        """Equal grid tables and grid points (timesteps to ``tolerance``); intermediate points
+        are not compared (see the module docstring)."""
         if (self.n_buckets, self.num_train_timesteps, self.tables) != (
                 other.n_buckets, other.num_train_timesteps, other.tables):
             return False
-        a, b = self.points(), other.points()
+        a, b = self.points(intermediate=False), other.points(intermediate=False)
         return a[1] == b[1] and len(a[0]) == len(b[0]) and all(
             abs(x - y) <= self.tolerance for x, y in zip(a[0], b[0], strict=True))
+
+
+def _intermediate_tables(grids: Sequence[StudentGrid], points: list[float], bucket_of: dict[float, int],
+                         n_buckets: int, tol: float) -> dict[str, tuple[int, ...]]:
+    """Buckets of every grid's intermediate points: a grid point's own where one coincides, else
+    an unused bucket, in noise order (raises :class:`BucketCollisionError` when too few are left)."""
+    if not any(g.intermediate for g in grids):
+        return {}
+    new = _distinct(sorted({t for g in grids for t in g.intermediate
+                            if min(abs(t - p) for p in points) > tol}, reverse=True), tol)
+    free = sorted(set(range(n_buckets)) - set(bucket_of.values()), reverse=True)
+    if len(new) > len(free):
+        names = ", ".join(f"{g.name} ({g.spacing})" for g in grids if g.intermediate)
+        raise BucketCollisionError(
+            f"{names}: {len(new)} intermediate points need activation buckets of their own and "
+            f"{n_buckets} buckets leave {len(free)} after the {len(bucket_of)} grid points; use "
+            f"n_buckets >= {len(bucket_of) + len(new)}")
+    # free buckets spread over the noise range in rank order, as the grid points' are
+    pick = [free[math.floor(r * len(free) / len(new))] for r in range(len(new))]
+    own = dict(zip(new, pick, strict=True))
+    out = {}
+    for g in grids:
+        if g.intermediate:
+            out[g.name] = tuple(bucket_of[_nearest(points, t)] if min(abs(t - p) for p in points) <= tol
+                                else own[_nearest(new, t)] for t in g.intermediate)
+    return out
 
 
 def _rank_buckets(u: int, n_buckets: int) -> list[int]:

@@ -13,6 +13,7 @@ from typing import Literal
 
 Objective = Literal["same_input", "mixed_order"]
 PairRoles = Literal["fp_first_order", "fp_second_order"]
+SameInputPoints = Literal["grid", "grid_and_intermediate"]
 
 #: module types that are one reconstruction block each (diffusers UNet2DModel / UNet2DConditionModel)
 DEFAULT_BLOCK_TYPES = ["ResnetBlock2D", "Transformer2DModel", "Attention", "Downsample2D",
@@ -26,11 +27,21 @@ class ReconstructionSettings:
     """What SA-PTQ / BRECQ reconstruction does per block.
 
     ``objective``: ``same_input`` (plain BRECQ: the FP and the quantized block see the same
-    trajectory point) or ``mixed_order`` (SA-PTQ: pairs from one ``x_T``). ``pair_roles`` (for
-    ``mixed_order``): ``fp_first_order`` gives the FP block the first-order trajectory point
-    ``x_{t_j}`` and the quantized block the matching second-order intermediate point ``x_{s_j}``
-    (DESIGN.md's formula); ``fp_second_order`` swaps them (the student at the trajectory point
-    mimics the teacher at the intermediate point, as MOTA does for whole directions).
+    trajectory point, each point with its own FP output) or ``mixed_order`` (SA-PTQ: pairs from one
+    DPM-Solver-2 rollout of an ``x_T``: a grid point ``x_{t_j}`` of that second-order rollout and
+    the intermediate point ``x_{s_j}`` of its step from ``x_{t_j}``).
+
+    ``pair_roles`` (for ``mixed_order``): ``fp_first_order`` gives the FP block the grid point
+    ``x_{t_j}`` and the quantized block the intermediate point ``x_{s_j}`` (the paper's equations);
+    ``fp_second_order`` swaps them (the student at the grid point mimics the teacher at the
+    intermediate point, as MOTA does for whole directions). ``None``: the caller decides by the
+    sampler the student is for (``lightning/ptq_sampler.py``: a first-order sampler takes
+    ``fp_second_order``), before it builds the pairs.
+
+    ``same_input_points`` (for ``same_input``): ``grid`` reconstructs on the grid points only;
+    ``grid_and_intermediate`` on the grid points and the intermediate points of their steps (half
+    the samples each), the plain-BRECQ control with the same calibration coverage as
+    ``mixed_order`` (a second-order sampler queries both).
 
     Loss per block: ``w_mse * sum-of-squares per sample (mean over samples) + w_cos * (1 - cos)``
     plus the rounding regulariser ``rounding_weight * sum(1 - |2h - 1|^beta)``.
@@ -43,7 +54,8 @@ class ReconstructionSettings:
     """
 
     objective: Objective = "mixed_order"
-    pair_roles: PairRoles = "fp_first_order"
+    pair_roles: PairRoles | None = None
+    same_input_points: SameInputPoints = "grid"
     num_samples: int = 1024
     iters: int = 10000
     batch_size: int = 32
@@ -68,9 +80,15 @@ class ReconstructionSettings:
     def __post_init__(self) -> None:
         if self.objective not in ("same_input", "mixed_order"):
             raise ValueError(f"ptq.objective must be 'same_input' or 'mixed_order', got {self.objective!r}")
-        if self.pair_roles not in ("fp_first_order", "fp_second_order"):
-            raise ValueError(f"ptq.pair_roles must be 'fp_first_order' or 'fp_second_order', got "
-                             f"{self.pair_roles!r}")
+        if self.pair_roles not in (None, "fp_first_order", "fp_second_order"):
+            raise ValueError(f"ptq.pair_roles must be 'fp_first_order', 'fp_second_order' or null (by the "
+                             f"sampler), got {self.pair_roles!r}")
+        if self.same_input_points not in ("grid", "grid_and_intermediate"):
+            raise ValueError(f"ptq.same_input_points must be 'grid' or 'grid_and_intermediate', got "
+                             f"{self.same_input_points!r}")
+        if self.objective == "mixed_order" and self.same_input_points != "grid":
+            raise ValueError("ptq.same_input_points is a same_input setting (mixed_order pairs the grid "
+                             "and the intermediate points by role): set ptq.objective same_input")
         for name in ("num_samples", "batch_size", "record_batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ptq.{name} must be >= 1, got {getattr(self, name)}")
