@@ -35,6 +35,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from saq_lightning.data.batch_check import DataValueError
     from saq_lightning.data.errors import ManifestError, PhaseError, ResumeMismatchError, ShardError
     from saq_lightning.lightning.checkpointing import CheckpointMismatchError
+    from saq_lightning.lightning.run_lock import RunFolderBusyError
     from saq_lightning.metrics.npz_format import SampleFormatError
     from saq_lightning.metrics.sampling_run import RunMismatchError
     from saq_lightning.models.key_accounting import CheckpointKeyError
@@ -44,7 +45,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     return (ArgumentError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
             ShardError, ManifestError, PhaseError, ResumeMismatchError, CheckpointMismatchError, CheckpointKeyError,
             RunMismatchError, SampleFormatError, SamplingError, OutputExistsError, NonFiniteLossError,
-            DataValueError)
+            DataValueError, RunFolderBusyError)
 
 
 def split_traceback_flag(argv: list[str]) -> tuple[list[str], bool]:
