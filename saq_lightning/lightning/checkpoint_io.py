@@ -40,7 +40,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         raise FileNotFoundError(2, "no such checkpoint", str(path))
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - every unreadable file ends in the same one line
+    except Exception as err:  # every unreadable file ends in the same one line
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UnreadableCheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {first})") from err
     if not isinstance(checkpoint, dict):
