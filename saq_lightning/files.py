@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -39,3 +40,25 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+class UnsafeFileError(ValueError):
+    """A file meant to hold tensors holds other pickled objects, which loading would run as code."""
+
+
+def load_tensors(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors, containers and plain values only. A file
+    with any other pickled object (which could run code when loaded) is refused in one line naming
+    it (:class:`UnsafeFileError`)."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        detail = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "Unsupported" in line), "")
+        raise UnsafeFileError(
+            f"{path}: refused: it holds pickled objects other than tensors and plain values, which "
+            f"loading would run as code{f' ({detail})' if detail else ''}; only load files you trust "
+            f"with other tools") from err

@@ -34,6 +34,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from saq_lightning.callbacks.nonfinite import NonFiniteLossError
     from saq_lightning.data.batch_check import DataValueError
     from saq_lightning.data.errors import ManifestError, PhaseError, ResumeMismatchError, ShardError
+    from saq_lightning.files import UnsafeFileError
     from saq_lightning.lightning.checkpointing import CheckpointMismatchError
     from saq_lightning.lightning.run_lock import RunFolderBusyError
     from saq_lightning.metrics.npz_format import SampleFormatError
@@ -45,7 +46,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     return (ArgumentError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
             ShardError, ManifestError, PhaseError, ResumeMismatchError, CheckpointMismatchError, CheckpointKeyError,
             RunMismatchError, SampleFormatError, SamplingError, OutputExistsError, NonFiniteLossError,
-            DataValueError, RunFolderBusyError)
+            DataValueError, RunFolderBusyError, UnsafeFileError)
 
 
 def split_traceback_flag(argv: list[str]) -> tuple[list[str], bool]:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from saq_lightning.files import atomic_path
+from saq_lightning.files import UnsafeFileError, atomic_path, load_tensors
 
 from .checkpointing import CheckpointMismatchError, add_tensor_digest, check_tensor_digest
 
@@ -34,12 +34,14 @@ class UnreadableCheckpointError(CheckpointMismatchError):
 
 def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """``torch.load(path, weights_only=True)`` with one-line errors naming ``path``, the tensor
-    digest checked (a pickle that would run code is refused by ``weights_only``)."""
+    digest checked (a pickle that would run code is refused: :class:`~saq_lightning.files.UnsafeFileError`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(2, "no such checkpoint", str(path))
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = load_tensors(path, map_location=map_location)
+    except UnsafeFileError:
+        raise
     except Exception as err:  # every unreadable file ends in the same one line
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UnreadableCheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {first})") from err

@@ -40,7 +40,7 @@ from saq_lightning.quant.reconstruction import (
 )
 from saq_lightning.sampling.predictor import select_batch
 
-from .checkpointing import student_state_dict
+from .checkpointing import add_tensor_digest, student_state_dict
 from .trajectory_meta import check_trajectory_meta, manifest_phases
 
 CHECKPOINT = "student.ckpt"
@@ -153,6 +153,6 @@ def _write_outputs(module: Any, out: Path, report: ReconstructionReport, setting
     ckpt = {"saq": module.checkpoint_identity(), "state_dict": {k: v.cpu() for k, v in student_state_dict(module.student).items()},
             "ptq": {"settings": asdict(settings), "blocks": [asdict(b) for b in report.blocks]}}
     with atomic_path(out / CHECKPOINT) as tmp:
-        torch.save(ckpt, tmp)
+        torch.save(add_tensor_digest(ckpt), tmp)
     results = [{k: v for k, v in asdict(b).items() if k != "curve"} for b in report.blocks]
     (out / RESULTS).write_text(json.dumps({"settings": asdict(settings), "blocks": results}, indent=1))

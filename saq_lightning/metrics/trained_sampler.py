@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
+from saq_lightning.files import load_tensors
 
 #: solver name of the student's first-order (or k-th order) step, by the run's solver family
 _SOLVERS = {"dpm": {1: "dpm1", 2: "dpm2", 3: "dpm3"}, "dpm++": {1: "dpm++1", 2: "dpm++2s", 3: "dpm++3s"}}
@@ -23,7 +23,7 @@ def trained_sampler(student: str | None) -> dict[str, Any]:
     (``{}`` for the FP model, a naive student or an export folder, which record no training)."""
     if not student or not str(student).endswith(".ckpt") or not Path(student).is_file():
         return {}
-    checkpoint = torch.load(student, map_location="cpu", weights_only=True)
+    checkpoint = load_tensors(student)
     hparams = checkpoint.get("hyper_parameters") or {}
     phases = _phases(checkpoint.get("callbacks") or {})
     out: dict[str, Any] = {}
