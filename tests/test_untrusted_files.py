@@ -71,7 +71,7 @@ def fitted(tmp_path_factory):
 
 
 def test_a_payload_in_a_fit_checkpoint_never_runs(fitted, tmp_path, capsys):
-    root, config, last = fitted
+    _root, config, last = fitted
     marker = tmp_path / "ran"
     bad = tmp_path / "bad.ckpt"
     plant(bad, marker, torch.load(last, weights_only=True))
@@ -102,7 +102,7 @@ def test_ckpt_path_last_with_only_a_payload_is_one_line_and_never_runs(fitted, t
 
 
 def test_a_checkpoint_changed_after_saving_is_refused_naming_the_file(fitted, tmp_path, capsys):
-    root, config, last = fitted
+    _root, config, last = fitted
     ckpt = torch.load(last, weights_only=True)
     key = next(k for k in ckpt["state_dict"] if "lora" in k)
     ckpt["state_dict"][key].view(-1)[0] += 1e-3  # one value changed, the recorded digest kept
@@ -116,7 +116,7 @@ def test_a_checkpoint_changed_after_saving_is_refused_naming_the_file(fitted, tm
 
 
 def test_a_ptq_student_given_to_ckpt_path_says_what_it_is(fitted, tmp_path, capsys):
-    root, config, last = fitted
+    _root, config, last = fitted
     ckpt = torch.load(last, weights_only=True)
     student = tmp_path / "student.ckpt"  # what ptq writes: identity and student state, no trainer state
     torch.save({"saq": ckpt["saq"], "state_dict": ckpt["state_dict"], "ptq": {"settings": {}, "blocks": []}}, student)
