@@ -99,7 +99,8 @@ def test_under_slurm_sigterm_and_sigusr1_stay_lightnings(monkeypatch):
 
 def test_ctrl_c_in_a_terminal_with_dataloader_workers_still_saves_and_exits_130(setup):
     """A terminal's Ctrl-C reaches the whole process group, DataLoader workers included: they must
-    not die of it before the main process saves at the step boundary."""
+    not die of it (the main process, waiting for its next batch, would fail on the dead workers)
+    before the main process saves at the step boundary."""
     import os
     import subprocess
     import sys
@@ -109,9 +110,10 @@ def test_ctrl_c_in_a_terminal_with_dataloader_workers_still_saves_and_exits_130(
 
     root, spec, shards, _ = setup
     run = root / "workers"
-    config = tiny_fit_config(root / "workers.yaml", spec, shards, run, STEPS, extra_callbacks=PACE)
+    config = tiny_fit_config(root / "workers.yaml", spec, shards, run, STEPS)
     values = yaml.safe_load(config.read_text())
-    values["data"]["init_args"]["num_workers"] = 2
+    values["data"]["class_path"] = "slow_data.SlowDataModule"  # the main process waits on its workers
+    values["data"]["init_args"].update(num_workers=2, worker_seconds=0.5)
     config.write_text(yaml.safe_dump(values, sort_keys=False))
     log = root / "workers.log"
     with log.open("w") as out:
