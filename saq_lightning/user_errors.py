@@ -34,7 +34,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from saq_lightning.callbacks.nonfinite import NonFiniteLossError
     from saq_lightning.data.batch_check import DataValueError
     from saq_lightning.data.errors import ManifestError, PhaseError, ResumeMismatchError, ShardError
-    from saq_lightning.files import UnsafeFileError
+    from saq_lightning.files import UnreadableFileError
     from saq_lightning.lightning.checkpointing import CheckpointMismatchError
     from saq_lightning.lightning.run_lock import RunFolderBusyError
     from saq_lightning.metrics.npz_format import SampleFormatError
@@ -47,7 +47,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     return (ArgumentError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
             ShardError, ManifestError, PhaseError, ResumeMismatchError, CheckpointMismatchError, CheckpointKeyError,
             RunMismatchError, SampleFormatError, SamplingError, OutputExistsError, NonFiniteLossError,
-            DataValueError, RunFolderBusyError, UnsafeFileError, ExportMismatchError)
+            DataValueError, RunFolderBusyError, UnreadableFileError, ExportMismatchError)
 
 
 def split_traceback_flag(argv: list[str]) -> tuple[list[str], bool]:

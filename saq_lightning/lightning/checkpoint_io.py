@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from saq_lightning.files import UnsafeFileError, atomic_path, load_tensors
+from saq_lightning.files import atomic_path, load_tensors
 
 from .checkpointing import CheckpointMismatchError, add_tensor_digest, check_tensor_digest
 
@@ -38,13 +38,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(2, "no such checkpoint", str(path))
-    try:
-        checkpoint = load_tensors(path, map_location=map_location)
-    except UnsafeFileError:
-        raise
-    except Exception as err:  # every unreadable file ends in the same one line
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UnreadableCheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {first})") from err
+    checkpoint = load_tensors(path, map_location=map_location)  # one line naming an unreadable/unsafe file
     if not isinstance(checkpoint, dict):
         raise UnreadableCheckpointError(f"{path}: not a checkpoint (holds a {type(checkpoint).__name__})")
     check_tensor_digest(checkpoint, str(path))

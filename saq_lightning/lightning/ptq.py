@@ -30,7 +30,7 @@ import torch
 from saq_lightning.data.calibration_points import CalibrationPoints, load_calibration_points
 from saq_lightning.data.manifest import load_manifest
 from saq_lightning.files import atomic_path, load_tensors
-from saq_lightning.outputs import describe_difference, refuse_existing
+from saq_lightning.outputs import refuse_existing
 from saq_lightning.quant.reconstruction import (
     Block,
     BlockResult,

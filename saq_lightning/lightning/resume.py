@@ -29,7 +29,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 
 from saq_lightning.data.manifest import _MISSING, diff_values, format_mismatches
-from saq_lightning.files import UnsafeFileError
+from saq_lightning.files import UnreadableFileError
 
 from .checkpoint_io import read_checkpoint
 from .checkpointing import PORTABLE_SPEC_FIELDS, CheckpointMismatchError
@@ -132,7 +132,7 @@ def _saved_step(path: Path) -> int | None:
     """The checkpoint's ``global_step``, or ``None`` (one line printed) when it cannot be read."""
     try:  # digest included: a damaged file is no resume point
         return int(read_checkpoint(path)["global_step"])
-    except (CheckpointMismatchError, UnsafeFileError, KeyError, TypeError, ValueError) as err:
+    except (CheckpointMismatchError, UnreadableFileError, KeyError, TypeError, ValueError) as err:
         log.warning("--ckpt_path last: skipping %s (%s)", path, str(err).splitlines()[0])
         return None
 
