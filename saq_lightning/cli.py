@@ -12,12 +12,18 @@ import os
 import sys
 from argparse import RawDescriptionHelpFormatter
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 
 from jsonargparse import DefaultHelpFormatter
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-from saq_lightning.lightning.run_outputs import check_fit_outputs
+from saq_lightning.lightning.checkpoint_io import AtomicCheckpointIO
+from saq_lightning.lightning.resume import last_candidates, newest_readable
+from saq_lightning.lightning.run_lock import folder_locks
+from saq_lightning.lightning.run_outputs import SetAside, check_fit_outputs, checkpoint_dirs
 from saq_lightning.quiet import silence_known_harmless
 from saq_lightning.user_errors import split_traceback_flag, user_errors
 
@@ -94,12 +100,43 @@ class SAQLightningCLI(LightningCLI):
         parser.add_argument("--ptq", type=PTQSettings | None, default=None,
                             help="block reconstruction settings of the `ptq` command (ignored by fit)")
         parser.add_argument("--overwrite", type=bool, default=False,
-                            help="fit: delete an earlier run's checkpoints in the checkpoint dirpath "
-                                 "(otherwise a fresh run there is refused)")
+                            help="fit: replace an earlier run's checkpoints in the checkpoint dirpath "
+                                 "(kept aside until this run's first checkpoint; otherwise a fresh run "
+                                 "there is refused)")
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """``fit`` holds its folder locks and its set-aside earlier run for exactly its own length."""
+        with ExitStack() as self._fit_scope:
+            super()._run_subcommand(subcommand)
 
     def before_fit(self) -> None:
+        """One writer per checkpoint folder; ``--ckpt_path last`` made the newest readable state;
+        an earlier run refused, or (``--overwrite``) set aside until the first new checkpoint."""
         config = self.config_init[self.subcommand]
-        check_fit_outputs(self.trainer, config.get("ckpt_path"), bool(config.get("overwrite")))
+        if self.trainer.is_global_zero:
+            self._fit_scope.enter_context(folder_locks(checkpoint_dirs(self.trainer)))
+        if config.get("ckpt_path") == "last":
+            newest = newest_readable(last_candidates(checkpoint_dirs(self.trainer),
+                                                     Path(self.trainer.default_root_dir)))
+            if newest is not None:
+                config["ckpt_path"] = str(newest)
+        aside = check_fit_outputs(self.trainer, config.get("ckpt_path"), bool(config.get("overwrite")))
+        if aside is not None:
+            self._hold_until_first_checkpoint(aside)
+
+    def _hold_until_first_checkpoint(self, aside: SetAside) -> None:
+        io = self.trainer.strategy.checkpoint_io
+        if isinstance(io, AtomicCheckpointIO):
+            io.after_save = lambda _path: aside.discard()
+
+        def settle(exc_type, exc, tb) -> bool:
+            if exc_type is None:
+                aside.discard()  # the run finished: the user asked for the old files to go
+            else:
+                aside.restore()
+            return False
+
+        self._fit_scope.push(settle)
 
     def _parse_ckpt_path(self) -> None:
         """Keep the config: LightningCLI would replace the model's arguments with the hyperparameters
@@ -118,6 +155,13 @@ class SAQLightningCLI(LightningCLI):
         from saq_lightning.lightning.slurm import configure_trainer
 
         trainer = super().instantiate_trainer(**kwargs)
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # atomic beside the target, digest, weights_only
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint):
+                # last.ckpt is always the newest state: never a last-v1.ckpt beside a stale last.ckpt
+                # (a resume in a moved folder, or from another run's file); the folder's lock and the
+                # earlier-run check make this folder the run's own
+                callback._enable_version_counter = False
         configure_trainer(trainer, getattr(self, "slurm_run", None))  # requeue on SIGUSR1, quiet batch logs
         return trainer
 

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -39,3 +40,44 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+class UnreadableFileError(ValueError):
+    """A file meant to hold tensors cannot be read as one (empty, cut short, not a PyTorch file)."""
+
+
+class UnsafeFileError(UnreadableFileError):
+    """A file meant to hold tensors holds other pickled objects, which loading would run as code."""
+
+
+def load_tensors(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors, containers and plain values only. A file
+    with any other pickled object (which could run code when loaded) is refused in one line naming
+    it (:class:`UnsafeFileError`); an empty, truncated or foreign file too
+    (:class:`UnreadableFileError`)."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        unsafe = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line), "")
+        if not unsafe:  # not a pickle at all: say what torch met, not its advice to unpickle freely
+            detail = next((line.strip() for line in str(err).splitlines() if "Unsupported" in line), "")
+            raise UnreadableFileError(
+                f"{path}: not a readable PyTorch file ({detail or _first_line(err)})") from err
+        raise UnsafeFileError(
+            f"{path}: refused: it holds pickled objects other than tensors and plain values, which "
+            f"loading would run as code ({unsafe}); only load files you trust with other tools") from err
+    except (EOFError, RuntimeError, ValueError, OSError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise UnreadableFileError(
+            f"{path}: not a readable PyTorch file (empty, cut short or another format: "
+            f"{type(err).__name__}: {_first_line(err)})") from err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

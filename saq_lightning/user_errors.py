@@ -34,17 +34,20 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from saq_lightning.callbacks.nonfinite import NonFiniteLossError
     from saq_lightning.data.batch_check import DataValueError
     from saq_lightning.data.errors import ManifestError, PhaseError, ResumeMismatchError, ShardError
+    from saq_lightning.files import UnreadableFileError
     from saq_lightning.lightning.checkpointing import CheckpointMismatchError
+    from saq_lightning.lightning.run_lock import RunFolderBusyError
     from saq_lightning.metrics.npz_format import SampleFormatError
     from saq_lightning.metrics.sampling_run import RunMismatchError
     from saq_lightning.models.key_accounting import CheckpointKeyError
     from saq_lightning.outputs import OutputExistsError
+    from saq_lightning.quant.export import ExportMismatchError
     from saq_lightning.sampling.errors import SamplingError
 
     return (ArgumentError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
             ShardError, ManifestError, PhaseError, ResumeMismatchError, CheckpointMismatchError, CheckpointKeyError,
             RunMismatchError, SampleFormatError, SamplingError, OutputExistsError, NonFiniteLossError,
-            DataValueError)
+            DataValueError, RunFolderBusyError, UnreadableFileError, ExportMismatchError)
 
 
 def split_traceback_flag(argv: list[str]) -> tuple[list[str], bool]:

@@ -71,3 +71,18 @@ def test_bare_command_lists_every_subcommand_under_its_real_name(capsys):
     assert out.startswith("usage: python -m saq_lightning")
     for name in ("fit", "validate", "generate", "sample", "evaluate", "diagnose", "demo"):
         assert f"  {name}" in out
+
+
+@pytest.mark.parametrize(("content", "says"), [(b"", "EOFError"), (b"not a checkpoint\n", "Unsupported operand")],
+                         ids=["empty", "text"])
+def test_an_unreadable_student_file_is_one_line_naming_it(tmp_path, capsys, content, says):
+    """A save cut short (empty) or another file under a .ckpt name: not a traceback, and not the
+    advice to load it with weights_only=False."""
+    student = tmp_path / "last.ckpt"
+    student.write_bytes(content)
+    with pytest.raises(SystemExit) as stop:
+        main(["sample", "--student", str(student), "--out", str(tmp_path / "s"), "--num_samples", "2",
+              "--steps", "2", "--device", "cpu", "--grid_size", "0"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err and "weights_only" not in err
+    assert f"error: {student}: not a readable PyTorch file" in err and says in err

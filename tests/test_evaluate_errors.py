@@ -138,3 +138,23 @@ def test_missing_clip_weights_are_refused_before_any_network_runs(tmp_path, monk
                                   clip_weights=str(tmp_path / "none.safetensors"))
     with pytest.raises(FileNotFoundError, match=r"CLIP weights not found at .*none\.safetensors"):
         evaluate_samples(samples, metrics=["is", "clip_score"], settings=settings)
+
+
+def test_labels_outside_the_digits_classes_are_an_error_not_accuracy_zero(tmp_path, capsys):
+    arrays = digits(20)
+    arrays["arr_1"] = arrays["arr_1"] + 10  # e.g. the labels of another dataset
+    path = save(tmp_path / "s.npz", **arrays)
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", "--samples", path, "--metrics", "[digits_accuracy]", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "s.npz: arr_1 holds labels [10, 11, 12, 13, 14]" in err and "0..9" in err
+    assert not (tmp_path / "eval.json").exists()
+
+
+def test_wrong_size_samples_against_the_digits_reference_name_the_size_not_inception(tmp_path, capsys):
+    path = save(tmp_path / "s.npz", arr_0=np.random.default_rng(0).integers(0, 256, (20, 16, 16, 1), dtype=np.uint8))
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", "--samples", path, "--reference", "digits", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "16x16x1" in err and "8x8x1" in err
+    assert "nception" not in err and len([line for line in err.splitlines() if line.startswith("error:")]) == 1

@@ -25,6 +25,7 @@ from saq_lightning.quant import (
     trainable_state_dict,
     unpack_codes,
 )
+from saq_lightning.quant.export import ExportMismatchError
 
 
 @pytest.mark.parametrize("n", [1, 7, 64])
@@ -168,3 +169,54 @@ def test_other_quantizer_settings_reload_bit_for_bit(tmp_path, policy):
     b = cond_batch(b=2, seed=9)
     with torch.no_grad():
         assert torch.equal(reloaded(**b).sample, student.eval()(**b).sample)
+
+
+# -- what a load refuses: files of two exports mixed, bits changed, tables of the wrong size -----
+
+
+def test_weights_of_another_export_of_the_same_shapes_are_refused_by_their_digest(tmp_path):
+    _, student = _trained_cond_student()
+    first = export_student(student, tmp_path / "first")
+    perturb_lora(student, seed=11)  # another training: same shapes, other codes
+    second = export_student(student, tmp_path / "second")
+    (first / "weights.safetensors").write_bytes((second / "weights.safetensors").read_bytes())
+    with pytest.raises(ExportMismatchError, match=r"first/weights\.safetensors: its SHA-256 .*tensors_sha256"):
+        load_exported(first)
+    assert load_exported(second) is not None  # the untouched export loads
+
+
+def test_w8a8_weights_under_a_w4a4_manifest_are_refused(tmp_path):
+    _, w4a4 = calibrated_cond_student("w4a4")
+    _, w8a8 = calibrated_cond_student("w8a8")
+    folder = export_student(w4a4, tmp_path / "w4a4")
+    other = export_student(w8a8, tmp_path / "w8a8")
+    (folder / "weights.safetensors").write_bytes((other / "weights.safetensors").read_bytes())
+    with pytest.raises(ExportMismatchError, match="weights.safetensors: its SHA-256"):
+        load_exported(folder)
+
+
+def test_a_changed_per_layer_bit_width_is_refused_naming_the_layer_and_field(tmp_path):
+    _, student = _trained_cond_student()
+    folder = export_student(student, tmp_path / "w4a4")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["layers"]["mid_block.resnets.0.conv1"]["act_bits"] = 8
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportMismatchError,
+                       match=r"manifest.json: layers.mid_block.resnets.0.conv1.act_bits is 8, the policy 'w4a4' gives 4"):
+        load_exported(folder)
+
+
+def test_a_scale_table_of_the_wrong_size_names_the_file_tensor_and_layer(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _, student = _trained_cond_student()
+    folder = export_student(student, tmp_path / "w4a4")
+    tensors = load_file(str(folder / "weights.safetensors"))
+    key = "mid_block.resnets.0.conv1.w_scale"
+    tensors[key] = tensors[key][:-1].contiguous()
+    save_file(tensors, str(folder / "weights.safetensors"), metadata={"format": "saq_lightning.quant/1"})
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["tensors_sha256"]  # a hand-made export (or one written before digests): the size check names it
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportMismatchError, match=r"weights.safetensors: tensor 'mid_block.resnets.0.conv1.w_scale' holds"):
+        load_exported(folder)

@@ -95,3 +95,39 @@ def test_under_slurm_sigterm_and_sigusr1_stay_lightnings(monkeypatch):
         monkeypatch.delenv(key)
     plain = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
     assert GracefulStop().signals(plain) == (signal.SIGTERM, signal.SIGINT)
+
+
+def test_ctrl_c_in_a_terminal_with_dataloader_workers_still_saves_and_exits_130(setup):
+    """A terminal's Ctrl-C reaches the whole process group, DataLoader workers included: they must
+    not die of it (the main process, waiting for its next batch, would fail on the dead workers)
+    before the main process saves at the step boundary."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from cli_run_helpers import REPO, cli_env
+
+    root, spec, shards, _ = setup
+    run = root / "workers"
+    config = tiny_fit_config(root / "workers.yaml", spec, shards, run, STEPS)
+    values = yaml.safe_load(config.read_text())
+    values["data"]["class_path"] = "slow_data.SlowDataModule"  # the main process waits on its workers
+    values["data"]["init_args"].update(num_workers=2, worker_seconds=0.5)
+    config.write_text(yaml.safe_dump(values, sort_keys=False))
+    log = root / "workers.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "saq_lightning", "fit", "--config", str(config)],
+                                cwd=REPO, env=cli_env(), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # its own process group, as a terminal's job
+    last = run / "ckpt" / "last.ckpt"
+    deadline = time.time() + 240
+    while not last.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    code = proc.wait(timeout=120)
+    text = log.read_text()
+    assert code == 130, text
+    assert "received SIGINT" in text and "resume with --ckpt_path last" in text
+    step, _ = student_state(last)
+    assert 1 <= step < STEPS, text

@@ -37,6 +37,8 @@ options:
   --progress {true,false}
                          progress bar per block on rank 0 (default true)
   --max_blocks N         stop after N newly reconstructed blocks (rerun to continue)
+  --overwrite {true,false}
+                         replace a student.ckpt of other settings in ptq.output (default false: refused)
 Any other argument is an override of the config (e.g. --ptq.iters 2000 --ptq.objective same_input).
 """
 
@@ -46,6 +48,7 @@ def parse_options(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--accelerator", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--progress", type=_bool, default=True)
     parser.add_argument("--max_blocks", type=int, default=None)
+    parser.add_argument("--overwrite", type=_bool, default=False)
     opts, rest = parser.parse_known_args(args)
     if opts.max_blocks is not None and opts.max_blocks < 1:
         parser.error(f"--max_blocks must be >= 1, got {opts.max_blocks}")
@@ -86,7 +89,7 @@ def _init_distributed(placement: Placement, device: torch.device) -> None:
 
 def ptq(args: list[str]) -> dict[str, Any]:
     """Entry point with parsed arguments; returns a summary (rank 0's view)."""
-    from saq_lightning.lightning.ptq import CHECKPOINT, run_ptq
+    from saq_lightning.lightning.ptq import CHECKPOINT, check_existing_student, run_ptq
     from saq_lightning.quant.reconstruction import Comm
 
     opts, config_args = parse_options(args)
@@ -101,6 +104,7 @@ def ptq(args: list[str]) -> dict[str, Any]:
         if shards is None:
             raise ValueError("data.init_args.shards is null: ptq calibrates on the trajectory shards that "
                              "`generate` writes; set data.init_args.shards")
+        check_existing_student(module, settings, opts.overwrite)
         module.to(device)
         comm = Comm(placement.rank, placement.world_size)
         report = run_ptq(module, shards, settings, comm=comm, progress=opts.progress, max_blocks=opts.max_blocks)

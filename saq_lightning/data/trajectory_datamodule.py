@@ -15,6 +15,7 @@ How it stays exact and DDP-safe:
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,6 +52,13 @@ def _dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {name!r}")
     return DTYPES[name]
+
+
+def ignore_sigint(worker_id: int) -> None:
+    """``worker_init_fn``: DataLoader workers ignore SIGINT. Ctrl-C in a terminal signals the whole
+    process group; a worker it killed would end the run with a DataLoader error before
+    ``GracefulStop`` saves at the step boundary. The main process still ends its workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class PositionedDataLoader(DataLoader):
@@ -346,7 +354,8 @@ class TrajectoryDataModule(pl.LightningDataModule):
         self._plan, self._dataset = plan, dataset
         self._check_resume()
         return PositionedDataLoader(dataset, batch_size=None, num_workers=self.num_workers,
-                                    pin_memory=self.pin_memory, persistent_workers=False)
+                                    pin_memory=self.pin_memory, persistent_workers=False,
+                                    worker_init_fn=ignore_sigint if self.num_workers else None)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Record the position of each training batch the trainer consumes.

@@ -12,7 +12,7 @@ map.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -121,3 +121,55 @@ def check_same_buckets(saved: BucketMap, now: BucketMap, source: str, advice: st
             f"{source}: the student was calibrated and trained on the grids "
             f"{[(g.spacing, g.steps) for g in saved.grids]}, whose timestep-bucket tables differ "
             f"from this run's {[(g.spacing, g.steps) for g in now.grids]}; {advice}")
+
+
+#: ``checkpoint[DIGEST_KEY]``: SHA-256 over every tensor of the checkpoint (its key path, shape, dtype
+#: and bytes), so that a flipped bit or a tensor swapped in from another run is found on load
+DIGEST_KEY = "saq_tensor_digest"
+
+
+class CheckpointDigestError(CheckpointMismatchError):
+    """A checkpoint's tensors are not those it was saved with (bit rot, tampering, a partial copy)."""
+
+
+def _tensors(value: Any, path: str) -> Iterator[tuple[str, Tensor]]:
+    """``(key path, tensor)`` of every tensor inside nested dicts/lists/tuples, in a fixed order."""
+    if isinstance(value, Tensor):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for key in sorted(value, key=lambda k: (type(k).__name__, str(k))):
+            if path == "" and key == DIGEST_KEY:
+                continue
+            yield from _tensors(value[key], f"{path}/{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _tensors(item, f"{path}/{i}")
+
+
+def tensor_digest(checkpoint: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) over the key path, shape, dtype and bytes of every tensor in ``checkpoint``."""
+    h = hashlib.sha256()
+    for name, t in _tensors(checkpoint, ""):
+        t = t.detach()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        if t.numel():
+            h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def add_tensor_digest(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """``checkpoint`` with :data:`DIGEST_KEY` set (in place)."""
+    checkpoint[DIGEST_KEY] = tensor_digest(checkpoint)
+    return checkpoint
+
+
+def check_tensor_digest(checkpoint: Mapping[str, Any], source: str) -> None:
+    """Raise :class:`CheckpointDigestError` when ``checkpoint``'s tensors do not match its recorded
+    digest (a checkpoint written before digests were recorded passes)."""
+    recorded = checkpoint.get(DIGEST_KEY)
+    if recorded is None:
+        return
+    if tensor_digest(checkpoint) != recorded:
+        raise CheckpointDigestError(
+            f"{source}: the checkpoint's tensors do not match the digest recorded when it was saved "
+            f"(the file was changed or damaged since); use another checkpoint")

@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
+from saq_lightning.files import load_tensors
 from saq_lightning.quant import load_trainable_state_dict
 from saq_lightning.quant.bucket_map import BucketMap
 
@@ -22,6 +22,7 @@ from .checkpointing import (
     check_identity,
     check_same_buckets,
     check_teacher_fingerprint,
+    check_tensor_digest,
     restore_bucket_map,
     split_student_state,
 )
@@ -41,10 +42,11 @@ def load_init_from(student: nn.Module, path: str | Path, identity_now: dict[str,
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"model.init_from: student checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_tensors(path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointMismatchError(f"model.init_from: {path} is not a student checkpoint (no state_dict)")
     source = f"model.init_from: {path}"
+    check_tensor_digest(ckpt, source)
     check_identity(ckpt.get("saq"), identity_now, source)
     check_teacher_fingerprint(ckpt["saq"], identity_now["teacher_fingerprint"], source,
                               allow_teacher_transfer)

@@ -30,7 +30,8 @@ import torch
 
 from saq_lightning.data.calibration_points import CalibrationPoints, load_calibration_points
 from saq_lightning.data.manifest import load_manifest
-from saq_lightning.files import atomic_path
+from saq_lightning.files import atomic_path, load_tensors
+from saq_lightning.outputs import refuse_existing
 from saq_lightning.quant.reconstruction import (
     Block,
     BlockResult,
@@ -42,7 +43,7 @@ from saq_lightning.quant.reconstruction import (
 from saq_lightning.sampling.predictor import select_batch
 
 from .buckets import bucket_map_with_intermediates
-from .checkpointing import student_state_dict
+from .checkpointing import PORTABLE_SPEC_FIELDS, add_tensor_digest, student_state_dict
 from .ptq_sampler import PTQSampler, default_role, resolve_sampler, role_note
 from .trajectory_meta import check_trajectory_folder, manifest_phases
 
@@ -238,7 +239,27 @@ def _write_outputs(module: Any, out: Path, report: ReconstructionReport, setting
             "ptq": {"settings": asdict(settings), "sampler": sampler.record(),
                     "blocks": [asdict(b) for b in report.blocks]}}
     with atomic_path(out / CHECKPOINT) as tmp:
-        torch.save(ckpt, tmp)
+        torch.save(add_tensor_digest(ckpt), tmp)
     results = [{k: v for k, v in asdict(b).items() if k != "curve"} for b in report.blocks]
     (out / RESULTS).write_text(json.dumps({"settings": asdict(settings), "sampler": sampler.record(),
                                            "blocks": results}, indent=1))
+
+
+def _student_settings(identity: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """What makes one ptq student another: teacher (architecture and weights), policy, ptq settings."""
+    teacher = {k: v for k, v in (identity.get("teacher") or {}).items() if k not in PORTABLE_SPEC_FIELDS}
+    return {"teacher": teacher, "teacher_fingerprint": identity.get("teacher_fingerprint"),
+            "policy": identity.get("policy"), "ptq": {k: v for k, v in settings.items() if k != "output"}}
+
+
+def check_existing_student(module: Any, settings: PTQSettings, overwrite: bool) -> None:
+    """Refuse to replace ``<output>/student.ckpt`` of other settings (teacher, policy, ptq) unless
+    ``overwrite``: removing ``ptq_state/`` must not make an earlier student disappear silently."""
+    path = Path(settings.output) / CHECKPOINT
+    if not path.is_file() or overwrite:
+        return
+    saved = load_tensors(path)
+    now = _student_settings(module.checkpoint_identity(), asdict(settings))
+    recorded = _student_settings(saved.get("saq") or {}, (saved.get("ptq") or {}).get("settings") or {})
+    if recorded != now:
+        refuse_existing("ptq", [path], now, recorded, overwrite, alternative="use another ptq.output")

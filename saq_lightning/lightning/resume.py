@@ -19,18 +19,24 @@ checkpoint's hyperparameters replace it), and the checkpoint's are compared with
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 
 from saq_lightning.data.manifest import _MISSING, diff_values, format_mismatches
+from saq_lightning.files import UnreadableFileError
 
+from .checkpoint_io import read_checkpoint
 from .checkpointing import PORTABLE_SPEC_FIELDS, CheckpointMismatchError
 from .optim import LinearDecay, group_kind
 from .settings import OptimizerSettings
+
+log = logging.getLogger(__name__)
 
 #: model settings a resumed run may change (dotted paths into the module's hyperparameters)
 RESUMABLE_CHANGES = ("optimizer.lr", "compile")  # compile: how the student runs, not what it is
@@ -107,3 +113,44 @@ def rebuild_lr_schedule(trainer: pl.Trainer, settings: OptimizerSettings,
 
 def _total_steps(estimated: float) -> int:
     return int(estimated) if math.isfinite(estimated) else 10**9  # as build_optimizer
+
+
+#: the file ``SlurmRequeue`` saves at a preemption's step boundary (in ``default_root_dir``)
+REQUEUE_CKPT = "requeue.ckpt"
+
+
+def last_candidates(checkpoint_dirs: list[Path], default_root_dir: Path) -> list[Path]:
+    """What ``--ckpt_path last`` chooses from: ``requeue.ckpt`` in ``default_root_dir`` and every
+    ``last*.ckpt`` in the checkpoint folders, the existing ones."""
+    found = [default_root_dir / REQUEUE_CKPT]
+    for folder in checkpoint_dirs:
+        found += sorted(folder.glob("last*.ckpt")) if folder.is_dir() else []
+    return [p for p in dict.fromkeys(found) if p.is_file()]
+
+
+def _saved_step(path: Path) -> int | None:
+    """The checkpoint's ``global_step``, or ``None`` (one line printed) when it cannot be read."""
+    try:  # digest included: a damaged file is no resume point
+        return int(read_checkpoint(path)["global_step"])
+    except (CheckpointMismatchError, UnreadableFileError, KeyError, TypeError, ValueError) as err:
+        log.warning("--ckpt_path last: skipping %s (%s)", path, str(err).splitlines()[0])
+        return None
+
+
+def newest_readable(candidates: list[Path]) -> Path | None:
+    """The candidate with the highest ``global_step`` (a tie: ``requeue.ckpt``, saved for exactly
+    this resume at the signal's step boundary, then the newer file); unreadable ones are skipped
+    with one line each. ``None`` when there are no candidates; an error when none is readable."""
+    best: tuple[tuple[int, bool, int], Path] | None = None
+    for path in candidates:
+        step = _saved_step(path)
+        if step is None:
+            continue
+        key = (step, path.name == REQUEUE_CKPT, path.stat().st_mtime_ns)
+        if best is None or key > best[0]:
+            best = (key, path)
+    if best is None and candidates:
+        raise CheckpointMismatchError(
+            f"--ckpt_path last: none of {', '.join(map(str, candidates))} is a readable checkpoint; "
+            f"pass --ckpt_path <file> of a good one, or start a new run")
+    return None if best is None else best[1]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from saq_lightning.files import load_tensors
 from saq_lightning.metrics.students import NAIVE_PREFIX, naive_student
 from saq_lightning.models import DiffusionModel, ModelSpec, build_model
 from saq_lightning.quant import (
@@ -26,6 +27,7 @@ from .checkpointing import (
     FORMAT,
     CheckpointMismatchError,
     check_teacher_fingerprint,
+    check_tensor_digest,
     restore_bucket_map,
     split_student_state,
     teacher_fingerprint,
@@ -57,12 +59,13 @@ def load_student(
     path = Path(checkpoint).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"student checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_tensors(path)
     saq = ckpt.get("saq") if isinstance(ckpt, dict) else None
     if not saq or saq.get("format") != FORMAT or "state_dict" not in ckpt:
         raise CheckpointMismatchError(
             f"{path}: not an SA-QLoRA student checkpoint (no 'saq' entry of format {FORMAT!r}); "
             f"expected a checkpoint written by SAQLightningModule")
+    check_tensor_digest(ckpt, str(path))
     spec = ModelSpec(**saq["teacher"])
     if teacher_weights is not None:
         spec.weights = teacher_weights

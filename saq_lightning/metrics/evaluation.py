@@ -47,6 +47,7 @@ from .reference_stats import (
 )
 
 DIGITS_SHAPE = (8, 8, 1)
+DIGITS_CLASSES = 10  # the digits classifier's classes: labels 0..9
 BUILTIN_DIGITS = "digits"
 SFID_NOTE = (
     "approximate: ADM's definition (first 7 channels of mixed_6/conv) on torch-fidelity's "
@@ -349,6 +350,12 @@ class Metric:
             raise ValueError(f"{self.name} needs reference images, not Inception statistics ({ref.name})")
         if "labels" in self.inputs and samples.labels is None:
             raise SampleFormatError(f"{self.name} needs class labels ({samples.path} has no arr_1)")
+        if "labels" in self.inputs and "digits_classifier" in self.inputs:
+            outside = np.unique(samples.labels[(samples.labels < 0) | (samples.labels >= DIGITS_CLASSES)])
+            if outside.size:
+                raise SampleFormatError(
+                    f"{samples.path}: arr_1 holds labels {outside[:5].tolist()} outside the digits classifier's "
+                    f"classes 0..{DIGITS_CLASSES - 1}: {self.name} would count those samples as wrong")
         if "prompts" in self.inputs and req.prompts is None:
             raise ValueError(f"{self.name} needs prompts: {samples.path} has none; pass --prompts <file>")
         if "prompts" in self.inputs and len(req.prompts) != n:
@@ -449,6 +456,10 @@ def default_metrics(samples: SampleFile, reference: str | None, has_prompts: boo
     """Every metric of the samples' kind (digits for 8x8x1, Inception and CLIP otherwise) whose
     reference, labels and prompts are at hand. Metrics the sample count cannot support are then
     dropped from the default (and noted); asked for explicitly they are an error."""
+    if reference == "digits" and samples.image_shape != DIGITS_SHAPE:
+        raise SampleFormatError(
+            f"{samples.path}: images of {'x'.join(map(str, samples.image_shape))} (HxWxC), but the digits "
+            f"reference and metrics compare {'x'.join(map(str, DIGITS_SHAPE))} digit images")
     have = {"labels": samples.labels is not None, "prompts": has_prompts}
     return [m.name for m in METRICS.values()
             if ("digits_samples" in m.inputs) == (samples.image_shape == DIGITS_SHAPE) and (reference is not None or not m.needs_reference)

@@ -64,6 +64,14 @@ class RunMismatchError(RuntimeError):
     """The output folder holds (part of) a run with other settings."""
 
 
+class NonFiniteSamplesError(RunMismatchError):
+    """The model produced NaN or infinite images (a broken student): never written as black images."""
+
+
+#: results ``evaluate`` writes beside the samples by default: they scored the samples a new merge replaces
+RESULT_FILES = ("eval.json", "eval.md")
+
+
 @dataclass(frozen=True)
 class SamplingPlan:
     """What a run produces; its fingerprint decides whether existing chunks can be reused."""
@@ -274,6 +282,12 @@ def run_sampling(
             generator = torch.Generator(device=device).manual_seed(sample_seed(plan.seed, -1 - chunk))
         images = generate_images(model, initial_noise(idx, plan.sample_shape, plan.seed), cond, plan.setting,
                                  generator)
+        bad = (~torch.isfinite(images)).flatten(1).any(1)
+        if bool(bad.any()):
+            raise NonFiniteSamplesError(
+                f"{out}: the model produced NaN/inf in {int(bad.sum())} of the {len(idx)} samples of chunk "
+                f"{chunk} (samples {idx.start}..{idx.stop - 1}); nothing of that chunk is written (as uint8 "
+                f"they would be black images); check the student ({(info or {}).get('student', 'fp')})")
         arr = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
         image_shape = arr.shape[1:]
         _write_chunk(path, arr, idx)
@@ -308,6 +322,10 @@ def _merge(out: Path, parts: Path, plan: SamplingPlan, fingerprint: dict[str, An
             with np.load(_chunk_path(parts, c), allow_pickle=False) as data:
                 yield data["arr_0"]
 
+    for stale in (out / name for name in RESULT_FILES):
+        if stale.is_file():
+            stale.unlink()
+            log.warning("removed %s: it scored the samples this run replaces", stale)
     all_idx = range(plan.num_samples)
     labels = plan.labels(all_idx)
     write_samples_npz(out / SAMPLES_FILE, chunks(), plan.num_samples,

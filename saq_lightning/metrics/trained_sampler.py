@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
+from saq_lightning.files import load_tensors
 
 #: singlestep families: the solver name of each order (one name per order: no override needed)
 _SINGLESTEP = {"dpm": {1: "dpm1", 2: "dpm2", 3: "dpm3"}, "dpm++": {1: "dpm++1", 2: "dpm++2s", 3: "dpm++3s"}}
@@ -52,7 +52,7 @@ def trained_sampler(student: str | None) -> dict[str, Any]:
     ``order`` is present only where the solver name does not fix it (a PLMS-3 student)."""
     if not student or not str(student).endswith(".ckpt") or not Path(student).is_file():
         return {}
-    checkpoint = torch.load(student, map_location="cpu", weights_only=True)
+    checkpoint = load_tensors(student)
     ptq = checkpoint.get("ptq")
     if isinstance(ptq, Mapping) and isinstance(ptq.get("sampler"), Mapping):
         return ptq_sampler(ptq["sampler"])

@@ -6,7 +6,9 @@ Folder layout::
                            ``quantization_config`` entry naming the format, policy and files, so
                            the folder is recognisable (and loadable by ``quant.runtime.load_runtime``)
                            without the training code; older exports without it still load
-    manifest.json          format, policy, model class + config, one entry per quantized layer
+    manifest.json          format, policy, model class + config, one entry per quantized layer,
+                           ``tensors_sha256``: the SHA-256 of weights.safetensors (checked on every
+                           load: weights of another export under this manifest are refused)
     weights.safetensors    per quantized layer L:
                              L.qweight       codes of the merged weight W + LoRA delta:
                                              bits <= 4: uint8, two codes per byte (q - qmin),
@@ -37,15 +39,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from saq_lightning.files import sha256_file
+
 from .attention import QuantAttnProcessor
 from .model import QuantizedUNet, build_student
-from .policy import LayerPlan, QuantPolicy
+from .policy import LayerPlan, QuantPolicy, resolve_policy
 from .quantizers import AffineQuantizer
 
 FORMAT = "saq_lightning.quant/1"
 MANIFEST = "manifest.json"
 TENSORS = "weights.safetensors"
 CONFIG = "config.json"
+
+
+class ExportMismatchError(ValueError):
+    """An export's files do not agree with each other (digest, per-layer bits, table sizes)."""
 
 
 # -- packing ----------------------------------------------------------------------------------
@@ -183,6 +191,7 @@ def export_student(student: QuantizedUNet, folder: str | os.PathLike, *, overwri
     tmp.mkdir(parents=True)
     try:
         save_file(tensors, str(tmp / TENSORS), metadata={"format": FORMAT})
+        manifest["tensors_sha256"] = sha256_file(tmp / TENSORS)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         (tmp / CONFIG).write_text(json.dumps(diffusers_config(manifest), indent=1))
         if folder.exists():
@@ -254,6 +263,7 @@ def load_exported(
 
     folder = Path(folder)
     manifest = read_manifest(folder)
+    check_weights_digest(folder, manifest)
     tensors = load_file(str(folder / manifest["tensors"]), device=str(device))
     unet = model if model is not None else _skeleton(manifest)
     unet.to(device)
@@ -264,6 +274,7 @@ def load_exported(
     missing = [p.name for p in plans if p.name not in dict(unet.named_modules())]
     if missing:
         raise ValueError(f"export does not fit this model: no module {missing[:3]}")
+    check_layer_bits(folder, manifest, unet, policy)
     policy.quantize_attention_matmuls = bool(manifest["attention"])
     student = build_student(unet, policy, plans)
     student.requires_grad_(False)
@@ -276,6 +287,11 @@ def load_exported(
 
     def set_tables(qz: AffineQuantizer, prefix: str, kind: str) -> None:
         s, z = take(f"{prefix}.{kind}_scale"), take(f"{prefix}.{kind}_zero_point")
+        for key, t in ((f"{prefix}.{kind}_scale", s), (f"{prefix}.{kind}_zero_point", z)):
+            if t.numel() != qz.step.numel():
+                raise ExportMismatchError(
+                    f"{folder / manifest['tensors']}: tensor {key!r} holds {t.numel()} values, the "
+                    f"layer's quantizer has {qz.step.numel()} ({'channels' if kind == 'w' else 'buckets'})")
         qz._set_params(s.view_as(qz.step), z.float().view_as(qz.step))
         if hasattr(qz, "calibrated"):
             qz.calibrated.fill_(True)
@@ -301,3 +317,32 @@ def load_exported(
     student.unet.load_state_dict(tensors, strict=False)
     student.set_extra_state({"bucket_map": manifest.get("bucket_map")})
     return student.eval()
+
+
+def check_weights_digest(folder: Path, manifest: dict[str, Any]) -> None:
+    """Refuse a weights file whose SHA-256 is not the one the manifest recorded (exports written
+    before the digest was recorded are not checked)."""
+    recorded = manifest.get("tensors_sha256")
+    path = folder / manifest["tensors"]
+    if recorded is None or not path.is_file():
+        return
+    if sha256_file(path) != recorded:
+        raise ExportMismatchError(
+            f"{path}: its SHA-256 is not the one {folder / MANIFEST} records (tensors_sha256): the weights "
+            f"come from another export or were changed; export the student again")
+
+
+def check_layer_bits(folder: Path, manifest: dict[str, Any], unet: nn.Module, policy: QuantPolicy) -> None:
+    """Each layer's ``weight_bits``/``act_bits`` in the manifest must be what its policy gives that
+    layer of this model: a changed entry would run the layer at other bits than it was trained for."""
+    plans = {p.name: p for p in resolve_policy(unet, policy, warn=False).layers}
+    for name, entry in manifest["layers"].items():
+        plan = plans.get(name)
+        if plan is None:
+            raise ExportMismatchError(
+                f"{folder / MANIFEST}: layers.{name}: the policy {policy.name!r} does not quantize this layer")
+        for field in ("weight_bits", "act_bits"):
+            if int(entry[field]) != getattr(plan, field):
+                raise ExportMismatchError(
+                    f"{folder / MANIFEST}: layers.{name}.{field} is {entry[field]}, the policy "
+                    f"{policy.name!r} gives {getattr(plan, field)}")

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from saq_lightning.files import atomic_path, write_text_atomic
+from saq_lightning.files import atomic_path, load_tensors, write_text_atomic
 
 from ..model import QuantizedUNet
 from ..state import load_trainable_state_dict, trainable_state_dict
@@ -126,7 +126,7 @@ def reconstruct_student(
     check_state_meta(state_dir, meta, comm)
     calib_path = state_dir / "calibration.pt"
     if calib_path.exists():
-        load_trainable_state_dict(student, torch.load(calib_path, map_location="cpu", weights_only=True))
+        load_trainable_state_dict(student, load_tensors(calib_path))
     else:
         calibrate()
         comm.barrier()
@@ -140,7 +140,7 @@ def reconstruct_student(
     for i, block in enumerate(blocks):
         path = state_dir / "blocks" / f"{i:03d}.pt"
         if path.exists():
-            saved = torch.load(path, map_location="cpu", weights_only=False)
+            saved = load_tensors(path)
             if saved["name"] != block.name:
                 raise ReconstructionStateError(f"{path} holds block {saved['name']!r}, expected {block.name!r}")
             load_trainable_state_dict(student, {**_current(student), **saved["state"]})

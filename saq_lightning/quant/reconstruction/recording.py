@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from saq_lightning.files import atomic_path
+from saq_lightning.files import atomic_path, load_tensors
 
 
 class _StopForward(Exception):
@@ -150,7 +150,7 @@ class BlockCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             torch.save({"inputs": self.inputs, "outputs": self.outputs}, tmp)
-        data = torch.load(path, mmap=True, weights_only=False)
+        data = load_tensors(path, map_location=None, mmap=True)
         self.inputs, self.outputs = data["inputs"], data["outputs"]
 
     def rows(self, sample_positions: Tensor, device: torch.device) -> tuple[tuple, dict, list[Tensor], Tensor | None]:
