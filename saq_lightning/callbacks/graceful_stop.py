@@ -117,3 +117,10 @@ def last_checkpoint_path(trainer: pl.Trainer) -> Path:
         if isinstance(callback, ModelCheckpoint) and callback.dirpath:
             return Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
     return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+
+
+def stopping_for_restart(trainer: pl.Trainer) -> bool:
+    """Whether the run saved its resume point and is about to end for a restart (a SLURM requeue:
+    ``lightning/slurm.py``'s ``SlurmRequeue``). Evaluation callbacks skip their hooks then: their work
+    would delay the requeue, and their scalars at the stop step are not those of an uninterrupted run."""
+    return any(getattr(callback, "stopping_for_restart", False) is True for callback in trainer.callbacks)

@@ -104,11 +104,19 @@ class TrajectoryDeviationCallback(Callback):
     # -- hooks ------------------------------------------------------------------------------------
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        from saq_lightning.callbacks.graceful_stop import stopping_for_restart
+
+        if stopping_for_restart(trainer):  # a requeue comes first; no scalars at the stop step
+            return
         step = trainer.global_step
         if step > 0 and step % self.every_n_train_steps == 0 and step != self._last_step:
             self.run(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from saq_lightning.callbacks.graceful_stop import stopping_for_restart
+
+        if stopping_for_restart(trainer):  # a requeue comes first; no scalars at the stop step
+            return
         if trainer.global_step != self._last_step:
             self.run(trainer, pl_module)
 
