@@ -40,6 +40,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from saq_lightning.callbacks.step_progress import ProgressLines
 from saq_lightning.data.manifest import diff_values, format_mismatches
 from saq_lightning.lightning.early_signals import take_early_signal
 
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 RECORD_KEY = "saq_slurm_run"
 REQUEUE_CKPT = "requeue.ckpt"
 BATCH_LOG_REFRESH = 50  # progress-bar refresh (batches) when stdout is not a terminal
+PROGRESS_LINE_S = 30.0  # seconds between two plain progress lines in a batch log
 IGNORED_FIELDS = ("config", "ckpt_path")  # differ between runs of one job without changing it
 
 
@@ -214,7 +216,9 @@ def apply_resume(namespace: Any, run: SlurmRun | None) -> None:
         init = getattr(logger, "init_args", None)
         if init is not None and "version" in init and init["version"] is None and version is not None:
             init["version"] = version
-    log.info("SLURM requeue: resuming %s at step %d", run.resume.path, run.resume.global_step)
+    if os.environ.get("SLURM_PROCID", "0") == "0":  # one line per job, not per task
+        print(f"SLURM: resuming {run.resume.path} (step {run.resume.global_step}), TensorBoard version "
+              f"{run.resume.logger_versions}", flush=True)
 
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
@@ -249,7 +253,7 @@ def resume_command(argv: list[str], ckpt: Path) -> str:
         kept = kept[1:]
     elif kept and kept[0].startswith("--config="):
         kept[0] = kept[0].split("=", 1)[1]
-    return shlex.join(["sbatch", "<the job's sbatch options>", "slurm/fit.sbatch", *kept, "--ckpt_path", str(ckpt)])
+    return "sbatch [options] " + shlex.join(["slurm/fit.sbatch", *kept, "--ckpt_path", str(ckpt)])
 
 
 class SlurmRequeue(pl.Callback):
@@ -389,9 +393,13 @@ def batch_log_progress(trainer: pl.Trainer, stream: Any = None) -> None:
         bar._refresh_rate = BATCH_LOG_REFRESH
 
 
-def configure_trainer(trainer: pl.Trainer, run: SlurmRun | None) -> None:
-    """The trainer-side hook of the CLI: requeue handling under SLURM, quiet bars in batch logs."""
+def configure_trainer(trainer: pl.Trainer, run: SlurmRun | None, stream: Any = None) -> None:
+    """The trainer-side hook of the CLI: requeue handling under SLURM; in batch logs (stdout not a
+    terminal) quiet bars and one plain progress line every :data:`PROGRESS_LINE_S` seconds."""
     if run is not None:
         # first: its requeue comes before any other callback's end-of-run work
         trainer.callbacks.insert(0, SlurmRequeue(run))
-    batch_log_progress(trainer)
+    stream = sys.stdout if stream is None else stream
+    batch_log_progress(trainer, stream)
+    if not (hasattr(stream, "isatty") and stream.isatty()):
+        trainer.callbacks.append(ProgressLines(PROGRESS_LINE_S))
