@@ -153,7 +153,8 @@ class Cluster:
 
     def job_processes(self) -> list[int]:
         """Processes started for this cluster's jobs (slurmstepd, srun, tasks, batch shells): they
-        carry its SLURM_CONF; the daemons and this process are not counted."""
+        carry its SLURM_CONF and a job id (or are a slurmstepd); the daemons and this process are not
+        counted."""
         mark = f"SLURM_CONF={self.env['SLURM_CONF']}".encode()
         skip = {os.getpid(), *self.pids.values()}
         found = []
@@ -161,7 +162,10 @@ class Cluster:
             if not entry.name.isdigit() or int(entry.name) in skip:
                 continue
             try:
-                if mark in (entry / "environ").read_bytes().split(b"\0") and alive(int(entry.name)):
+                environ = (entry / "environ").read_bytes().split(b"\0")
+                job = any(v.startswith(b"SLURM_JOB_ID=") for v in environ) or \
+                    (entry / "cmdline").read_bytes().startswith(b"slurmstepd")  # not slurmctld's slurmscriptd
+                if mark in environ and job and alive(int(entry.name)):
                     found.append(int(entry.name))
             except OSError:  # gone, or not ours to read
                 continue

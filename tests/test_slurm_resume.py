@@ -291,3 +291,25 @@ def test_a_batch_log_gets_a_plain_progress_line_with_step_loss_rate_and_eta(tmp_
     assert len(lines) == 6, lines
     assert re.fullmatch(r"train step 6/6 \| loss \d\S* \| \d\S* steps/s \| ETA 0:00:00", lines[-1]), lines[-1]
     assert all(line.startswith(f"train step {i}/6 | loss ") for i, line in enumerate(lines, 1))
+
+
+def test_the_pre_srun_check_of_a_fit_reads_the_yaml_without_importing_torch_or_lightning(tmp_path):
+    """Finding 7: ``slurm_check`` before ``srun`` parsed the config with LightningCLI (46-71 s at load
+    13, on every restart); the task compares the config with its checkpoint itself."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "fit.yaml"
+    config.write_text("trainer:\n  accelerator: cpu\n  devices: 2\n  max_steps: 5\nmodel: {}\n")
+    code = ("import sys\nfrom saq_lightning.commands.slurm_check import check\n"
+            f"print(check('fit', ['--config', {str(config)!r}, '--trainer.num_nodes=1'], "
+            "{'SLURM_NTASKS_PER_NODE': '2', 'SLURM_NTASKS': '2'}))\n"
+            "print(sorted(m for m in ('torch', 'lightning', 'jsonargparse') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["fit: 1 node(s) x 2 task(s), one per device", "[]"]
+    from saq_lightning.commands.slurm_check import light_trainer_settings
+
+    assert light_trainer_settings(["--config", str(config), "--trainer.devices", "4"]) == \
+        {"accelerator": "cpu", "devices": 4}
+    assert light_trainer_settings(["--config", str(config), "--trainer", "{devices: 1}"]) is None  # full parser

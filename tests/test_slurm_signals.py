@@ -144,7 +144,7 @@ def test_sigterm_under_slurm_saves_exits_143_and_a_resubmission_continues_the_sa
     # a new job (scancel, then sbatch again) resumes the same config with --ckpt_path last
     resumed = start_fit(config, root / "resumed.log", slurm_env("602"), "--ckpt_path", "last")
     assert resumed.wait(timeout=START_S * 2) == 0, (root / "resumed.log").read_text()[-3000:]
-    picked = f"SLURM: resuming {run.resolve() / REQUEUE_CKPT} (step {stopped_at}), TensorBoard version [0]"
+    picked = f"SLURM: fit resumes {run.resolve() / REQUEUE_CKPT} (step {stopped_at}), TensorBoard version(s) [0]"
     assert picked in (root / "resumed.log").read_text(), (root / "resumed.log").read_text()[-3000:]
     versions = sorted(p.name for p in (run / "tb").iterdir())
     assert versions == ["version_0"], versions  # one TensorBoard run across the two jobs

@@ -41,6 +41,7 @@ import lightning.pytorch as pl
 import torch
 
 from saq_lightning.callbacks.step_progress import ProgressLines
+from saq_lightning.data.errors import ResumeMismatchError
 from saq_lightning.data.manifest import diff_values, format_mismatches
 from saq_lightning.lightning.early_signals import take_early_signal
 
@@ -53,8 +54,9 @@ PROGRESS_LINE_S = 30.0  # seconds between two plain progress lines in a batch lo
 IGNORED_FIELDS = ("config", "ckpt_path")  # differ between runs of one job without changing it
 
 
-class SlurmResumeError(RuntimeError):
-    """A requeued job cannot resume as it is (its config changed since the checkpoint)."""
+class SlurmResumeError(ResumeMismatchError):
+    """A requeued job cannot resume as it is (its config changed since the checkpoint): a user error,
+    one message and exit status 2 before any process group or model is built."""
 
 
 def slurm_job(env: Mapping[str, str] | None = None) -> str | None:
@@ -217,7 +219,7 @@ def apply_resume(namespace: Any, run: SlurmRun | None) -> None:
         if init is not None and "version" in init and init["version"] is None and version is not None:
             init["version"] = version
     if os.environ.get("SLURM_PROCID", "0") == "0":  # one line per job, not per task
-        print(f"SLURM: resuming {run.resume.path} (step {run.resume.global_step}), TensorBoard version "
+        print(f"SLURM: fit resumes {run.resume.path} (step {run.resume.global_step}), TensorBoard version(s) "
               f"{run.resume.logger_versions}", flush=True)
 
 
