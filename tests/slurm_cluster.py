@@ -171,6 +171,21 @@ class Cluster:
                 continue
         return found
 
+    def kill_tasks(self, job: str) -> list[int]:
+        """SIGKILL the srun tasks of ``job`` (a hard kill, as a node failure: nothing can be saved;
+        ``scancel --signal=KILL`` is a cancel in Slurm 22.05, whose SIGTERM a run acts on)."""
+        killed = []
+        for pid in self.job_processes():
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"SLURM_JOB_ID={job}".encode() in environ and any(v.startswith(b"SLURM_STEP_ID=") for v in environ) \
+                    and b"saq_lightning" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        return killed
+
     def drain(self, timeout: float = DRAIN_S) -> None:
         """Cancel every job, wait (``timeout``) until no job and no job process is left, then kill
         what is left by pid."""

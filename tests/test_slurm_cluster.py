@@ -205,7 +205,7 @@ def preemption_scenario(cluster: Cluster, shards: Path, work: Path) -> dict:
     wait_for(lambda: job_info(cluster, job).get("Restarts") == "1"
              and job_info(cluster, job).get("JobState") == "RUNNING", STOP_S + REQUEUE_S, "the self-requeued start")
     wait_for(lambda: checkpoint_step(last) >= 10, START_S + 10 * STEP_S, "last.ckpt at step 10 after the requeue")
-    cluster.run("scancel", "--signal=KILL", job)  # hard kill (steps and batch shell): nothing is saved
+    assert cluster.kill_tasks(job), "no task of the job to kill"  # hard kill of the tasks: nothing is saved
     wait_for(lambda: job_info(cluster, job).get("JobState") in ("FAILED", "COMPLETED", "CANCELLED"), REQUEUE_S,
              "the killed job to end")
     killed_at = checkpoint_step(last)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -226,15 +227,33 @@ def apply_resume(namespace: Any, run: SlurmRun | None) -> None:
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
 
-def requeue_job(env: Mapping[str, str] | None = None) -> tuple[bool, str]:
-    """``scontrol requeue <job>``: whether it worked, and why not."""
-    job = requeue_id(env)
+def _scontrol(*args: str) -> subprocess.CompletedProcess | str:
+    """``scontrol <args>``, or why it could not run."""
     try:
-        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=120, check=False)
+        return subprocess.run(["scontrol", *args], capture_output=True, text=True, timeout=120, check=False)
     except FileNotFoundError:
-        return False, "scontrol is not installed on this node"
+        return "scontrol is not installed on this node"
     except subprocess.TimeoutExpired:
-        return False, "scontrol did not answer within 120 s"
+        return "scontrol did not answer within 120 s"
+
+
+def requeue_job(env: Mapping[str, str] | None = None) -> tuple[bool, str]:
+    """``scontrol requeue <job>`` when the job still runs: whether it was requeued, and why not.
+
+    A SIGTERM also comes from ``scancel`` (the job is CANCELLED by then) and from an admin's requeue
+    (already REQUEUED): Slurm 22.05 accepts a requeue of a cancelled job that is still completing,
+    which would undo the user's ``scancel``, so only a RUNNING job (a preemption in its grace time,
+    the time-limit signal) is requeued."""
+    job = requeue_id(env)
+    shown = _scontrol("show", "job", "-o", job)
+    if isinstance(shown, str):
+        return False, shown
+    state = re.search(r"JobState=(\S+)", shown.stdout)
+    if state is None or state.group(1) != "RUNNING":
+        return False, f"the job is {state.group(1) if state else 'unknown to scontrol'}, not running"
+    done = _scontrol("requeue", job)
+    if isinstance(done, str):
+        return False, done
     return done.returncode == 0, (done.stderr or done.stdout).strip() or f"exit status {done.returncode}"
 
 
@@ -370,7 +389,7 @@ class SlurmRequeue(pl.Callback):
                       f"job {job}", flush=True)
             else:
                 print(f"SLURM: signal {int(self.signum)} ({self.signum.name}) at step {self.saved_step}: saved "
-                      f"{self.saved}, but job {job} was not requeued (`scontrol requeue {job}`: {why}); exiting "
+                      f"{self.saved}, but job {job} was not requeued by this run (`scontrol requeue {job}`: {why}); exiting "
                       f"with {code}. Resume with: {resume_command(sys.argv[1:], self.saved)}",
                       file=sys.stderr, flush=True)
         raise SystemExit(code)
