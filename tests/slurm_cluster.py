@@ -5,7 +5,14 @@
 reason), writes a ``slurm.conf`` for this machine (one node with 2 x ``nproc`` CPUs, ``SlurmUser=root``,
 ``ProctrackType=proctrack/linuxproc``, ``TaskPlugin=task/none``), starts a private ``munged`` and
 the two SLURM daemons with every file under ``folder``, and waits until the node is idle.
-``Cluster.stop()`` ends the daemons it started (by their pids) and nothing else.
+``Cluster.stop()`` first cancels every job and waits for their steps to end (the processes of
+jobs still there after that are killed by pid: only processes that carry this cluster's
+``SLURM_CONF``), then ends the daemons it started (by their pids), and nothing else.
+
+Two partitions: ``test`` (the default) and ``urgent``, whose jobs preempt ``test``'s by partition
+priority (``PreemptMode=REQUEUE``, ``GraceTime`` :data:`GRACE_S`). ``Cluster.configure(user_signal=...)``
+turns Slurm 22.05's ``preempt_send_user_signal`` on or off (``scontrol reconfigure``): with it a
+preempted job's steps get their ``--signal`` (SIGUSR1) besides SIGTERM.
 
 Clients find the cluster through ``SLURM_CONF`` (``Cluster.env``); jobs inherit it.
 """
@@ -22,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PACKAGES = ("slurm-wlm", "munge")
+GRACE_S = 60  # a preempted job's time between SIGTERM and its kill
+DRAIN_S = 120  # cancelled jobs' steps to end at load 20 (save at a step boundary, exit), then KILL
 DAEMONS = ("slurmctld", "slurmd", "munged")
 
 
@@ -53,6 +62,14 @@ def ensure_installed() -> None:
         raise ClusterUnavailable(f"after installing {PACKAGES}: still missing {_missing_binaries()}")
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for a parent that does not reap it does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -63,18 +80,19 @@ def _sbin(name: str) -> str:
     return shutil.which(name) or str(Path("/usr/sbin", name))
 
 
-def slurm_conf(folder: Path, cpus: int, memory_mb: int) -> str:
+def slurm_conf(folder: Path, cpus: int, memory_mb: int, ports: tuple[int, int], user_signal: bool = False) -> str:
     host = socket.gethostname().split(".")[0]
-    ctld_port = _free_port()
+    ctld_port, slurmd_port = ports
     # job ids from a random start: Lightning and `sample` derive the rendezvous port from the job id
     # (15000 + its last 4 digits), so two clusters (one per xdist worker) must not both run job 2
     first_job = 1000 + ctld_port % 8000
+    user = "SlurmctldParameters=preempt_send_user_signal\n" if user_signal else ""
     return f"""\
-ClusterName=saqtest
+{user}ClusterName=saqtest
 FirstJobId={first_job}
 SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort={ctld_port}
-SlurmdPort={_free_port()}
+SlurmdPort={slurmd_port}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -97,6 +115,8 @@ SchedulerParameters=sched_interval=2,bf_interval=1
 SlurmdParameters=config_overrides
 ReturnToService=2
 JobRequeue=1
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
 KillWait=10
 MinJobAge=600
 InactiveLimit=0
@@ -104,7 +124,8 @@ AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 JobAcctGatherType=jobacct_gather/none
 NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
-PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP
+PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime={GRACE_S}
+PartitionName=urgent Nodes={host} MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
 """
 
 
@@ -113,6 +134,15 @@ class Cluster:
     folder: Path
     env: dict[str, str]
     pids: dict[str, int] = field(default_factory=dict)
+    cpus: int = 1
+    memory_mb: int = 1024
+    ports: tuple[int, int] = (0, 0)
+
+    def configure(self, user_signal: bool) -> None:
+        """Rewrite slurm.conf with or without ``preempt_send_user_signal`` and reload it."""
+        conf = self.folder / "slurm.conf"
+        conf.write_text(slurm_conf(self.folder, self.cpus, self.memory_mb, self.ports, user_signal))
+        self.run("scontrol", "reconfigure")
 
     def run(self, *cmd: str, check: bool = True, timeout: float = 60) -> str:
         done = subprocess.run(list(cmd), env=self.env, capture_output=True, text=True, timeout=timeout,
@@ -121,7 +151,59 @@ class Cluster:
             raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()}")
         return done.stdout
 
+    def job_processes(self) -> list[int]:
+        """Processes started for this cluster's jobs (slurmstepd, srun, tasks, batch shells): they
+        carry its SLURM_CONF and a job id (or are a slurmstepd); the daemons and this process are not
+        counted."""
+        mark = f"SLURM_CONF={self.env['SLURM_CONF']}".encode()
+        skip = {os.getpid(), *self.pids.values()}
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) in skip:
+                continue
+            try:
+                environ = (entry / "environ").read_bytes().split(b"\0")
+                job = any(v.startswith(b"SLURM_JOB_ID=") for v in environ) or \
+                    (entry / "cmdline").read_bytes().startswith(b"slurmstepd")  # not slurmctld's slurmscriptd
+                if mark in environ and job and alive(int(entry.name)):
+                    found.append(int(entry.name))
+            except OSError:  # gone, or not ours to read
+                continue
+        return found
+
+    def kill_tasks(self, job: str) -> list[int]:
+        """SIGKILL the srun tasks of ``job`` (a hard kill, as a node failure: nothing can be saved;
+        ``scancel --signal=KILL`` is a cancel in Slurm 22.05, whose SIGTERM a run acts on)."""
+        killed = []
+        for pid in self.job_processes():
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"SLURM_JOB_ID={job}".encode() in environ and any(v.startswith(b"SLURM_STEP_ID=") for v in environ) \
+                    and b"saq_lightning" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        return killed
+
+    def drain(self, timeout: float = DRAIN_S) -> None:
+        """Cancel every job, wait (``timeout``) until no job and no job process is left, then kill
+        what is left by pid."""
+        if "slurmctld" in self.pids:
+            self.run("scancel", "--user", str(os.getuid()), check=False)
+            end = time.monotonic() + timeout
+            while time.monotonic() < end:
+                if not self.run("squeue", "-h", check=False).strip() and not self.job_processes():
+                    return
+                time.sleep(1)
+        for pid in self.job_processes():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
     def stop(self) -> None:
+        self.drain()
         for name in ("slurmd", "slurmctld", "munged"):  # reverse start order
             pid = self.pids.pop(name, None)
             if pid is None:
@@ -161,7 +243,8 @@ def start_cluster(folder: Path) -> Cluster:
     cpus = 2 * max(1, os.cpu_count() or 1)
     memory_mb = max(1024, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 // 2)
     conf = folder / "slurm.conf"
-    conf.write_text(slurm_conf(folder, cpus, memory_mb))
+    ports = (_free_port(), _free_port())
+    conf.write_text(slurm_conf(folder, cpus, memory_mb, ports))
     key = folder / "munge.key"
     key.write_bytes(os.urandom(128))
     key.chmod(0o400)
@@ -173,7 +256,7 @@ def start_cluster(folder: Path) -> Cluster:
                  "LOCAL_WORLD_SIZE")
     for var in [v for v in env if (v.startswith(launcher) or v in placement) and v != "SLURM_CONF"]:
         env.pop(var)
-    cluster = Cluster(folder, env)
+    cluster = Cluster(folder, env, cpus=cpus, memory_mb=memory_mb, ports=ports)
     try:
         subprocess.run([_sbin("munged"), "--force", f"--socket={folder}/munge.sock", f"--key-file={key}",
                         f"--log-file={folder}/munged.log", f"--pid-file={folder}/munged.pid",

@@ -6,6 +6,8 @@ The real preemption, requeue and resume runs are in tests/test_slurm_cluster.py.
 from __future__ import annotations
 
 import io
+import re
+import signal
 
 import lightning.pytorch as pl
 import pytest
@@ -160,7 +162,7 @@ class _LoggedSteps(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         if self.global_step == self.at:
-            self.requeue.requested = True
+            self.requeue.received = int(signal.SIGUSR1)
         loss = self.layer(batch[0]).pow(2).mean()
         self.log("train/loss", loss)
         return loss
@@ -192,10 +194,122 @@ def test_the_requeue_comes_after_the_saved_steps_scalars_are_in_the_tensorboard_
     trainer = pl.Trainer(max_steps=12, logger=TensorBoardLogger(str(tb), name="", version=0), log_every_n_steps=1,
                          callbacks=[requeue], default_root_dir=str(tmp_path), enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
-    trainer.fit(_LoggedSteps(requeue, at=5))
+    with pytest.raises(SystemExit):  # a stopped run never ends as if it had finished
+        trainer.fit(_LoggedSteps(requeue, at=5))
     saved = torch.load(tmp_path / REQUEUE_CKPT, weights_only=False)["global_step"]
     events = sorted(snapshot.rglob("events.out.tfevents.*"))
     assert events, "scontrol ran before anything was written"
     acc = EventAccumulator(str(events[0]), size_guidance={"scalars": 0})
     acc.Reload()
     assert saved == 6 and [e.step for e in acc.Scalars("train/loss")] == list(range(saved))
+
+
+def test_a_new_job_resuming_a_checkpoint_of_the_same_run_continues_its_tensorboard_version(tmp_path):
+    """Issue 28, finding 8: a resubmission after `scancel` (a new job, restart 0) opened version_1."""
+    config = fit_config(tmp_path)
+    save(tmp_path / "ckpt" / "last.ckpt", 8, "c:41", config, version=3)
+    save(tmp_path / "requeue.ckpt", 9, "c:41", config, version=3)
+    new_job = {**JOB, "SLURM_JOB_ID": "42"}
+    explicit = resolve_resume_ckpt({**config, "ckpt_path": str(tmp_path / "ckpt" / "last.ckpt")}, env=new_job)
+    assert explicit.resume.path == tmp_path / "ckpt" / "last.ckpt" and explicit.resume.logger_versions == [3]
+    last = resolve_resume_ckpt({**config, "ckpt_path": "last"}, env=new_job)
+    assert last.resume.path == tmp_path / "requeue.ckpt" and last.resume.global_step == 9  # the newest
+    other = fit_config(tmp_path, lr=0.001)  # another run in the same folder: its version is not taken
+    assert resolve_resume_ckpt({**other, "ckpt_path": str(tmp_path / "requeue.ckpt")}, env=new_job).resume is None
+    assert resolve_resume_ckpt({**other, "ckpt_path": "last"}, env=new_job).resume is None
+
+
+class _Recorder(pl.Callback):
+    """Appended after every other callback: what ran after the requeue's save."""
+
+    def __init__(self) -> None:
+        self.hooks: list[tuple[str, int]] = []
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.hooks.append(("validation", trainer.global_step))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.hooks.append(("train_end", trainer.global_step))
+
+
+def test_the_stop_for_a_requeue_comes_before_any_other_end_of_run_work(tmp_path, monkeypatch):
+    """Finding 2: the requeue waited for the evaluation callbacks' end-of-training work (minutes)
+    and they logged scalars at the preemption step. Here the evaluation callbacks would crash on
+    this plain module if their hooks ran at all; the run exits at the next hook, before validation."""
+    import sys as _sys
+    from pathlib import Path as _Path
+
+    from saq_lightning.callbacks.digits_fd import DigitsFDCallback
+    from saq_lightning.callbacks.trajectory_deviation import TrajectoryDeviationCallback
+    from saq_lightning.lightning.slurm import SlurmRequeue, SlurmRun, configure_trainer
+
+    monkeypatch.setenv("PATH", str(_Path(_sys.executable).parent))  # no scontrol: the requeue fails
+    monkeypatch.setenv("SLURM_JOB_ID", "41")
+    recorder = _Recorder()
+    trainer = pl.Trainer(max_steps=12, logger=False, default_root_dir=str(tmp_path), enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                         val_check_interval=1, limit_val_batches=1, num_sanity_val_steps=0,
+                         callbacks=[DigitsFDCallback(every_n_train_steps=4, num_samples=10),
+                                    TrajectoryDeviationCallback(every_n_train_steps=4), recorder])
+    configure_trainer(trainer, SlurmRun(job="c:41", config={}, resume=None), stream=io.StringIO())
+    requeue = trainer.callbacks[0]
+    assert isinstance(requeue, SlurmRequeue)
+
+    class Module(_LoggedSteps):
+        def validation_step(self, batch, batch_idx):
+            return None
+
+        val_dataloader = _LoggedSteps.train_dataloader
+
+    with pytest.raises(SystemExit) as stopped:
+        trainer.fit(Module(requeue, at=3))  # the flag is up during step 3: saved at global step 4
+    assert stopped.value.code == 128 + signal.SIGUSR1
+    assert torch.load(tmp_path / "requeue.ckpt", weights_only=False)["global_step"] == 4
+    assert ("validation", 4) not in recorder.hooks and ("train_end", 4) not in recorder.hooks
+    assert recorder.hooks == [("validation", s) for s in range(1, 4)]
+
+
+def test_a_batch_log_gets_a_plain_progress_line_with_step_loss_rate_and_eta(tmp_path):
+    """Finding 9: off a terminal the bars printed nothing for minutes."""
+    from saq_lightning.callbacks.step_progress import ProgressLines
+    from saq_lightning.lightning.slurm import configure_trainer
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for stream, added in ((io.StringIO(), True), (Tty(), False)):
+        trainer = pl.Trainer(default_root_dir=tmp_path, logger=False, enable_checkpointing=False)
+        configure_trainer(trainer, None, stream=stream)
+        assert any(isinstance(cb, ProgressLines) for cb in trainer.callbacks) is added
+    out = io.StringIO()
+    trainer = pl.Trainer(max_steps=6, logger=False, default_root_dir=str(tmp_path), enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                         callbacks=[ProgressLines(interval_s=0.0, stream=out)])
+    trainer.fit(_LoggedSteps(requeue=None, at=-1))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 6, lines
+    assert re.fullmatch(r"train step 6/6 \| loss \d\S* \| \d\S* steps/s \| ETA 0:00:00", lines[-1]), lines[-1]
+    assert all(line.startswith(f"train step {i}/6 | loss ") for i, line in enumerate(lines, 1))
+
+
+def test_the_pre_srun_check_of_a_fit_reads_the_yaml_without_importing_torch_or_lightning(tmp_path):
+    """Finding 7: ``slurm_check`` before ``srun`` parsed the config with LightningCLI (46-71 s at load
+    13, on every restart); the task compares the config with its checkpoint itself."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "fit.yaml"
+    config.write_text("trainer:\n  accelerator: cpu\n  devices: 2\n  max_steps: 5\nmodel: {}\n")
+    code = ("import sys\nfrom saq_lightning.commands.slurm_check import check\n"
+            f"print(check('fit', ['--config', {str(config)!r}, '--trainer.num_nodes=1'], "
+            "{'SLURM_NTASKS_PER_NODE': '2', 'SLURM_NTASKS': '2'}))\n"
+            "print(sorted(m for m in ('torch', 'lightning', 'jsonargparse') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["fit: 1 node(s) x 2 task(s), one per device", "[]"]
+    from saq_lightning.commands.slurm_check import light_trainer_settings
+
+    assert light_trainer_settings(["--config", str(config), "--trainer.devices", "4"]) == \
+        {"accelerator": "cpu", "devices": 4}
+    assert light_trainer_settings(["--config", str(config), "--trainer", "{devices: 1}"]) is None  # full parser

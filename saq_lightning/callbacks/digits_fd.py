@@ -81,8 +81,16 @@ class DigitsFDCallback(pl.Callback):
                 logger.log_metrics(metrics, step=step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        from saq_lightning.callbacks.graceful_stop import stopping_for_restart
+
+        if stopping_for_restart(trainer):  # a requeue comes first; no scalars at the stop step
+            return
         if trainer.global_step % self.every_n_train_steps == 0:
             self._log(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        from saq_lightning.callbacks.graceful_stop import stopping_for_restart
+
+        if stopping_for_restart(trainer):  # a requeue comes first; no scalars at the stop step
+            return
         self._log(trainer, pl_module)

@@ -15,9 +15,11 @@ Under DDP every rank learns of a signal any rank received at the same step bound
 all-reduce of a flag per step), so all ranks save together and stop together.
 
 Under SLURM (Lightning's ``SLURMEnvironment`` is active, i.e. the run was started with ``srun``)
-SIGTERM is left to Lightning's SLURM handling (and the SLURM helper's requeue, which owns
-SIGUSR1): this callback then installs only its SIGINT handler and does not touch SIGTERM or
-SIGUSR1. SIGUSR1 is never handled here.
+SIGTERM and SIGUSR1 belong to the SLURM requeue (``lightning/slurm.py``: ``SlurmRequeue``, which
+the CLI adds to every ``fit`` in a SLURM job; it saves ``requeue.ckpt``, requeues when the job
+still runs and otherwise exits 143/138): this callback then installs only its SIGINT handler.
+SIGUSR1 is never handled here. :func:`stopping_for_restart` tells other callbacks that such a stop
+is under way.
 """
 
 from __future__ import annotations
@@ -117,3 +119,10 @@ def last_checkpoint_path(trainer: pl.Trainer) -> Path:
         if isinstance(callback, ModelCheckpoint) and callback.dirpath:
             return Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
     return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+
+
+def stopping_for_restart(trainer: pl.Trainer) -> bool:
+    """Whether the run saved its resume point and is about to end for a restart (a SLURM requeue:
+    ``lightning/slurm.py``'s ``SlurmRequeue``). Evaluation callbacks skip their hooks then: their work
+    would delay the requeue, and their scalars at the stop step are not those of an uninterrupted run."""
+    return any(getattr(callback, "stopping_for_restart", False) is True for callback in trainer.callbacks)

@@ -132,6 +132,10 @@ class TrajectoryDeviationCallback(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        from saq_lightning.callbacks.graceful_stop import stopping_for_restart
+
+        if stopping_for_restart(trainer):  # a requeue comes first; no scalars at the stop step
+            return
         step = trainer.global_step
         if self._skip:
             return
@@ -139,6 +143,10 @@ class TrajectoryDeviationCallback(Callback):
             self.run(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from saq_lightning.callbacks.graceful_stop import stopping_for_restart
+
+        if stopping_for_restart(trainer):  # a requeue comes first; no scalars at the stop step
+            return
         if not self._skip and trainer.global_step != self._last_step:
             self.run(trainer, pl_module)
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from saq_lightning.lightning.early_signals import take_early_signal
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -91,4 +93,6 @@ def requeue_on_sigusr1(env: Mapping[str, str] | None = None) -> bool:
         os._exit(0)  # finished work is on disk; a half-done shard/chunk is redone on the next start
 
     signal.signal(signal.SIGUSR1, handler)
+    if take_early_signal([signal.SIGUSR1]) is not None:  # arrived during start-up (lightning/early_signals.py)
+        handler(signal.SIGUSR1, None)
     return True

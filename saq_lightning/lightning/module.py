@@ -564,8 +564,9 @@ class SAQLightningModule(L.LightningModule):
         per_sample = terms.loss.detach().float()
         loss = per_sample.mean()
         bs = int(per_sample.shape[0])
-        self.log("val/alignment_loss", loss, batch_size=bs)
-        self.log("hp_metric", loss, batch_size=bs)
+        # every rank logs these two: averaged over all ranks' points (a collective at epoch end)
+        self.log("val/alignment_loss", loss, batch_size=bs, sync_dist=True)
+        self.log("hp_metric", loss, batch_size=bs, sync_dist=True)
         for name, groups in (("order", points.order), ("phase", points.phase)):
             for g in groups.unique().tolist():
                 picked = per_sample[groups == g]
