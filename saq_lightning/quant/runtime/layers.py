@@ -232,16 +232,20 @@ class RuntimeLayer(nn.Module):
         """The Triton kernel runs this call (a call larger than its int32 offsets uses ``torch``)."""
         return self.kernel == "triton" and x.numel() <= _TRITON_MAX_NUMEL
 
-    def _triton_constants(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        """``(dw, col)`` ``[N]`` int32 for the kernel, which reads the stored codes ``W'``:
-        ``q_w - z_w = W' + dw`` and ``col = colsum(W') + K dw``. Fixed per layer: once per device."""
+    def _triton_constants(self, device: torch.device) -> tuple[Tensor, Tensor, bool]:
+        """``(dw, col, centre)`` for the kernel, which reads the stored codes ``W'``:
+        ``q_w - z_w = W' + dw`` and ``col = colsum(W') + K dw`` (``[N]`` int32); ``centre``: every
+        ``W' + dw`` fits int8 (always for 4-bit codes), so the kernel centres the weight tile
+        itself. Fixed per layer: once per device."""
         cached = self.__dict__.get("_triton_consts")
         if cached is None or cached[0].device != device:
             stored_offset = self.w_qmin if self.packing == "int4x2" else self._w_off
             dw = (stored_offset - self.w_zero).to(torch.int32)
             stored = (self.codes().to(torch.int32) - stored_offset).reshape(dw.shape[0], -1)
             col = stored.sum(1, dtype=torch.int32) + stored.shape[1] * dw
-            cached = self.__dict__["_triton_consts"] = (dw.to(device), col.to(torch.int32).to(device))
+            centred = stored + dw.view(-1, 1)
+            centre = bool(centred.min() >= -128 and centred.max() <= 127)
+            cached = self.__dict__["_triton_consts"] = (dw.to(device), col.to(torch.int32).to(device), centre)
         return cached
 
     def _triton(self, x: Tensor, raw: bool) -> Tensor:
@@ -251,8 +255,8 @@ class RuntimeLayer(nn.Module):
 
         a, s, da = self._act_codes(x)
         b = x.shape[0]
-        dw, col = self._triton_constants(x.device)
-        kw = {"int4_packed": self.packing == "int4x2", "dw": dw, "col": col,
+        dw, col, centre = self._triton_constants(x.device)
+        kw = {"int4_packed": self.packing == "int4x2", "centre_weight": centre, "dw": dw, "col": col,
               "da": None if da is None else da.expand(b), "sx": s.float().expand(b), "sw": self.w_scale,
               "bias": self.bias, "raw": raw,
               "out_dtype": torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32}

@@ -37,7 +37,7 @@ except ImportError:  # pragma: no cover - a torch build without Triton
     tl = None
 
 #: Tile configurations tried by the autotuner on a GPU (the UNet's shapes: M = B*H*W from 64 to
-#: 32*64*64, N and C from 128 to 1280); the interpreter runs :data:`INTERPRETER_CONFIG` only.
+#: 32*64*64, N and C from 128 to 1280); the interpreter runs :func:`interpreter_config` only.
 GPU_CONFIGS = (
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
     {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4},
@@ -46,7 +46,15 @@ GPU_CONFIGS = (
     {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
     {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3},
 )
-INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
+
+
+def interpreter_config(m: int, n: int, c: int) -> dict[str, int]:
+    """The interpreter's one config per shape: tiles just covering the problem (powers of two,
+    16 to 128/64/64), since it runs every program instance as numpy calls and the cost is their
+    number; a dimension past the cap still spans several tiles (its masks are exercised)."""
+    def fit(x: int, hi: int) -> int:
+        return max(16, min(hi, 1 << (max(x, 1) - 1).bit_length()))
+    return {"BLOCK_M": fit(m, 128), "BLOCK_N": fit(n, 64), "BLOCK_K": fit(c, 64)}
 
 
 def interpreting() -> bool:
@@ -68,6 +76,7 @@ def triton_unavailable(device: torch.device) -> str | None:
 def _igemm_int8(x_ptr, w_ptr, out_ptr, dw_ptr, da_ptr, col_ptr, sx_ptr, sw_ptr, bias_ptr,
                 M, N, C, H, W, HO, WO, ROWS, STRIDE_H, STRIDE_W, PAD_H, PAD_W,
                 KH: tl.constexpr, KW: tl.constexpr, W4: tl.constexpr, HAS_DW: tl.constexpr,
+                CENTRE_W: tl.constexpr,
                 HAS_DA: tl.constexpr, HAS_BIAS: tl.constexpr, RAW: tl.constexpr,
                 OUT_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_K: tl.constexpr):
@@ -83,12 +92,14 @@ def _igemm_int8(x_ptr, w_ptr, out_ptr, dw_ptr, da_ptr, col_ptr, sx_ptr, sw_ptr, 
     oh = pix // WO
     ow = pix % WO
     k_total = C * KH * KW
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    rowsum = tl.zeros((BLOCK_M,), dtype=tl.int32)
+    acc = tl.full((BLOCK_M, BLOCK_N), 0, tl.int32)
+    rowsum = tl.full((BLOCK_M, BLOCK_N), 0, tl.int32)  # every column: rowsum(A')
+    if CENTRE_W:
+        dw_c = tl.load(dw_ptr + rn, mask=n_ok, other=0)
     if HAS_DA:
         pad_code = (0 - tl.load(da_ptr + sample, mask=m_ok, other=0)).to(tl.int8)
     else:
-        pad_code = tl.zeros((BLOCK_M,), dtype=tl.int8)
+        pad_code = tl.full((BLOCK_M,), 0, tl.int8)
     for tap in range(KH * KW):
         i = tap // KW
         j = tap % KW
@@ -110,12 +121,14 @@ def _igemm_int8(x_ptr, w_ptr, out_ptr, dw_ptr, da_ptr, col_ptr, sx_ptr, sw_ptr, 
                 w = ((byte >> ((flat % 2) * 4).to(tl.uint8)) & 0xF).to(tl.int8)
             else:
                 w = tl.load(w_ptr + flat, mask=w_mask, other=0)
+            if CENTRE_W:  # q_w - z_w = W' + dw fits int8: centre here, no rowsum term
+                w = tl.where(w_mask, w.to(tl.int32) + dw_c[None, :], 0).to(tl.int8)
             acc = tl.dot(a, w, acc, out_dtype=tl.int32)
-            if HAS_DW:
-                rowsum += tl.sum(a.to(tl.int32), axis=1)
+            if HAS_DW:  # a reduction by tl.dot with ones (tl.sum is a jitted library call)
+                rowsum = tl.dot(a, tl.full((BLOCK_K, BLOCK_N), 1, tl.int8), rowsum, out_dtype=tl.int32)
     if HAS_DW:
         dw = tl.load(dw_ptr + rn, mask=n_ok, other=0)
-        acc += rowsum[:, None] * dw[None, :]
+        acc += rowsum * dw[None, :]
     if HAS_DA:
         da = tl.load(da_ptr + sample, mask=m_ok, other=0)
         col = tl.load(col_ptr + rn, mask=n_ok, other=0)
@@ -131,7 +144,12 @@ def _igemm_int8(x_ptr, w_ptr, out_ptr, dw_ptr, da_ptr, col_ptr, sx_ptr, sw_ptr, 
         if HAS_BIAS:
             y = y + tl.load(bias_ptr + rn, mask=n_ok, other=0.0)[None, :]
         if OUT_BF16:
-            tl.store(out_ptr + out_off, y.to(tl.bfloat16), mask=out_mask)
+            # round to nearest even by bits: the same on a GPU and in the interpreter (whose own
+            # fp32 -> bf16 cast truncates)
+            bits = y.to(tl.uint32, bitcast=True)
+            rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).to(tl.uint16)
+            rounded = tl.where(y == y, rounded, 0x7FC0)  # noqa: PLR0124 (NaN stays NaN)
+            tl.store(out_ptr + out_off, rounded.to(tl.bfloat16, bitcast=True), mask=out_mask)
         else:
             tl.store(out_ptr + out_off, y, mask=out_mask)
 
@@ -158,6 +176,7 @@ def conv2d_int8(
     weight_shape: tuple[int, int, int, int],
     *,
     int4_packed: bool,
+    centre_weight: bool = False,
     stride: tuple[int, int] = (1, 1),
     padding: tuple[int, int] = (0, 0),
     dw: Tensor | None = None,
@@ -176,6 +195,9 @@ def conv2d_int8(
         qweight: the export's stored codes of ``weight_shape = (N, C, kh, kw)``: int8 (one per
             code) or, with ``int4_packed``, uint8 with two unsigned codes per byte.
         dw: ``[N]`` int32, ``q_w - z_w = W' + dw`` (``None``: 0).
+        centre_weight: ``W' + dw`` fits int8 for every weight (always for 4-bit codes): the
+            kernel adds ``dw`` to the weight tile instead of adding ``rowsum(A') dw`` (a second
+            ``tl.dot`` against ones) at the end.
         col: ``[N]`` int32 ``colsum(W') + K dw`` (needed with ``da``).
         da: ``[B]`` int32, ``q_x - z_x = A' + da`` per sample (``None``: 0).
         sx, sw: ``[B]`` activation and ``[N]`` weight steps (fp32); bias ``[N]`` fp32.
@@ -212,11 +234,14 @@ def conv2d_int8(
         dummy_f if bias is None else bias.float().contiguous(),
         m, n, c, h, w, ho, wo, rows_per_sample or ho * wo, stride[0], stride[1], padding[0], padding[1],
     )
-    flags = {"KH": kh, "KW": kw, "W4": int4_packed, "HAS_DW": dw is not None, "HAS_DA": da is not None,
-                 "HAS_BIAS": bias is not None, "RAW": raw, "OUT_BF16": out_dtype == torch.bfloat16}
+    if centre_weight and dw is None:
+        raise ValueError("conv2d_int8: centre_weight needs dw")
+    flags = {"KH": kh, "KW": kw, "W4": int4_packed, "HAS_DW": dw is not None and not centre_weight,
+             "CENTRE_W": centre_weight, "HAS_DA": da is not None,
+             "HAS_BIAS": bias is not None, "RAW": raw, "OUT_BF16": out_dtype == torch.bfloat16}
     kernel = _kernel(interpret)
     if interpret:
-        cfg = INTERPRETER_CONFIG
+        cfg = interpreter_config(m, n, c)
         grid = (-(-m // cfg["BLOCK_M"]), -(-n // cfg["BLOCK_N"]))
         kernel[grid](*args, **flags, **cfg)
     else:

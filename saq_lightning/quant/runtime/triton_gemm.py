@@ -17,6 +17,7 @@ def linear_int8(
     weight_shape: tuple[int, int],
     *,
     int4_packed: bool,
+    centre_weight: bool = False,
     dw: Tensor | None = None,
     col: Tensor | None = None,
     da: Tensor | None = None,
@@ -35,6 +36,6 @@ def linear_int8(
     lead = tuple(a.shape[:-1])
     rows = a.numel() // (k * a.shape[0]) if a.ndim > 1 else 1
     rows_a = a.reshape(-1, 1, 1, k)
-    out = conv2d_int8(rows_a, qweight, (n, k, 1, 1), int4_packed=int4_packed, dw=dw, col=col, da=da, sx=sx,
-                      sw=sw, bias=bias, rows_per_sample=rows, out_dtype=out_dtype, raw=raw)
+    out = conv2d_int8(rows_a, qweight, (n, k, 1, 1), int4_packed=int4_packed, centre_weight=centre_weight, dw=dw,
+                      col=col, da=da, sx=sx, sw=sw, bias=bias, rows_per_sample=rows, out_dtype=out_dtype, raw=raw)
     return out.view(*lead, n)
