@@ -245,3 +245,25 @@ def test_a_cpu_where_int8_is_slower_than_fp32_falls_back_to_weight_only_stated(m
 def test_an_unknown_int8_kernel_is_an_error(cond_w4a8_export):
     with pytest.raises(ValueError, match="unknown int8_kernel 'cutlass'"):
         load_runtime(cond_w4a8_export, int8_kernel="cutlass")
+
+
+def test_the_kernel_compiles_for_hopper_with_int8_tensor_core_instructions():
+    """The GPU path the interpreter does not take (typing of the compiled kernel, W4 unpacking,
+    bf16 stores): compiled ahead of time for sm_90 without a GPU (Triton's bundled ptxas),
+    with the largest tile of the autotuner's configs; its PTX must use warp-group MMA."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from saq_lightning.quant.runtime import triton_conv
+
+    ints = ("M", "N", "C", "H", "W", "HO", "WO", "ROWS", "STRIDE_H", "STRIDE_W", "PAD_H", "PAD_W")
+    consts = {"KH": 3, "KW": 3, "W4": True, "HAS_DW": True, "CENTRE_W": False, "HAS_DA": True, "HAS_BIAS": True,
+              "RAW": False, "OUT_BF16": True, "BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64}
+    signature = {"x_ptr": "*i8", "w_ptr": "*u8", "out_ptr": "*bf16", "dw_ptr": "*i32", "da_ptr": "*i32",
+                 "col_ptr": "*i32", "sx_ptr": "*fp32", "sw_ptr": "*fp32", "bias_ptr": "*fp32",
+                 **dict.fromkeys(ints, "i32"), **dict.fromkeys(consts, "constexpr")}
+    source = ASTSource(triton.jit(triton_conv._igemm_int8), signature, constexprs=consts)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 128), options={"num_warps": 8, "num_stages": 3})
+    ptx = compiled.asm["ptx"]
+    assert "wgmma.mma_async" in ptx and ".s8.s8" in ptx

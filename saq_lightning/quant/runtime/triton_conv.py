@@ -111,9 +111,8 @@ def _igemm_int8(x_ptr, w_ptr, out_ptr, dw_ptr, da_ptr, col_ptr, sx_ptr, sw_ptr, 
             rc = c0 + tl.arange(0, BLOCK_K)
             c_ok = rc < C
             a = tl.load(x_ptr + base[:, None] + rc[None, :], mask=inside[:, None] & c_ok[None, :], other=0)
-            # border taps hold the zero code (-da); channels past C hold 0 (no contribution)
+            # border taps hold the zero code (-da); channels past C keep the masked load's 0
             a = tl.where(inside[:, None] | ~c_ok[None, :], a, pad_code[:, None])
-            a = tl.where(c_ok[None, :], a, 0)
             flat = rn[None, :] * k_total + rc[:, None] * (KH * KW) + tap
             w_mask = n_ok[None, :] & c_ok[:, None]
             if W4:
@@ -147,8 +146,8 @@ def _igemm_int8(x_ptr, w_ptr, out_ptr, dw_ptr, da_ptr, col_ptr, sx_ptr, sw_ptr, 
             # round to nearest even by bits: the same on a GPU and in the interpreter (whose own
             # fp32 -> bf16 cast truncates)
             bits = y.to(tl.uint32, bitcast=True)
-            rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).to(tl.uint16)
-            rounded = tl.where(y == y, rounded, 0x7FC0)  # noqa: PLR0124 (NaN stays NaN)
+            rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).to(tl.uint32)
+            rounded = tl.where(y == y, rounded, 0x7FC0).to(tl.uint16)  # noqa: PLR0124 (NaN stays NaN)
             tl.store(out_ptr + out_off, rounded.to(tl.bfloat16, bitcast=True), mask=out_mask)
         else:
             tl.store(out_ptr + out_off, y, mask=out_mask)
