@@ -229,8 +229,10 @@ class RuntimeLayer(nn.Module):
 
     # -- Triton kernels -------------------------------------------------------------------------
     def _use_triton(self, x: Tensor) -> bool:
-        """The Triton kernel runs this call (a call larger than its int32 offsets uses ``torch``)."""
-        return self.kernel == "triton" and x.numel() <= _TRITON_MAX_NUMEL
+        """The Triton kernel runs this call (a call larger than its int32 offsets, input or output
+        with up to 2x the input's pixels, uses ``torch``)."""
+        out_bound = x.numel() // self.weight_shape[1] * self.weight_shape[0] * 2
+        return self.kernel == "triton" and max(x.numel(), out_bound) <= _TRITON_MAX_NUMEL
 
     def _triton_constants(self, device: torch.device) -> tuple[Tensor, Tensor, bool]:
         """``(dw, col, centre)`` for the kernel, which reads the stored codes ``W'``:

@@ -33,6 +33,7 @@ from .triton_conv import triton_unavailable
 REQUESTABLE = ("int8", "weight_only", "fake")
 #: what ``int8_kernel=`` accepts (see :func:`choose_int8_kernel`).
 INT8_KERNELS = ("auto", "torch", "triton")
+_TRITON_LIMIT = "; a call with a tensor over 2^31 elements falls back to torch._int_mm (int32 offsets)"
 
 
 def read_config(folder: Path) -> dict[str, Any] | None:
@@ -188,12 +189,12 @@ def choose_int8_kernel(device: torch.device, requested: str) -> tuple[str, str, 
     if requested == "triton":
         if reason is not None:
             raise ValueError(f"int8_kernel='triton': {reason}")
-        return "triton", "int8", "int8 kernels: Triton implicit GEMM (requested)"
+        return "triton", "int8", "int8 kernels: Triton implicit GEMM (requested)" + _TRITON_LIMIT
     if requested == "torch" or device.type not in ("cuda", "cpu"):
         return "torch", "int8", "int8 kernels: torch._int_mm" + (" (requested)" if requested == "torch" else "")
     if device.type == "cuda":
         if reason is None:
-            return "triton", "int8", "int8 kernels: Triton implicit GEMM (CUDA)"
+            return "triton", "int8", "int8 kernels: Triton implicit GEMM (CUDA)" + _TRITON_LIMIT
         return "torch", "int8", f"fallback: {reason}; int8 kernels: torch._int_mm"
     if probe_int8_gemm(str(device)) is not None:
         return "torch", "int8", ""  # no int8 GEMM at all: the caller raises or emulates, stated
