@@ -21,6 +21,9 @@ model and its VNNI/AMX flags are recorded with them.
     .venv/bin/python benchmarks/lowbit_inference.py [--device cpu|cuda] [--threads 2] [--repeats 3]
         [--digits-batches 1,8,32] [--ldm-batches 1] [--out ...json]
 
+``--device cuda`` runs :mod:`lowbit_inference_gpu` instead (LDM-4 and SD-size UNets, bf16 eager and
+compiled against the W8A8/W4A8 Triton runtimes, per-layer table; see that module).
+
 Defaults: CPU LDM-4 at batch 1 only (an fp32 call at batch 32 takes minutes on 2 cores), GPU
 batches 1/8/32 for both. Last line: ``weight_bytes_ratio_w4=... int8_speedup_vs_fakequant=...
 int8_speedup_vs_bf16_gpu=...``.
@@ -295,6 +298,8 @@ def main() -> None:
     ap.add_argument("--digits-batches", default="1,8,32")
     ap.add_argument("--ldm-batches", default=None, help="default: 1 on CPU, 1,8,32 on CUDA")
     ap.add_argument("--unets", default="digits,ldm4", help="which UNets (the summary needs ldm4)")
+    ap.add_argument("--compile-batches", default=None,
+                    help="CUDA: batches that also time bf16 torch.compile (default: every batch)")
     ap.add_argument("--memory-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help="default benchmarks/results/lowbit_inference_<device>.json")
     args = ap.parse_args()
@@ -307,6 +312,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.memory_worker:  # internal: CPU memory measurement in a fresh process
         memory_worker(args)
+        return
+    if gpu:
+        main_gpu(args)
         return
     t0 = time.perf_counter()
     res = run(args)
@@ -330,6 +338,28 @@ def main() -> None:
     print(f"weight_bytes_ratio_w4={s['weight_bytes_ratio_w4']:.3f} "
           f"int8_speedup_vs_fakequant={s['int8_speedup_vs_fakequant']:.2f} "
           f"int8_speedup_vs_bf16_gpu={'n/a' if gpu_ratio is None else f'{gpu_ratio:.2f}'}")
+
+
+def main_gpu(args: argparse.Namespace) -> None:
+    from lowbit_inference_gpu import print_tables, run_gpu
+
+    if args.unets == ["digits", "ldm4"]:  # the CPU default; on a GPU: LDM-4 and SD-size
+        args.unets = ["ldm4", "sd"]
+    args.batches = args.ldm_batches
+    args.compile_batches = ([int(b) for b in args.compile_batches.split(",")] if args.compile_batches
+                            else args.batches)
+    t0 = time.perf_counter()
+    res = run_gpu(args, source_commit())
+    res["seconds"] = time.perf_counter() - t0
+    print_tables(res)
+    out = Path(args.out) if args.out else Path(__file__).parent / "results" / "lowbit_inference_cuda.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    print(f"wrote {out}")
+    s = res["summary"]
+    heads = [k for k in s if k.startswith("ldm4_b") and k.endswith(("_vs_bf16_eager", "_vs_bf16_compile"))]
+    print(" ".join(f"{k}={s[k]:.2f}" for k in heads) + " "
+          + " ".join(f"{k}={v:.3f}" for k, v in s.items() if k.endswith("weight_bytes_vs_bf16")))
 
 
 if __name__ == "__main__":

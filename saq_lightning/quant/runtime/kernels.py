@@ -14,6 +14,7 @@ raises (default) or uses :func:`emulated_gemm`: the same integer product compute
 from __future__ import annotations
 
 from functools import cache
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +67,54 @@ def probe_int8_gemm(device_str: str) -> str | None:
     return None
 
 
+#: The GEMM the CPU speed probe times: a 3x3 conv with 128 channels on a 16x32 tile (M, K, N).
+PROBE_SHAPE = (512, 1152, 128)
+
+
+@cache
+def int8_gemm_speedup(device_str: str, repeats: int = 7) -> tuple[float, float]:
+    """``(int8 ms, fp32 ms)``: medians of ``torch._int_mm`` and the fp32 matmul at
+    :data:`PROBE_SHAPE` on ``device_str``, measured once per process.
+
+    Why measured: ATen's CPU ``_int_mm`` is several times faster than fp32 on a processor with
+    VNNI/AMX and 10-40x slower without them (its generic integer GEMM), and a CPU's flags do not
+    say which backend the installed torch build uses."""
+    import time
+
+    device = torch.device(device_str)
+    m, k, n = PROBE_SHAPE
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=g).to(device)
+    w = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=g).to(device)
+    af, wf = a.float(), w.float()
+
+    def median_ms(fn) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return sorted(times)[len(times) // 2] * 1e3
+
+    return median_ms(lambda: int8_gemm(a, w)), median_ms(lambda: af @ wf.t())
+
+
+def cpu_int8_flags() -> str:
+    """The CPU's integer dot-product flags (VNNI/AMX), as one phrase for the report."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "CPU flags unknown"
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    found = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return "CPU flags: " + (", ".join(found) if found else "no VNNI/AMX")
+
+
 def unpack_int4(stored: Tensor, numel: int) -> Tensor:
     """Packed ``uint8`` (two unsigned 4-bit codes per byte, low nibble first) -> ``[numel]`` uint8."""
     lo = stored & 0x0F
@@ -106,12 +155,6 @@ def im2col_nhwc(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], pad
         return cols.reshape(b * ho * wo, c), ho, wo
     taps = [x[:, i: i + (ho - 1) * sh + 1: sh, j: j + (wo - 1) * sw + 1: sw] for i in range(kh) for j in range(kw)]
     return torch.cat(taps, dim=-1).view(b * ho * wo, kh * kw * c), ho, wo
-
-
-def row_sums(a: Tensor, gemm) -> Tensor:
-    """``a.sum(1)`` as int32 through the GEMM (an int8 reduction with an int32 result is slow on CPU)."""
-    ones = torch.ones(8, a.shape[1], dtype=torch.int8, device=a.device)
-    return gemm(a, ones)[:, 0]
 
 
 def storage_bytes(t: Tensor | None) -> int:

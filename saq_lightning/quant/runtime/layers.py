@@ -10,10 +10,14 @@ a re-derivation here.
 Arithmetics (``arithmetic``):
 
 * ``int8``: ``q_x = clamp(round(x/s_x) + z_x)`` (the fake-quant student's codes), then
-  ``acc = sum_k (q_x - z_x)(q_w - z_w)`` exactly in int32 by an int8 GEMM (``torch._int_mm``;
-  k x k convs by im2col), then ``y = acc * s_x * s_w + bias`` in fp32. Codes of <= 7 bits are
-  centred (``q - z`` fits int8); 8-bit codes are shifted by a constant into int8 and the
-  zero-point corrections ``dw * rowsum(A) + da * colsum(W) + K da dw`` are added in int32.
+  ``acc = sum_k (q_x - z_x)(q_w - z_w)`` exactly in int32 by an int8 GEMM, then
+  ``y = acc * s_x * s_w + bias`` in fp32. Two kernels (``kernel``):
+
+  - ``torch``: ``torch._int_mm`` (k x k convs by im2col). Codes of <= 7 bits are centred
+    (``q - z`` fits int8); 8-bit codes are shifted by a constant into int8 and the zero-point
+    corrections ``dw * rowsum(A) + da * colsum(W) + K da dw`` are added in int32.
+  - ``triton``: the implicit-GEMM kernel of :mod:`.triton_conv` (no im2col; the weight read as
+    stored, W4 unpacked in the kernel; corrections, scales, bias and the output cast fused).
 * ``emulated``: the same integers multiplied in float64 (a stated fallback for devices without
   an int8 GEMM; exact).
 * ``weight_only`` (W4A16 / W8A16): ``y = op(x, (q_w - z_w) * s_w) + bias`` with float
@@ -42,12 +46,15 @@ from .kernels import (
     im2col_nhwc,
     int8_gemm,
     pack_int4,
-    row_sums,
     storage_bytes,
     unpack_int4,
 )
 
 ARITHMETICS = ("int8", "emulated", "weight_only", "fake")
+KERNELS = ("torch", "triton")
+
+#: Largest element count one Triton launch addresses (its offsets are int32).
+_TRITON_MAX_NUMEL = 2**31 - 1
 
 
 def _int8_offset(bits: int, qmin: int) -> int | None:
@@ -61,10 +68,12 @@ def _int8_offset(bits: int, qmin: int) -> int | None:
 class RuntimeLayer(nn.Module):
     """An exported quantized Conv2d/Linear running on integer weights."""
 
-    def __init__(self, layer: QuantLayer, arithmetic: str) -> None:
+    def __init__(self, layer: QuantLayer, arithmetic: str, kernel: str = "torch") -> None:
         super().__init__()
         if arithmetic not in ARITHMETICS:
             raise ValueError(f"unknown arithmetic {arithmetic!r}; expected one of {ARITHMETICS}")
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown int8 kernel {kernel!r}; expected one of {KERNELS}")
         if not layer.integer:
             raise ValueError(f"{layer.name}: runtime layers are built from an exported (integer) layer")
         wq = layer.w_quant
@@ -95,12 +104,38 @@ class RuntimeLayer(nn.Module):
         ):
             self.arithmetic = "fake"
             self.note = "no int8 kernel for grouped/dilated conv: fake-quant float"
+        self.kernel = kernel if self.arithmetic == "int8" else ""
+        self.register_buffer("gemm_weight", self._layout_gemm_weight(), persistent=False)
+
+    def _layout_gemm_weight(self) -> Tensor | None:
+        """8-bit codes on the ``torch`` kernel: the GEMM's ``[N(+1), K]`` int8 weight, built once
+        here instead of re-laid out every call; with ``dw``, one extra row of ones so that the
+        same GEMM also yields ``rowsum(A)`` (no second pass over the activations). 1 byte per
+        weight, counted in :attr:`weight_bytes`; 4-bit codes get no copy (they stay packed)."""
+        if self.arithmetic not in ("int8", "emulated") or self.kernel == "triton" or self.packing != "int8":
+            return None
+        w, dw = self.int8_weight()
+        if dw is not None:
+            w = torch.cat([w, torch.ones(1, w.shape[1], dtype=w.dtype)])
+        return w.contiguous()
+
+    def kernel_name(self) -> str:
+        """What computes this layer's integer product (for the runtime report)."""
+        if self.arithmetic != "int8":
+            return ""
+        if self.kernel == "torch":
+            k = self.weight_shape[2:] if self.conv is not None else ()
+            return "torch._int_mm" + (" (im2col)" if k and k != (1, 1) else "")
+        shape = "x".join(map(str, self.weight_shape[2:])) if self.conv is not None else ""
+        name = f"triton igemm {shape} s{self.conv['stride'][0]}" if self.conv is not None else "triton gemm"
+        return name + (", int4 unpacked in kernel" if self.packing == "int4x2" else "")
 
     # -- weights --------------------------------------------------------------------------------
     @property
     def weight_bytes(self) -> int:
-        """Bytes of the weight as held in memory (codes + scales + zero points)."""
-        return storage_bytes(self.qweight) + storage_bytes(self.w_scale) + storage_bytes(self.w_zero)
+        """Bytes of the weight as held in memory (codes + scales + zero points + the GEMM layout)."""
+        return (storage_bytes(self.qweight) + storage_bytes(self.w_scale) + storage_bytes(self.w_zero)
+                + storage_bytes(self.gemm_weight))
 
     def codes(self) -> Tensor:
         """Integer weight codes ``[N, ...]`` (int16)."""
@@ -116,13 +151,19 @@ class RuntimeLayer(nn.Module):
         runs over ``(i, j, c)`` (the channels-last im2col order)."""
         n_out = self.weight_shape[0]
         if self.packing == "int8" and _int8_offset(self.w_bits, self.w_qmin) is not None:
-            w, dw = self.qweight.view(self.weight_shape), (self._w_off - self.w_zero)
+            w, dw = self.qweight.view(self.weight_shape), self.int8_weight_offset()
         else:
             w = (self.codes() - self.w_zero.view((-1,) + (1,) * (len(self.weight_shape) - 1)).to(torch.int16))
             w, dw = w.to(torch.int8), None
         if self.conv is not None:
             w = w.permute(0, 2, 3, 1)
         return w.reshape(n_out, -1), dw
+
+    def int8_weight_offset(self) -> Tensor | None:
+        """``dw`` of :meth:`int8_weight` (8-bit codes shifted into int8), else ``None``."""
+        if self.packing == "int8" and _int8_offset(self.w_bits, self.w_qmin) is not None:
+            return (self._w_off - self.w_zero).to(torch.int32)
+        return None
 
     def _column_sums(self, w: Tensor) -> Tensor:
         """``W.sum(1)`` (int32), fixed per layer: computed once (per device), not per call."""
@@ -163,6 +204,8 @@ class RuntimeLayer(nn.Module):
 
     # -- forward --------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
+        if self._use_triton(x):
+            return self._triton(x, raw=False)
         if self.arithmetic in ("int8", "emulated"):
             return self._forward_int(x)
         if self.arithmetic == "weight_only":
@@ -184,11 +227,63 @@ class RuntimeLayer(nn.Module):
         y = self._float_op(xq, self.dequantized_weight(torch.float32), self.bias)
         return y.to(x.dtype)
 
+    # -- Triton kernels -------------------------------------------------------------------------
+    def _use_triton(self, x: Tensor) -> bool:
+        """The Triton kernel runs this call (a call larger than its int32 offsets, input or output
+        with up to 2x the input's pixels, uses ``torch``)."""
+        out_bound = x.numel() // self.weight_shape[1] * self.weight_shape[0] * 2
+        return self.kernel == "triton" and max(x.numel(), out_bound) <= _TRITON_MAX_NUMEL
+
+    def _triton_constants(self, device: torch.device) -> tuple[Tensor, Tensor, bool]:
+        """``(dw, col, centre)`` for the kernel, which reads the stored codes ``W'``:
+        ``q_w - z_w = W' + dw`` and ``col = colsum(W') + K dw`` (``[N]`` int32); ``centre``: every
+        ``W' + dw`` fits int8 (always for 4-bit codes), so the kernel centres the weight tile
+        itself. Fixed per layer: once per device."""
+        cached = self.__dict__.get("_triton_consts")
+        if cached is None or cached[0].device != device:
+            stored_offset = self.w_qmin if self.packing == "int4x2" else self._w_off
+            dw = (stored_offset - self.w_zero).to(torch.int32)
+            stored = (self.codes().to(torch.int32) - stored_offset).reshape(dw.shape[0], -1)
+            col = stored.sum(1, dtype=torch.int32) + stored.shape[1] * dw
+            centred = stored + dw.view(-1, 1)
+            centre = bool(centred.min() >= -128 and centred.max() <= 127)
+            cached = self.__dict__["_triton_consts"] = (dw.to(device), col.to(torch.int32).to(device), centre)
+        return cached
+
+    def _triton(self, x: Tensor, raw: bool) -> Tensor:
+        """The layer (or, ``raw``, its int32 accumulator, channels last) by the Triton kernel."""
+        from .triton_conv import conv2d_int8
+        from .triton_gemm import linear_int8
+
+        a, s, da = self._act_codes(x)
+        b = x.shape[0]
+        dw, col, centre = self._triton_constants(x.device)
+        kw = {"int4_packed": self.packing == "int4x2", "centre_weight": centre, "dw": dw, "col": col,
+              "da": None if da is None else da.expand(b), "sx": s.float().expand(b), "sw": self.w_scale,
+              "bias": self.bias, "raw": raw,
+              "out_dtype": torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32}
+        if self.conv is None:
+            y = linear_int8(a, self.qweight, self.weight_shape, **kw)
+        else:
+            c = self.conv
+            y = conv2d_int8(a, self.qweight, self.weight_shape, stride=tuple(c["stride"]),
+                            padding=tuple(c["padding"]), **kw).permute(0, 3, 1, 2)
+        return y if raw else y.to(x.dtype)
+
     def int_accumulate(self, x: Tensor) -> tuple[Tensor, Tensor, tuple[int, ...]]:
         """The exact integer part: ``acc [M, N]`` int32 = ``sum_k (q_x - z_x)(q_w - z_w)``, the
         per-row activation step ``[M]`` and the output layout ``(B, Ho, Wo)`` or ``x.shape[:-1]``."""
+        if self._use_triton(x):
+            acc = self._triton(x, raw=True)
+            if self.conv is not None:
+                acc = acc.permute(0, 2, 3, 1)
+            lead = tuple(acc.shape[:-1])
+            acc = acc.reshape(-1, acc.shape[-1])
+            s, _ = self._act_params(x)
+            return acc, s.expand(x.shape[0]).repeat_interleave(acc.shape[0] // x.shape[0]), lead
         a, s, da = self._act_codes(x)
-        w, dw = self.int8_weight()
+        w, dw = self._gemm_weight(x.device)
+        n = self.weight_shape[0]
         b = x.shape[0]
         if self.conv is None:
             lead = tuple(x.shape[:-1])
@@ -201,12 +296,19 @@ class RuntimeLayer(nn.Module):
         rows = a2.shape[0] // b
         gemm = int8_gemm if self.arithmetic == "int8" else emulated_gemm
         acc = gemm(a2, w)
-        if dw is not None:
-            acc += row_sums(a2, gemm).view(-1, 1) * dw.view(1, -1)
-        if da is not None:
-            col = self._column_sums(w) + (0 if dw is None else w.shape[1] * dw)
-            acc += da.expand(b).repeat_interleave(rows).view(-1, 1) * col.view(1, -1)
+        if dw is not None:  # the last output column is rowsum(A) (the weight's ones row)
+            acc = acc[:, :n] + acc[:, n:] * dw.view(1, -1)
+        if da is not None:  # per sample, broadcast over its rows (no per-row copy of da)
+            col = self._column_sums(w[:n]) + (0 if dw is None else w.shape[1] * dw)
+            acc.view(b, rows, n).add_((da.view(-1, 1) * col.view(1, -1)).unsqueeze(1))
         return acc, s.expand(b).repeat_interleave(rows), lead
+
+    def _gemm_weight(self, device: torch.device) -> tuple[Tensor, Tensor | None]:
+        """``(W, dw)`` for ``torch._int_mm``: the copy laid out at load time (8-bit codes), else
+        :meth:`int8_weight` (4-bit codes: unpacked per call, so that they stay packed in memory)."""
+        if self.gemm_weight is not None:
+            return self.gemm_weight, self.int8_weight_offset()
+        return self.int8_weight()
 
     def _forward_int(self, x: Tensor) -> Tensor:
         acc, s_rows, lead = self.int_accumulate(x)
@@ -224,4 +326,5 @@ class RuntimeLayer(nn.Module):
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"{self.kind} w{self.w_bits}a{self.a_quant.bits}, {self.packing}, {self.arithmetic}"
+        kernel = f", {self.kernel}" if self.kernel else ""
+        return f"{self.kind} w{self.w_bits}a{self.a_quant.bits}, {self.packing}, {self.arithmetic}{kernel}"

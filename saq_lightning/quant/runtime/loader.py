@@ -24,12 +24,16 @@ from torch import nn
 from ..attention import QuantAttnProcessor
 from ..export import CONFIG, FORMAT, load_exported, read_manifest
 from ..model import QuantizedUNet
-from .kernels import probe_int8_gemm
+from .kernels import PROBE_SHAPE, cpu_int8_flags, int8_gemm_speedup, probe_int8_gemm
 from .layers import ARITHMETICS, RuntimeLayer
 from .report import LayerArithmetic, RuntimeReport
+from .triton_conv import triton_unavailable
 
 #: what ``arithmetic=`` accepts; "int4" is refused with an explanation (no such kernel exists).
 REQUESTABLE = ("int8", "weight_only", "fake")
+#: what ``int8_kernel=`` accepts (see :func:`choose_int8_kernel`).
+INT8_KERNELS = ("auto", "torch", "triton")
+_TRITON_LIMIT = "; a call with a tensor over 2^31 elements falls back to torch._int_mm (int32 offsets)"
 
 
 def read_config(folder: Path) -> dict[str, Any] | None:
@@ -106,6 +110,7 @@ def load_runtime(
     dtype: torch.dtype | None = None,
     model: nn.Module | None = None,
     allow_fallback: bool = False,
+    int8_kernel: str = "auto",
 ) -> QuantizedUNet:
     """Load an export as a low-bit runtime.
 
@@ -120,6 +125,10 @@ def load_runtime(
         model: FP module of the export's architecture to build on (default: built from the config).
         allow_fallback: if the device has no int8 GEMM, multiply the integer codes in float64
             (exact, slow) instead of raising.
+        int8_kernel: for ``arithmetic="int8"``: ``auto`` (Triton on CUDA; on a CPU
+            ``torch._int_mm`` if a load-time probe finds it faster than fp32, else the
+            weight-only path, stated), ``torch`` (``torch._int_mm`` wherever it runs) or ``triton``
+            (CUDA, or the CPU under ``TRITON_INTERPRET=1``).
     """
     folder = Path(path)
     if arithmetic == "int4":
@@ -129,15 +138,22 @@ def load_runtime(
         )
     if arithmetic not in REQUESTABLE:
         raise ValueError(f"unknown arithmetic {arithmetic!r}; expected one of {REQUESTABLE}")
+    if int8_kernel not in INT8_KERNELS:
+        raise ValueError(f"unknown int8_kernel {int8_kernel!r}; expected one of {INT8_KERNELS}")
     device = torch.device(device)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such export folder")
     config = read_config(folder)
     manifest = read_manifest(folder)
     check_export(folder, manifest, config)
-    chosen = arithmetic
+    chosen, kernel, layer_note = arithmetic, "torch", ""
     notes: list[str] = []
     if arithmetic == "int8":
+        kernel, chosen, line = choose_int8_kernel(device, int8_kernel)
+        notes += [line] if line else []
+        if chosen != "int8":
+            layer_note = "int8 GEMM slower than fp32 on this CPU (load-time probe)"
+    if chosen == "int8" and kernel == "torch":
         reason = probe_int8_gemm(str(device))
         if reason is not None:
             first = next(iter(manifest["layers"]), "?")
@@ -154,7 +170,7 @@ def load_runtime(
     except ValueError as e:
         raise ValueError(e if str(folder) in str(e) else f"{folder}: {e}") from e
     if arithmetic != "fake":
-        _swap_layers(student, chosen)
+        _swap_layers(student, chosen, kernel, layer_note)
     student.to(device)
     if dtype is not None:
         _cast_float_parts(student, dtype)
@@ -162,12 +178,45 @@ def load_runtime(
     return student.eval()
 
 
-def _swap_layers(student: QuantizedUNet, arithmetic: str) -> None:
+def choose_int8_kernel(device: torch.device, requested: str) -> tuple[str, str, str]:
+    """``(kernel, arithmetic, report line)`` for ``arithmetic="int8"`` on ``device``.
+
+    ``auto``: Triton on CUDA (``torch._int_mm`` if Triton is missing, stated); on a CPU,
+    ``torch._int_mm`` only where it beats the fp32 matmul at :data:`.kernels.PROBE_SHAPE` (timed
+    once per process: ATen's int8 GEMM is fast with VNNI/AMX and 10-40x slower than fp32 without),
+    else the weight-only path, so that ``int8`` never silently runs slower than float."""
+    reason = triton_unavailable(device)
+    if requested == "triton":
+        if reason is not None:
+            raise ValueError(f"int8_kernel='triton': {reason}")
+        return "triton", "int8", "int8 kernels: Triton implicit GEMM (requested)" + _TRITON_LIMIT
+    if requested == "torch" or device.type not in ("cuda", "cpu"):
+        return "torch", "int8", "int8 kernels: torch._int_mm" + (" (requested)" if requested == "torch" else "")
+    if device.type == "cuda":
+        if reason is None:
+            return "triton", "int8", "int8 kernels: Triton implicit GEMM (CUDA)" + _TRITON_LIMIT
+        return "torch", "int8", f"fallback: {reason}; int8 kernels: torch._int_mm"
+    if probe_int8_gemm(str(device)) is not None:
+        return "torch", "int8", ""  # no int8 GEMM at all: the caller raises or emulates, stated
+    t_int8, t_fp32 = int8_gemm_speedup(str(device))
+    shape = "x".join(map(str, PROBE_SHAPE))
+    measured = f"torch._int_mm {t_int8:.2f} ms vs fp32 {t_fp32:.2f} ms at {shape} ({cpu_int8_flags()})"
+    if t_int8 >= t_fp32:
+        return "torch", "weight_only", (
+            f"fallback: {measured}: no integer GEMM beats float on this processor, so weight-only "
+            "(packed weights, float arithmetic); int8_kernel='torch' forces int8"
+        )
+    return "torch", "int8", f"int8 kernels: {measured}, {t_fp32 / t_int8:.1f}x faster than fp32"
+
+
+def _swap_layers(student: QuantizedUNet, arithmetic: str, kernel: str = "torch", note: str = "") -> None:
     assert arithmetic in ARITHMETICS
     for name, layer in list(student.quant_layers()):
         parent_name, _, child = name.rpartition(".")
         parent = student.unet.get_submodule(parent_name) if parent_name else student.unet
-        setattr(parent, child, RuntimeLayer(layer, arithmetic))
+        runtime = RuntimeLayer(layer, arithmetic, kernel)
+        runtime.note = runtime.note or note
+        setattr(parent, child, runtime)
 
 
 def _cast_float_parts(student: QuantizedUNet, dtype: torch.dtype) -> None:
@@ -199,7 +248,7 @@ def build_report(student: QuantizedUNet, device: str, requested: str, notes: lis
             if not note and m.arithmetic in ("int8", "emulated") and min(m.w_bits, m.a_quant.bits) < 8:
                 note = f"{min(m.w_bits, m.a_quant.bits)}-bit codes in int8 kernels: no 4-bit arithmetic kernel"
             report.layers.append(LayerArithmetic(name, kind, f"w{m.w_bits}a{m.a_quant.bits}", m.packing,
-                                                 m.arithmetic, note))
+                                                 m.arithmetic, note, m.kernel_name()))
         elif hasattr(m, "w_quant") and getattr(m, "integer", False):  # arithmetic="fake"
             w, a = m.w_quant.bits, m.a_quant.bits
             report.layers.append(LayerArithmetic(name, type(m.base).__name__, f"w{w}a{a}",

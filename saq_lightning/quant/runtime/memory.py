@@ -18,7 +18,7 @@ def weight_bytes(model: nn.Module) -> dict[str, int]:
     for m in model.modules():
         if isinstance(m, RuntimeLayer):
             quantized += m.weight_bytes
-            seen.update(id(t) for t in (m.qweight, m.w_scale, m.w_zero))
+            seen.update(id(t) for t in (m.qweight, m.w_scale, m.w_zero, m.gemm_weight) if t is not None)
     other = 0
     for t in list(model.parameters()) + list(model.buffers()):
         if id(t) not in seen:

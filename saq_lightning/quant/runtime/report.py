@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 DESCRIPTIONS = {
-    "int8": "int8 x int8 -> int32 GEMM (torch._int_mm)",
+    "int8": "int8 x int8 -> int32 GEMM (kernel named per layer)",
     "emulated": "integer codes multiplied in float64 (fallback: no int8 GEMM on this device)",
     "weight_only": "weights dequantized per call, float activations",
     "fake": "fake-quant float (dequantized weight, fake-quantized input)",
@@ -22,6 +22,7 @@ class LayerArithmetic:
     weight_storage: str  # int4x2, int8, fp32, ...
     arithmetic: str  # a key of DESCRIPTIONS
     note: str = ""
+    kernel: str = ""  # what computes the integer product (int8 arithmetic only)
 
 
 @dataclass
@@ -54,7 +55,8 @@ class RuntimeReport:
         width = max([len(r.name) for r in self.layers] + [5])
         lines = [self.summary(), *self.notes, f"{'layer':<{width}}  {'kind':<16} {'bits':<6} {'weights':<8} arithmetic"]
         for r in self.layers:
+            kernel = f" [{r.kernel}]" if r.kernel else ""
             extra = f" ({r.note})" if r.note else ""
-            lines.append(f"{r.name:<{width}}  {r.kind:<16} {r.bits:<6} {r.weight_storage:<8} {r.arithmetic}{extra}")
+            lines.append(f"{r.name:<{width}}  {r.kind:<16} {r.bits:<6} {r.weight_storage:<8} {r.arithmetic}{kernel}{extra}")
         lines.append("arithmetics: " + "; ".join(f"{k} = {DESCRIPTIONS[k]}" for k in sorted(self.counts())))
         return "\n".join(lines)
