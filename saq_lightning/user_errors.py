@@ -39,12 +39,13 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from saq_lightning.metrics.sampling_run import RunMismatchError
     from saq_lightning.models.key_accounting import CheckpointKeyError
     from saq_lightning.outputs import OutputExistsError
+    from saq_lightning.quant.kernels import QuantKernelsError
     from saq_lightning.sampling.errors import SamplingError
 
     return (ArgumentError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
             ShardError, ManifestError, PhaseError, ResumeMismatchError, CheckpointMismatchError, CheckpointKeyError,
             RunMismatchError, SampleFormatError, SamplingError, OutputExistsError, NonFiniteLossError,
-            DataValueError)
+            DataValueError, QuantKernelsError)
 
 
 def split_traceback_flag(argv: list[str]) -> tuple[list[str], bool]:

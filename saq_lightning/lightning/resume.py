@@ -33,7 +33,7 @@ from .optim import LinearDecay, group_kind
 from .settings import OptimizerSettings
 
 #: model settings a resumed run may change (dotted paths into the module's hyperparameters)
-RESUMABLE_CHANGES = ("optimizer.lr", "compile")  # compile: how the student runs, not what it is
+RESUMABLE_CHANGES = ("optimizer.lr", "compile", "quant_kernels")  # how the student runs, not what it is
 _IGNORED = ("_class_path", "_instantiator")  # _class_path: saved by older versions
 
 
