@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from functools import cache
 from typing import Literal
 
 import torch
@@ -39,14 +38,13 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
-@cache
-def _triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
+#: checked once: a constant for torch.compile, which traces :func:`kernel_path` in every layer's forward
+TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 
 def triton_unavailable(device: torch.device) -> str | None:
     """Why the Triton kernels cannot run on ``device`` (``None``: they can)."""
-    if not _triton_installed():
+    if not TRITON_INSTALLED:
         return "the 'triton' package is not installed"
     if device.type == "cuda" or interpreting():
         return None
@@ -58,9 +56,9 @@ def kernel_path(choice: str, device: torch.device) -> str:
     """``"triton"`` or ``"eager"``: what ``choice`` runs on ``device`` (``triton`` impossible: error)."""
     if check_kernels(choice) == "eager":
         return "eager"
-    reason = triton_unavailable(device)
     if choice == "auto":
-        return "triton" if device.type == "cuda" and reason is None else "eager"
+        return "triton" if device.type == "cuda" and TRITON_INSTALLED else "eager"
+    reason = triton_unavailable(device)
     if reason is not None:
         raise QuantKernelsError(f"quant_kernels='triton': {reason}; use quant_kernels='auto' or 'eager'")
     return "triton"
