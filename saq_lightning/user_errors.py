@@ -42,12 +42,13 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from saq_lightning.models.key_accounting import CheckpointKeyError
     from saq_lightning.outputs import OutputExistsError
     from saq_lightning.quant.export import ExportMismatchError
+    from saq_lightning.quant.kernels import QuantKernelsError
     from saq_lightning.sampling.errors import SamplingError
 
     return (ArgumentError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
             ShardError, ManifestError, PhaseError, ResumeMismatchError, CheckpointMismatchError, CheckpointKeyError,
             RunMismatchError, SampleFormatError, SamplingError, OutputExistsError, NonFiniteLossError,
-            DataValueError, RunFolderBusyError, UnreadableFileError, ExportMismatchError)
+            DataValueError, RunFolderBusyError, UnreadableFileError, ExportMismatchError, QuantKernelsError)
 
 
 def split_traceback_flag(argv: list[str]) -> tuple[list[str], bool]:

@@ -45,6 +45,7 @@ from saq_lightning.quant import (
     quantize_model,
     trainable_state_dict,
 )
+from saq_lightning.quant.report import kernels_summary
 from saq_lightning.sampling import sample
 from saq_lightning.sampling.predictor import select_batch
 
@@ -152,6 +153,8 @@ class SAQLightningModule(L.LightningModule):
         compile: run the student's training/sampling calls through ``torch.compile`` (the
             student module itself, its state and checkpoints stay the eager ones); a string
             names the backend (default ``inductor``; e.g. ``aot_eager``).
+        quant_kernels: how the quantizer pieces run: ``auto`` (fused Triton kernels on CUDA, eager
+            elsewhere), ``triton`` (an error where it cannot run) or ``eager``; printed at fit start.
     """
 
     def __init__(
@@ -175,6 +178,7 @@ class SAQLightningModule(L.LightningModule):
         allow_teacher_transfer: bool = False,
         init_from: str | None = None,
         compile: bool | str = False,
+        quant_kernels: Literal["auto", "triton", "eager"] = "auto",
     ) -> None:
         super().__init__()
         if alignment not in ("mixed_order", "same_input"):
@@ -226,7 +230,7 @@ class SAQLightningModule(L.LightningModule):
         self.seed = int(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            self.student, self.quant_report = quantize_model(self.teacher.unet, self.policy)
+            self.student, self.quant_report = quantize_model(self.teacher.unet, self.policy, kernels=quant_kernels)
         net = self.student
         if compile:
             net = torch.compile(net, **({"backend": compile} if isinstance(compile, str) else {}))
@@ -413,6 +417,7 @@ class SAQLightningModule(L.LightningModule):
     def on_fit_start(self) -> None:
         # Lightning keeps module modes as they are; the student was copied from the (eval) teacher
         self.train()
+        log.info(kernels_summary(self.student, self.device))
 
     def on_train_start(self) -> None:
         if self.restored_from_checkpoint:  # optimizer and scheduler are restored by now

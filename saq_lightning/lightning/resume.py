@@ -39,7 +39,7 @@ from .settings import OptimizerSettings
 log = logging.getLogger(__name__)
 
 #: model settings a resumed run may change (dotted paths into the module's hyperparameters)
-RESUMABLE_CHANGES = ("optimizer.lr", "compile")  # compile: how the student runs, not what it is
+RESUMABLE_CHANGES = ("optimizer.lr", "compile", "quant_kernels")  # how the student runs, not what it is
 _IGNORED = ("_class_path", "_instantiator")  # _class_path: saved by older versions
 
 

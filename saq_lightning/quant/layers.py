@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .functional import dequantize, fake_quantize
+from .kernels import check_kernels, kernel_path
 from .lora import LoRA
 from .ops import Conv2dOp, LinearOp, Quantized, identity, merge_lora, quantized_op
 from .policy import LayerPlan, check_wrappable
@@ -54,6 +55,21 @@ class QuantLayer(nn.Module):
         self.quant_act = True
         self.register_buffer("qweight", None)  # integer codes after load_exported
         self.rounding: nn.Module | None = None  # AdaRound decisions (quant.rounding), SA-PTQ
+        self.kernels = "auto"  # quant_kernels: how the quantizer pieces run (quant.kernels)
+
+    # -- implementation -------------------------------------------------------------------------
+    def set_kernels(self, choice: str) -> None:
+        """``auto`` (fused Triton kernels on CUDA, eager elsewhere), ``triton`` or ``eager``."""
+        self.kernels = check_kernels(choice)
+
+    def kernel_paths(self, device: torch.device | None = None) -> tuple[str, str]:
+        """``(activation piece, weight piece)`` implementations on ``device`` (default: the layer's):
+        ``triton`` or ``eager``. AdaRound rounding and integer weights always run eager."""
+        if device is None:
+            device = self.w_quant.step.device
+        path = kernel_path(self.kernels, device)
+        weight = "eager" if self.integer or self.rounding is not None else path
+        return path, weight
 
     # -- weight ---------------------------------------------------------------------------------
     @property
@@ -81,9 +97,10 @@ class QuantLayer(nn.Module):
         b = self.base
         return b.weight.dtype if "weight" in b._parameters else torch.float32
 
-    def _weight_piece(self) -> Quantized:
+    def _weight_piece(self, fused: bool, cdt: torch.dtype) -> Quantized:
         """The weight as a quantizer function of its tensors: merge LoRA, then fake-quantize
-        (nearest rounding, or the learnt AdaRound decisions); integer mode: dequantize."""
+        (nearest rounding, or the learnt AdaRound decisions); integer mode: dequantize.
+        ``fused``: merge and fake-quantize in the Triton kernels, written as ``cdt``."""
         wq = self.w_quant
         if self.integer:
             return Quantized(dequantize, (self.qweight, *wq.effective()))
@@ -100,20 +117,32 @@ class QuantLayer(nn.Module):
         if self.rounding is not None:
             fn = partial(_merged_adaround, scaling, wq.qmin, wq.qmax, self.rounding.offset)
             return Quantized(fn, (*merge, *wq.effective(), self.rounding.decisions))
-        fn = partial(_merged_fake_quant, scaling, wq.qmin, wq.qmax, wq.grad_factor)
+        if fused:
+            from .kernels.fused import fused_merged_fake_quant
+
+            fn = partial(fused_merged_fake_quant, scaling, wq.qmin, wq.qmax, wq.grad_factor, cdt)
+        else:
+            fn = partial(_merged_fake_quant, scaling, wq.qmin, wq.qmax, wq.grad_factor)
         return Quantized(fn, (*merge, *wq.effective()))
 
-    def _act_piece(self, x: Tensor) -> Quantized:
+    def _act_piece(self, x: Tensor, fused: bool, cdt: torch.dtype) -> Quantized:
         if not self.quant_act:
             return Quantized(identity, (x,))
         aq = self.a_quant
         s, z, gf = aq.params_for(x)
+        if fused:
+            from .kernels.fused import fused_fake_quant
+
+            return Quantized(partial(fused_fake_quant, qmin=aq.qmin, qmax=aq.qmax, grad_factor=gf, out_dtype=cdt),
+                             (x, s, z))
         return Quantized(partial(_fake_quant_fp32, qmin=aq.qmin, qmax=aq.qmax, grad_factor=gf), (x, s, z))
 
     def forward(self, x: Tensor) -> Tensor:
-        w = self._weight_piece()
+        cdt = self._compute_dtype(x)
+        act, weight = self.kernel_paths(x.device)
+        w = self._weight_piece(weight == "triton", cdt)
         self.a_quant.observe(x)
-        return quantized_op(self.op, self._act_piece(x), w, self.bias, self._compute_dtype(x))
+        return quantized_op(self.op, self._act_piece(x, act == "triton", cdt), w, self.bias, cdt)
 
     # -- export ---------------------------------------------------------------------------------
     @torch.no_grad()

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from .attention import QuantAttnProcessor, is_diffusers_attention
 from .bucket_map import BucketMap
+from .kernels import check_kernels
 from .layers import QuantLayer, wrapper_for
 from .policy import LayerPlan, QuantPolicy, as_policy, resolve_policy
 from .report import QuantReport, build_report
@@ -109,6 +110,13 @@ class QuantizedUNet(nn.Module):
             if isinstance(m, QuantLayer):
                 yield name, m
 
+    def set_quant_kernels(self, choice: str) -> None:
+        """How every quantized layer runs its quantizer pieces: ``auto`` (fused Triton kernels on
+        CUDA, eager elsewhere), ``triton`` or ``eager`` (:mod:`~saq_lightning.quant.kernels`)."""
+        check_kernels(choice)
+        for _, layer in self.quant_layers():
+            layer.set_kernels(choice)
+
     def act_quantizers(self) -> Iterator[tuple[str, TimestepActQuantizer]]:
         for name, m in self.unet.named_modules():
             if isinstance(m, TimestepActQuantizer):
@@ -125,9 +133,15 @@ class QuantizedUNet(nn.Module):
 
 
 def quantize_model(
-    unet: nn.Module, policy: QuantPolicy | str | Mapping[str, Any] = "w4a4", *, warn: bool = True
+    unet: nn.Module, policy: QuantPolicy | str | Mapping[str, Any] = "w4a4", *, warn: bool = True,
+    kernels: str = "auto",
 ) -> tuple[QuantizedUNet, QuantReport]:
     """Build the quantized student of ``unet`` according to ``policy``.
+
+    ``kernels`` (``quant_kernels``): ``auto`` runs the quantizer pieces in fused Triton kernels on
+    CUDA and eagerly elsewhere; ``triton`` / ``eager`` force one (``triton`` where Triton cannot
+    run raises :class:`~saq_lightning.quant.kernels.QuantKernelsError`). Not part of the policy:
+    both give the same student (same values, gradients to summation order).
 
     The teacher ``unet`` is frozen in place (``requires_grad=False``; its tensors are shared with
     the student) and otherwise left untouched. Trainable: LoRA and quantizer parameters only.
@@ -136,9 +150,11 @@ def quantize_model(
     if isinstance(unet, QuantizedUNet) or any(isinstance(m, QuantLayer) for m in unet.modules()):
         raise TypeError("quantize_model expects a full-precision UNet, got an already quantized model")
     policy = as_policy(policy)
+    check_kernels(kernels)
     resolution = resolve_policy(unet, policy, warn=warn)
     unet.requires_grad_(False)
     student = build_student(unet, policy, resolution.layers)
+    student.set_quant_kernels(kernels)
     report = build_report(student.unet, policy, resolution)
     return student, report
 

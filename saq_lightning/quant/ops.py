@@ -26,13 +26,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def lora_delta(weight: Tensor, lora_a: Tensor | None, lora_b: Tensor | None, scaling: float) -> Tensor | None:
+    """``scaling * B @ A`` shaped like ``weight``, at least fp32 (``None`` without LoRA)."""
+    if lora_a is None:
+        return None
+    dt = torch.promote_types(weight.dtype, torch.float32)
+    return (lora_b.to(dt) * scaling).matmul(lora_a.to(dt).flatten(1)).view(weight.shape)
+
+
 def merge_lora(weight: Tensor, lora_a: Tensor | None, lora_b: Tensor | None, scaling: float) -> Tensor:
     """``W + scaling * B @ A`` (at least fp32 if LoRA is present; ``W`` itself otherwise)."""
-    if lora_a is None:
+    delta = lora_delta(weight, lora_a, lora_b, scaling)
+    if delta is None:
         return weight
-    dt = torch.promote_types(weight.dtype, torch.float32)
-    delta = (lora_b.to(dt) * scaling).matmul(lora_a.to(dt).flatten(1))
-    return weight.to(dt) + delta.view(weight.shape)
+    return weight.to(delta.dtype) + delta
 
 
 class Quantized(NamedTuple):

@@ -9,12 +9,15 @@ matmuls are not conv/linear MACs: they are listed apart and left out of the BOPs
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import torch
 from torch import nn
 
 from .attention import QuantAttnProcessor
+from .kernels import QuantKernelsError
 from .layers import QuantLayer
 from .macs import MacCounts
 from .policy import QuantPolicy, Resolution
@@ -30,6 +33,7 @@ class ReportRow:
     base_params: int
     lora_params: int
     quant_params: int
+    kernels: str = "-"  # quantizer pieces: "triton" / "eager" (activation/weight if they differ)
     macs: int | None = None  # per sample and evaluation; None: not counted (see QuantReport.with_macs)
 
     @property
@@ -124,16 +128,17 @@ class QuantReport:
         return asdict(self)
 
     def __str__(self) -> str:
-        head = ("module", "type", "W", "A", "LoRA", "base", "lora", "quant")
+        head = ("module", "type", "W", "A", "LoRA", "base", "lora", "quant", "kernels")
         lines = [
             (r.module, r.type, _b(r.weight_bits), _b(r.act_bits), str(r.lora_rank),
-             f"{r.base_params:,}", f"{r.lora_params:,}", f"{r.quant_params:,}")
+             f"{r.base_params:,}", f"{r.lora_params:,}", f"{r.quant_params:,}", r.kernels)
             for r in self.rows
         ]
         widths = [max(len(h), *(len(ln[i]) for ln in lines)) if lines else len(h) for i, h in enumerate(head)]
 
         def fmt(cells):
-            return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+            return "  ".join(c.ljust(w) if i < 2 or i == 8 else c.rjust(w)
+                             for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
         out = [f"quantization policy {self.policy!r}", fmt(head), fmt(["-" * w for w in widths])]
         out += [fmt(ln) for ln in lines]
@@ -175,6 +180,32 @@ def _b(bits: int | None) -> str:
     return "fp" if bits is None else str(bits)
 
 
+def kernels_label(layer: QuantLayer, device: torch.device | None = None) -> str:
+    """Which implementation runs ``layer``'s quantizer pieces on ``device`` (default: where its
+    weights are now): ``triton``, ``eager``, or ``activation/weight`` when they differ (``quant_kernels``
+    and the device decide; see :mod:`~saq_lightning.quant.kernels`). Raises
+    :class:`~saq_lightning.quant.kernels.QuantKernelsError` for ``triton`` where it cannot run."""
+    act, weight = layer.kernel_paths(device)
+    return act if act == weight else f"{act}/{weight}"
+
+
+def _row_kernels(layer: QuantLayer) -> str:
+    try:
+        return kernels_label(layer)
+    except QuantKernelsError:  # e.g. built on the CPU, trained on CUDA: the forward decides
+        return f"{layer.kernels} (not on {layer.w_quant.step.device.type})"
+
+
+def kernels_summary(tree: nn.Module, device: torch.device) -> str:
+    """One line: which implementation runs the quantizer pieces of ``tree``'s layers on ``device``
+    (a request for ``triton`` where it cannot run raises)."""
+    layers = [m for m in tree.modules() if isinstance(m, QuantLayer)]
+    counts = Counter(kernels_label(m, device) for m in layers)
+    choices = sorted({m.kernels for m in layers})
+    paths = ", ".join(f"{k} in {n}" for k, n in sorted(counts.items()))
+    return f"quant_kernels={'/'.join(choices)} on {device}: quantizer pieces run {paths or 'nowhere'} of {len(layers)} layers"
+
+
 def _count(module) -> int:
     return sum(p.numel() for p in module.parameters()) if module is not None else 0
 
@@ -195,6 +226,7 @@ def build_report(tree: nn.Module, policy: QuantPolicy, resolution: Resolution) -
                 base_params=_count(layer.base),
                 lora_params=_count(layer.lora),
                 quant_params=_count(layer.w_quant) + _count(layer.a_quant),
+                kernels=_row_kernels(layer),
             )
         )
     for name in resolution.fp_kept:
