@@ -33,7 +33,7 @@ def test_a_config_typo_is_one_line_naming_the_key_and_the_nearest_valid_one(tmp_
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert lines[0] == (f"error: unknown key 'guidance_scal' in model (config {path}); "
-                        f"nearest valid: guidance_scale")
+                        f"nearest valid: guidance_scale, guidance_alignment")  # closest first
     assert len(lines) == 2 and "--traceback" in lines[1]
     assert "usage:" not in done.stderr and "Traceback" not in done.stderr
 
