@@ -63,7 +63,7 @@ def cond_call() -> dict[str, torch.Tensor]:
 
 
 def _compare_end_to_end(folder, call):
-    fake, rt = load_exported(folder), load_runtime(folder)
+    fake, rt = load_exported(folder), load_runtime(folder, int8_kernel="torch")
     with torch.no_grad(), capture_inputs(fake) as f_in, capture_inputs(rt) as r_in:
         y_fake, y_rt = fake(**call).sample, rt(**call).sample
     return fake, rt, f_in, r_in, y_fake, y_rt
@@ -141,7 +141,7 @@ def test_weight_only_runtime_is_the_export_with_float_activations(cond_export):
 
 
 def test_report_names_every_layer_and_the_4_bit_values_in_int8_kernels(cond_export):
-    rt = load_runtime(cond_export)
+    rt = load_runtime(cond_export, int8_kernel="torch")
     report = rt.runtime_report
     rows = {r.name: r for r in report.layers}
     assert rows["down_blocks.0.resnets.0.conv1"].arithmetic == "int8"
@@ -157,7 +157,7 @@ def test_bf16_runtime_keeps_integer_tables_in_fp32_and_stays_close_to_fp32_at_w8
     within 10% of the fp32 runtime's (bf16 rounding before quantization moves some codes)."""
     _, student = calibrated_cond_student("w8a8")
     folder = export_student(student, tmp_path / "w8a8")
-    rt = load_runtime(folder, dtype=torch.bfloat16)
+    rt = load_runtime(folder, dtype=torch.bfloat16, int8_kernel="torch")
     call = cond_call()
     call["sample"], call["encoder_hidden_states"] = call["sample"].bfloat16(), call["encoder_hidden_states"].bfloat16()
     layer = dict(rt.unet.named_modules())["down_blocks.0.resnets.0.conv1"]
@@ -165,6 +165,6 @@ def test_bf16_runtime_keeps_integer_tables_in_fp32_and_stays_close_to_fp32_at_w8
     assert rt.unet.conv_norm_out.weight.dtype == torch.bfloat16
     with torch.no_grad():
         out = rt(**call).sample
-        ref = load_runtime(folder)(**cond_call()).sample
+        ref = load_runtime(folder, int8_kernel="torch")(**cond_call()).sample
     assert out.dtype == torch.bfloat16
     assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max()

@@ -122,7 +122,7 @@ def test_a_device_without_int8_gemm_is_an_error_naming_the_layer(export, monkeyp
 
 
 def test_the_stated_fallback_is_exact_float64_emulation(export, monkeypatch):
-    reference = load_runtime(export)
+    reference = load_runtime(export, int8_kernel="torch")
     call = cond_batch(b=2, seed=4)
     with torch.no_grad():
         want = reference(**call).sample
@@ -166,7 +166,7 @@ def test_strided_and_pointwise_convs_run_int8_and_a_grouped_conv_falls_back_stat
     t = torch.tensor([10, 500, 990])
     calibrate(student, [{"sample": x, "timestep": t}], act_method="minmax", weight_method="minmax")
     folder = export_student(student.eval(), tmp_path / "convs")
-    rt = load_runtime(folder, model=_Convs())
+    rt = load_runtime(folder, model=_Convs(), int8_kernel="torch")
     rows = {r.name: r for r in rt.runtime_report.layers}
     assert rows["strided"].arithmetic == rows["pointwise"].arithmetic == "int8"
     assert rows["grouped"].arithmetic == "fake" and "grouped/dilated" in rows["grouped"].note
