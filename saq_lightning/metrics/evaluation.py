@@ -456,10 +456,12 @@ def default_metrics(samples: SampleFile, reference: str | None, has_prompts: boo
     """Every metric of the samples' kind (digits for 8x8x1, Inception and CLIP otherwise) whose
     reference, labels and prompts are at hand. Metrics the sample count cannot support are then
     dropped from the default (and noted); asked for explicitly they are an error."""
-    if reference == "digits" and samples.image_shape != DIGITS_SHAPE:
+    one_channel = samples.image_shape[-1] == 1
+    if (reference == "digits" or one_channel and reference is None) and samples.image_shape != DIGITS_SHAPE:
         raise SampleFormatError(
             f"{samples.path}: images of {'x'.join(map(str, samples.image_shape))} (HxWxC), but the digits "
-            f"reference and metrics compare {'x'.join(map(str, DIGITS_SHAPE))} digit images")
+            f"reference and metrics compare {'x'.join(map(str, DIGITS_SHAPE))} digit images (to score other "
+            f"single-channel images with Inception metrics, name them: --metrics '[is]')")
     have = {"labels": samples.labels is not None, "prompts": has_prompts}
     return [m.name for m in METRICS.values()
             if ("digits_samples" in m.inputs) == (samples.image_shape == DIGITS_SHAPE) and (reference is not None or not m.needs_reference)
