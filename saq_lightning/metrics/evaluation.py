@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from saq_lightning.files import sha256_file
+from saq_lightning.files import sha256_file, write_text_atomic
 
 from .clip_score import clip_score, load_clip, resolve_clip
 from .digits_classifier import default_classifier_path, load_digits_classifier
@@ -116,9 +116,9 @@ class EvaluationResult:
         return "\n".join(lines) + "\n"
 
     def write(self, json_path: str | os.PathLike, markdown_path: str | os.PathLike | None = None) -> None:
-        Path(json_path).write_text(json.dumps(self.as_dict(), indent=2) + "\n")
+        write_text_atomic(json_path, json.dumps(self.as_dict(), indent=2) + "\n")
         if markdown_path is not None:
-            Path(markdown_path).write_text(self.to_markdown())
+            write_text_atomic(markdown_path, self.to_markdown())
 
 
 def resolve_device(device: str) -> torch.device:
