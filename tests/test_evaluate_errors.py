@@ -151,10 +151,11 @@ def test_labels_outside_the_digits_classes_are_an_error_not_accuracy_zero(tmp_pa
     assert not (tmp_path / "eval.json").exists()
 
 
-def test_wrong_size_samples_against_the_digits_reference_name_the_size_not_inception(tmp_path, capsys):
+@pytest.mark.parametrize("reference", [["--reference", "digits"], []], ids=["digits-reference", "default"])
+def test_wrong_size_digit_samples_name_the_size_not_inception(tmp_path, capsys, reference):
     path = save(tmp_path / "s.npz", arr_0=np.random.default_rng(0).integers(0, 256, (20, 16, 16, 1), dtype=np.uint8))
     with pytest.raises(SystemExit) as stop:
-        main(["evaluate", "--samples", path, "--reference", "digits", "--device", "cpu"])
+        main(["evaluate", "--samples", path, *reference, "--device", "cpu"])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and "16x16x1" in err and "8x8x1" in err
-    assert "nception" not in err and len([line for line in err.splitlines() if line.startswith("error:")]) == 1
+    assert "weights" not in err and len([line for line in err.splitlines() if line.startswith("error:")]) == 1

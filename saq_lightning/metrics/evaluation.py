@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from saq_lightning.files import sha256_file
+from saq_lightning.files import sha256_file, write_text_atomic
 
 from .clip_score import clip_score, load_clip, resolve_clip
 from .digits_classifier import default_classifier_path, load_digits_classifier
@@ -116,9 +116,9 @@ class EvaluationResult:
         return "\n".join(lines) + "\n"
 
     def write(self, json_path: str | os.PathLike, markdown_path: str | os.PathLike | None = None) -> None:
-        Path(json_path).write_text(json.dumps(self.as_dict(), indent=2) + "\n")
+        write_text_atomic(json_path, json.dumps(self.as_dict(), indent=2) + "\n")
         if markdown_path is not None:
-            Path(markdown_path).write_text(self.to_markdown())
+            write_text_atomic(markdown_path, self.to_markdown())
 
 
 def resolve_device(device: str) -> torch.device:
@@ -456,10 +456,12 @@ def default_metrics(samples: SampleFile, reference: str | None, has_prompts: boo
     """Every metric of the samples' kind (digits for 8x8x1, Inception and CLIP otherwise) whose
     reference, labels and prompts are at hand. Metrics the sample count cannot support are then
     dropped from the default (and noted); asked for explicitly they are an error."""
-    if reference == "digits" and samples.image_shape != DIGITS_SHAPE:
+    one_channel = samples.image_shape[-1] == 1
+    if (reference == "digits" or one_channel and reference is None) and samples.image_shape != DIGITS_SHAPE:
         raise SampleFormatError(
             f"{samples.path}: images of {'x'.join(map(str, samples.image_shape))} (HxWxC), but the digits "
-            f"reference and metrics compare {'x'.join(map(str, DIGITS_SHAPE))} digit images")
+            f"reference and metrics compare {'x'.join(map(str, DIGITS_SHAPE))} digit images (to score other "
+            f"single-channel images with Inception metrics, name them: --metrics '[is]')")
     have = {"labels": samples.labels is not None, "prompts": has_prompts}
     return [m.name for m in METRICS.values()
             if ("digits_samples" in m.inputs) == (samples.image_shape == DIGITS_SHAPE) and (reference is not None or not m.needs_reference)

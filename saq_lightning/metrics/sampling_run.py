@@ -344,6 +344,6 @@ def _merge(out: Path, parts: Path, plan: SamplingPlan, fingerprint: dict[str, An
                   title=f"{info.get('student', 'fp') if info else 'fp'}: {plan.setting.label()}")
     meta = {"fingerprint": fingerprint, "settings": {**plan.setting.as_dict(), "label": plan.setting.label()},
             "num_samples": plan.num_samples, "seed": plan.seed, **info}
-    (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    write_text_atomic(out / META_FILE, json.dumps(meta, indent=2) + "\n")
     if not keep_parts:
         shutil.rmtree(parts)
