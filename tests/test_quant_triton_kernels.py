@@ -23,7 +23,14 @@ from conftest import make_tiny_unet2d_condition
 from quant_helpers import calibrated_cond_student, cond_batch, perturb_lora
 from torch import nn
 
-from saq_lightning.quant import LayerPlan, QuantConv2d, QuantLinear, QuantPolicy, TimestepContext, quantize_model
+from saq_lightning.quant import (
+    LayerPlan,
+    QuantConv2d,
+    QuantLinear,
+    QuantPolicy,
+    TimestepContext,
+    quantize_model,
+)
 from saq_lightning.quant.functional import fake_quantize
 from saq_lightning.quant.ops import Conv2dOp, Quantized, merge_lora, quantized_op
 
@@ -254,3 +261,14 @@ def test_kernels_summary_names_the_path_of_every_layer():
     n = len(report.quantized)
     assert kernels_summary(student, torch.device("cpu")) == (
         f"quant_kernels=auto on cpu: quantizer pieces run eager in {n} of {n} layers")
+
+
+def test_training_module_passes_quant_kernels_to_every_layer_and_a_resume_may_change_it(tmp_path):
+    from test_training_helpers import save_tiny_teacher, tiny_module
+
+    from saq_lightning.lightning.resume import resume_mismatches
+
+    module = tiny_module(save_tiny_teacher(tmp_path / "teacher"), quant_kernels="eager")
+    assert {layer.kernels for _, layer in module.student.quant_layers()} == {"eager"}
+    assert module.hparams["quant_kernels"] == "eager"
+    assert resume_mismatches(dict(module.hparams), {**module.hparams, "quant_kernels": "triton"}) == []
