@@ -67,7 +67,7 @@ class Watcher(threading.Thread):
         while not self.stop.is_set():
             now = time.monotonic()
             if self.log.exists():
-                text = self.log.read_text(errors="replace")[self.offset:]
+                text = self.log.read_bytes()[self.offset:].decode(errors="replace")  # offset in bytes
                 for name, pattern in MARKS.items():
                     if name not in self.seen and any(pattern.search(line) for line in text.splitlines()):
                         self.seen[name] = now

@@ -392,6 +392,12 @@ class SlurmRequeue(pl.Callback):
                       f"{self.saved}, but job {job} was not requeued by this run (`scontrol requeue {job}`: {why}); exiting "
                       f"with {code}. Resume with: {resume_command(sys.argv[1:], self.saved)}",
                       file=sys.stderr, flush=True)
+        if requeued:
+            # Slurm is ending this task now (SIGTERM, SIGKILL after KillWait): everything is saved and
+            # flushed, so leave at once rather than in a teardown that KillWait would cut short
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
         raise SystemExit(code)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
