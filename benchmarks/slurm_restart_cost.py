@@ -116,7 +116,7 @@ def main() -> None:
         else:
             cluster.run("sbatch", "--parsable", "-p", "urgent", "-n", "1", "-c", str(cluster.cpus), "-o",
                         str(root / "urgent.out"), "--wrap", "sleep 1")
-        saved = wait_for(lambda: checkpoint_step(root / "run" / "requeue.ckpt"), 1200, "requeue.ckpt")
+        saved = wait_for(lambda: max(checkpoint_step(root / "run" / "requeue.ckpt"), 0), 1200, "requeue.ckpt")
         wait_for(lambda: any(s > saved and t > signalled for s, t in watcher.steps.items()), 1800,
                  "the resumed run's first checkpoint")
         loads.append(os.getloadavg()[0])
