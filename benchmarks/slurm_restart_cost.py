@@ -59,6 +59,7 @@ class Watcher(threading.Thread):
 
     def arm(self) -> None:
         self.offset = self.log.stat().st_size if self.log.exists() else 0
+        self.seen = {}  # the first start's lines do not count
 
     def run(self) -> None:
         from test_slurm_cluster import checkpoint_step
