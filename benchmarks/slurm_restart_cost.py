@@ -59,6 +59,7 @@ class Watcher(threading.Thread):
 
     def arm(self) -> None:
         self.offset = self.log.stat().st_size if self.log.exists() else 0
+        self.seen = {}  # the first start's lines do not count
 
     def run(self) -> None:
         from test_slurm_cluster import checkpoint_step
@@ -67,7 +68,7 @@ class Watcher(threading.Thread):
         while not self.stop.is_set():
             now = time.monotonic()
             if self.log.exists():
-                text = self.log.read_text(errors="replace")[self.offset:]
+                text = self.log.read_bytes()[self.offset:].decode(errors="replace")  # offset in bytes
                 for name, pattern in MARKS.items():
                     if name not in self.seen and any(pattern.search(line) for line in text.splitlines()):
                         self.seen[name] = now
@@ -116,7 +117,7 @@ def main() -> None:
         else:
             cluster.run("sbatch", "--parsable", "-p", "urgent", "-n", "1", "-c", str(cluster.cpus), "-o",
                         str(root / "urgent.out"), "--wrap", "sleep 1")
-        saved = wait_for(lambda: checkpoint_step(root / "run" / "requeue.ckpt"), 1200, "requeue.ckpt")
+        saved = wait_for(lambda: max(checkpoint_step(root / "run" / "requeue.ckpt"), 0), 1200, "requeue.ckpt")
         wait_for(lambda: any(s > saved and t > signalled for s, t in watcher.steps.items()), 1800,
                  "the resumed run's first checkpoint")
         loads.append(os.getloadavg()[0])

@@ -295,7 +295,9 @@ class SlurmRequeue(pl.Callback):
       (``scancel``, ``--no-requeue``, no ``scontrol``) the run exits non-zero with one line naming
       ``requeue.ckpt`` and the command that resumes it. A run that stopped never exits 0.
     - The ranks wait for rank 0's ``scontrol`` (one broadcast) before exiting: ``srun
-      --kill-on-bad-exit`` would otherwise end rank 0 in the middle of it.
+      --kill-on-bad-exit`` would otherwise end rank 0 in the middle of it. A requeued task leaves
+      with ``os._exit`` (Slurm is killing it; a Lightning teardown ran into ``KillWait``); one that
+      was not requeued raises ``SystemExit``.
 
     Also writes :data:`RECORD_KEY` into every checkpoint (periodic ``last.ckpt`` included).
     """
@@ -392,6 +394,12 @@ class SlurmRequeue(pl.Callback):
                       f"{self.saved}, but job {job} was not requeued by this run (`scontrol requeue {job}`: {why}); exiting "
                       f"with {code}. Resume with: {resume_command(sys.argv[1:], self.saved)}",
                       file=sys.stderr, flush=True)
+        if requeued:
+            # Slurm is ending this task now (SIGTERM, SIGKILL after KillWait): everything is saved and
+            # flushed, so leave at once rather than in a teardown that KillWait would cut short
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
         raise SystemExit(code)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
