@@ -36,4 +36,5 @@ def test_a_student_of_other_settings_is_replaced_only_with_overwrite(tmp_path, c
     assert run(["ptq", "--config", cfg, "--ptq.iters", "5", "--overwrite", "true", *FLAGS], capsys)[0] == 0
     assert torch.load(student, weights_only=True)["ptq"]["settings"]["iters"] == 5
     shutil.rmtree(tmp_path / "out" / "ptq_state")
-    assert run(["ptq", "--config", cfg, "--ptq.iters", "5", *FLAGS], capsys)[0] == 0  # same settings: a rerun
+    code, err = run(["ptq", "--config", cfg, "--ptq.iters", "5", *FLAGS], capsys)
+    assert code == 0, err  # same settings: a rerun

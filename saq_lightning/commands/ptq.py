@@ -104,7 +104,7 @@ def ptq(args: list[str]) -> dict[str, Any]:
         if shards is None:
             raise ValueError("data.init_args.shards is null: ptq calibrates on the trajectory shards that "
                              "`generate` writes; set data.init_args.shards")
-        check_existing_student(module, settings, opts.overwrite)
+        check_existing_student(module, settings, shards, opts.overwrite)
         module.to(device)
         comm = Comm(placement.rank, placement.world_size)
         report = run_ptq(module, shards, settings, comm=comm, progress=opts.progress, max_blocks=opts.max_blocks)

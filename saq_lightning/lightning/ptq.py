@@ -252,13 +252,16 @@ def _student_settings(identity: dict[str, Any], settings: dict[str, Any]) -> dic
             "policy": identity.get("policy"), "ptq": {k: v for k, v in settings.items() if k != "output"}}
 
 
-def check_existing_student(module: Any, settings: PTQSettings, overwrite: bool) -> None:
+def check_existing_student(module: Any, settings: PTQSettings, shards: str | os.PathLike, overwrite: bool) -> None:
     """Refuse to replace ``<output>/student.ckpt`` of other settings (teacher, policy, ptq) unless
-    ``overwrite``: removing ``ptq_state/`` must not make an earlier student disappear silently."""
+    ``overwrite``: removing ``ptq_state/`` must not make an earlier student disappear silently.
+    The checkpoint records the pair role as resolved, so an unset role is resolved the same way here."""
     path = Path(settings.output) / CHECKPOINT
     if not path.is_file() or overwrite:
         return
     saved = load_tensors(path)
+    sampler = ptq_sampler(module, settings, manifest_phases(load_manifest(Path(shards))))
+    settings = replace(settings, pair_roles=resolve_roles(settings.reconstruction(), sampler)[0].pair_roles)
     now = _student_settings(module.checkpoint_identity(), asdict(settings))
     recorded = _student_settings(saved.get("saq") or {}, (saved.get("ptq") or {}).get("settings") or {})
     if recorded != now:
