@@ -1,5 +1,5 @@
-"""Files that appear whole or not at all, and their digests. Imports nothing of the package, so
-every layer (``sampling/`` and ``quant/`` included) may use it."""
+"""Files that appear whole or not at all, and their digests. Imports nothing of the package but
+the leaf ``errors.py``, so every layer (``sampling/`` and ``quant/`` included) may use it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from saq_lightning.errors import UserError
 
 
 @contextmanager
@@ -42,7 +44,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-class UnreadableFileError(ValueError):
+class UnreadableFileError(UserError, ValueError):
     """A file meant to hold tensors cannot be read as one (empty, cut short, not a PyTorch file)."""
 
 

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from saq_lightning.data.manifest import diff_values
+from saq_lightning.errors import UserError
 
 
-class OutputExistsError(FileExistsError):
+class OutputExistsError(UserError, FileExistsError):
     """An output of the command already exists and ``--overwrite`` was not given."""
 
     def __str__(self) -> str:  # FileExistsError's str() would drop a one-argument message's form

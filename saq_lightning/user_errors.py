@@ -2,7 +2,8 @@
 
 A known user error is a bad config (a typo, a wrong type, a missing file), a path that does not
 exist, shards or a checkpoint that do not fit the run, an output that would be overwritten, bad
-data. For those the command line prints::
+data: an exception that subclasses :class:`saq_lightning.errors.UserError` where it is defined,
+or one of the builtin errors of a command line or a path. For those the command line prints::
 
     error: <what is wrong, where (file, field, phase), what was expected>
     (python -m saq_lightning ... --traceback, or SAQ_TRACEBACK=1, shows the traceback)
@@ -24,31 +25,22 @@ from argparse import ArgumentError
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from saq_lightning.errors import UserError
+
 TRACEBACK_FLAG = "--traceback"
 TRACEBACK_ENV = "SAQ_TRACEBACK"
 EXIT_CODE = 2
 
 
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """The exception classes that mean "the input is wrong", not "the code is wrong"."""
-    from saq_lightning.callbacks.nonfinite import NonFiniteLossError
-    from saq_lightning.data.batch_check import DataValueError
-    from saq_lightning.data.errors import ManifestError, PhaseError, ResumeMismatchError, ShardError
-    from saq_lightning.files import UnreadableFileError
-    from saq_lightning.lightning.checkpointing import CheckpointMismatchError
-    from saq_lightning.lightning.run_lock import RunFolderBusyError
-    from saq_lightning.metrics.npz_format import SampleFormatError
-    from saq_lightning.metrics.sampling_run import RunMismatchError
-    from saq_lightning.models.key_accounting import CheckpointKeyError
-    from saq_lightning.outputs import OutputExistsError
-    from saq_lightning.quant.export import ExportMismatchError
-    from saq_lightning.quant.kernels import QuantKernelsError
-    from saq_lightning.sampling.errors import SamplingError
+#: errors of the input that are not ours: a bad command line, a path that is missing or is the wrong kind
+BUILTIN_USER_ERRORS: tuple[type[BaseException], ...] = (
+    ArgumentError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
 
-    return (ArgumentError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-            ShardError, ManifestError, PhaseError, ResumeMismatchError, CheckpointMismatchError, CheckpointKeyError,
-            RunMismatchError, SampleFormatError, SamplingError, OutputExistsError, NonFiniteLossError,
-            DataValueError, RunFolderBusyError, UnreadableFileError, ExportMismatchError, QuantKernelsError)
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """The exception classes that mean "the input is wrong", not "the code is wrong": the package's
+    own declare themselves by subclassing :class:`~saq_lightning.errors.UserError`."""
+    return (UserError, *BUILTIN_USER_ERRORS)
 
 
 def split_traceback_flag(argv: list[str]) -> tuple[list[str], bool]:

@@ -28,8 +28,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from saq_lightning.errors import UserError
 
-class SlurmCheckError(ValueError):
+
+class SlurmCheckError(UserError, ValueError):
     """The job cannot start as submitted; the message says what to change."""
 
 

@@ -15,10 +15,12 @@ from typing import Any
 
 import torch
 
+from saq_lightning.errors import UserError
+
 from .manifest import ShardInfo
 
 
-class DataValueError(ValueError):
+class DataValueError(UserError, ValueError):
     """A batch holds NaN or Inf values: the records named are bad."""
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from saq_lightning.errors import UserError
 
-class ShardError(RuntimeError):
+
+class ShardError(UserError, RuntimeError):
     """A shard is missing, truncated, corrupt, or disagrees with its manifest entry.
 
     The message always starts with the shard's path. The constructor takes one string so that
@@ -17,7 +19,7 @@ class ShardError(RuntimeError):
     """
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A manifest is missing, incomplete or not a trajectory manifest."""
 
 
@@ -33,9 +35,9 @@ class ManifestMismatchError(ManifestError):
         return (type(self), (self.args[0], self.mismatches))
 
 
-class ResumeMismatchError(RuntimeError):
+class ResumeMismatchError(UserError, RuntimeError):
     """A checkpoint's data position was saved under another data configuration."""
 
 
-class PhaseError(ValueError):
+class PhaseError(UserError, ValueError):
     """A mixstep phase the run cannot serve (e.g. a student grid the timestep buckets do not fit)."""

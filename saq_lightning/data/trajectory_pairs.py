@@ -20,13 +20,15 @@ from typing import Any
 
 import torch
 
+from saq_lightning.errors import UserError
+
 from ..sampling.sample import Trajectory
 
 PAIR_FIELDS = ("x_mid", "s_mid", "paired")
 PAIRS_META = "dpm2_intermediate"
 
 
-class PairsMissingError(ValueError):
+class PairsMissingError(UserError, ValueError):
     """Calibration shards without the paired points ``mixed_order`` reconstruction needs."""
 
 

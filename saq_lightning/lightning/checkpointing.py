@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from saq_lightning.data.manifest import diff_values, format_mismatches
+from saq_lightning.errors import UserError
 from saq_lightning.quant import trainable_state_dict
 from saq_lightning.quant.bucket_map import BucketMap
 
@@ -30,7 +31,7 @@ STUDENT_PREFIX = "student."
 PORTABLE_SPEC_FIELDS = ("weights", "weights_source", "tokenizer", "sampling")
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
     """A checkpoint belongs to another teacher architecture or quantization policy."""
 
 

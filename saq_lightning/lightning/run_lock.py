@@ -16,8 +16,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from saq_lightning.errors import UserError
 
-class RunFolderBusyError(RuntimeError):
+
+class RunFolderBusyError(UserError, RuntimeError):
     """Another process is writing checkpoints to the folder."""
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from saq_lightning.errors import UserError
 from saq_lightning.files import atomic_path
 
 IMAGES_KEY = "arr_0"
@@ -29,7 +30,7 @@ LABELS_KEY = "arr_1"
 PROMPTS_KEY = "prompts"
 
 
-class SampleFormatError(ValueError):
+class SampleFormatError(UserError, ValueError):
     """A sample/reference file that is not in the ADM format (names the file and the field)."""
 
 

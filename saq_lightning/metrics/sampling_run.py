@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from saq_lightning.errors import UserError
 from saq_lightning.files import atomic_path, write_text_atomic
 from saq_lightning.models.diffusion_model import DiffusionModel
 from saq_lightning.ranks import rank_world
@@ -60,7 +61,7 @@ GRID_FILE = "grid.png"
 PARTS = "parts"
 
 
-class RunMismatchError(RuntimeError):
+class RunMismatchError(UserError, RuntimeError):
     """The output folder holds (part of) a run with other settings."""
 
 

@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from saq_lightning.errors import UserError
+
 Transform = Callable[[list[Tensor]], Tensor]
 
 
-class CheckpointKeyError(ValueError):
+class CheckpointKeyError(UserError, ValueError):
     """A checkpoint does not match the architecture key for key (unused, missing or misshapen)."""
 
 

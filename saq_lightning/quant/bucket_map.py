@@ -57,6 +57,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saq_lightning.errors import UserError
+
 log = logging.getLogger(__name__)
 
 FORMAT = "saq_lightning/bucket-map/1"
@@ -65,7 +67,7 @@ FORMAT = "saq_lightning/bucket-map/1"
 TOLERANCE = 1e-3
 
 
-class BucketCollisionError(ValueError):
+class BucketCollisionError(UserError, ValueError):
     """Two distinct steps of one student grid would share an activation bucket."""
 
 

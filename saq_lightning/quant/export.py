@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from saq_lightning.errors import UserError
 from saq_lightning.files import sha256_file
 
 from .attention import QuantAttnProcessor
@@ -52,7 +53,7 @@ TENSORS = "weights.safetensors"
 CONFIG = "config.json"
 
 
-class ExportMismatchError(ValueError):
+class ExportMismatchError(UserError, ValueError):
     """An export's files do not agree with each other (digest, per-layer bits, table sizes)."""
 
 

@@ -6,8 +6,10 @@ catch them; their messages name the offending argument and what was expected.
 
 from __future__ import annotations
 
+from saq_lightning.errors import UserError
 
-class SamplingError(ValueError):
+
+class SamplingError(UserError, ValueError):
     """Base class for invalid input to the sampler library."""
 
 

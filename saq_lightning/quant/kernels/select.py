@@ -18,11 +18,13 @@ from typing import Literal
 
 import torch
 
+from saq_lightning.errors import UserError
+
 QuantKernels = Literal["auto", "triton", "eager"]
 KERNEL_CHOICES: tuple[str, ...] = ("auto", "triton", "eager")
 
 
-class QuantKernelsError(ValueError):
+class QuantKernelsError(UserError, ValueError):
     """``quant_kernels`` names no implementation, or ``triton`` where Triton cannot run."""
 
 

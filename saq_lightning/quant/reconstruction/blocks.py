@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from saq_lightning.errors import UserError
+
 from ..layers import QuantLayer
 
 
@@ -30,7 +32,7 @@ class Block:
         return type(self.module).__name__
 
 
-class BlockPatternError(ValueError):
+class BlockPatternError(UserError, ValueError):
     """A block type or pattern of the config matches no module."""
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from saq_lightning.errors import UserError
 from saq_lightning.files import atomic_path, load_tensors, write_text_atomic
 
 from ..model import QuantizedUNet
@@ -41,7 +42,7 @@ from .settings import ReconstructionSettings
 CalibrationBatch = tuple[Callable[[], Any], Callable[[], Any], int]
 
 
-class ReconstructionStateError(ValueError):
+class ReconstructionStateError(UserError, ValueError):
     """The state folder belongs to another reconstruction run."""
 
 
