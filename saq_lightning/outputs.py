@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from saq_lightning.data.manifest import diff_values
 from saq_lightning.errors import UserError
+from saq_lightning.mismatches import diff_values
 
 
 class OutputExistsError(UserError, FileExistsError):

@@ -32,7 +32,8 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
-from ..data.manifest import diff_values, format_mismatches
+from saq_lightning.mismatches import diff_values, format_mismatches
+
 from ..data.mixstep import MixStepPhase, MixStepSchedule
 
 log = logging.getLogger(__name__)

@@ -16,13 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from saq_lightning.files import write_text_atomic
+from saq_lightning.mismatches import (
+    MISSING,
+    canonical_json,
+    diff_values,
+    format_mismatches,
+    json_default,
+    plain,
+)
 
 from .errors import ManifestError, ManifestMismatchError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "saq-trajectories"
 VERSION = 1
-_MISSING = "<missing>"
 
 
 def shard_name(index: int) -> str:
@@ -30,27 +37,9 @@ def shard_name(index: int) -> str:
     return f"shard-{index:06d}.tar"
 
 
-def canonical_json(obj: Any) -> str:
-    """JSON with sorted keys and tuples as lists: equal objects give equal strings."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_json_default)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (tuple, set, frozenset)):
-        return list(obj)
-    if hasattr(obj, "item"):  # numpy / torch scalars
-        return obj.item()
-    raise TypeError(f"manifest meta value {obj!r} of type {type(obj).__name__} is not JSON")
-
-
-def _plain(obj: Any) -> Any:
-    """Round-trip through JSON so that tuples, numpy scalars etc. compare like stored values."""
-    return json.loads(canonical_json(obj))
-
-
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON under a temporary name and rename it: readers never see half a file."""
-    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True, default=_json_default) + "\n")
+    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True, default=json_default) + "\n")
 
 
 @dataclass(frozen=True)
@@ -65,7 +54,7 @@ class Layout:
     def __post_init__(self) -> None:
         if self.num_trajectories < 1 or self.trajectories_per_shard < 1:
             raise ValueError("num_trajectories and trajectories_per_shard must be >= 1")
-        object.__setattr__(self, "meta", _plain(dict(self.meta)))
+        object.__setattr__(self, "meta", plain(dict(self.meta)))
 
     @property
     def num_shards(self) -> int:
@@ -229,37 +218,6 @@ def load_manifest(folder: str | Path, require_complete: bool = True) -> Manifest
     return manifest
 
 
-def _values_equal(a: Any, b: Any) -> bool:
-    if isinstance(a, bool) or isinstance(b, bool):
-        return a is b
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
-    return a == b
-
-
-def diff_values(expected: Any, found: Any, path: str, subset: bool) -> list[tuple[str, Any, Any]]:
-    """``(field, expected, found)`` for every difference; ``subset`` ignores extra found keys."""
-    expected, found = _plain(expected), _plain(found)
-    if isinstance(expected, dict) and isinstance(found, dict):
-        out: list[tuple[str, Any, Any]] = []
-        keys = expected.keys() if subset else sorted(set(expected) | set(found))
-        for key in keys:
-            sub = f"{path}.{key}" if path else str(key)
-            out += diff_values(expected.get(key, _MISSING), found.get(key, _MISSING), sub, subset)
-        return out
-    if isinstance(expected, list) and isinstance(found, list) and len(expected) == len(found):
-        out = []
-        for i, (e, f) in enumerate(zip(expected, found)):
-            out += diff_values(e, f, f"{path}[{i}]", subset)
-        return out
-    return [] if _values_equal(expected, found) else [(path, expected, found)]
-
-
-def format_mismatches(where: str, mismatches: list[tuple[str, Any, Any]]) -> str:
-    lines = [f"  {name}: expected {exp!r}, found {got!r}" for name, exp, got in mismatches]
-    return f"{where}:\n" + "\n".join(lines)
-
-
 def check_expected(manifest: Manifest, expect: Mapping[str, Any], source: str = "manifest") -> None:
     """Check that the manifest holds what a config expects; error names field, expected, found.
 
@@ -277,7 +235,7 @@ def check_expected(manifest: Manifest, expect: Mapping[str, Any], source: str = 
         elif key in manifest.meta:
             found = manifest.meta[key]
         else:
-            found = facts.get(key, _MISSING)
+            found = facts.get(key, MISSING)
         mismatches += diff_values(value, found, key, subset=True)
     if mismatches:
         raise ManifestMismatchError(

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import webdataset as wds
 
 from saq_lightning.files import atomic_path, sha256_file
+from saq_lightning.mismatches import diff_values, format_mismatches
 
 from .errors import ManifestError, ManifestMismatchError
 from .manifest import (
@@ -34,8 +35,6 @@ from .manifest import (
     Layout,
     Manifest,
     ShardInfo,
-    diff_values,
-    format_mismatches,
     load_manifest,
     shard_name,
     write_json_atomic,

@@ -23,6 +23,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
+from saq_lightning.mismatches import diff_values, format_mismatches
 from saq_lightning.ranks import rank_world
 
 from .batch_check import check_finite_batch
@@ -32,8 +33,6 @@ from .manifest import (
     Manifest,
     ShardInfo,
     check_expected,
-    diff_values,
-    format_mismatches,
     load_manifest,
 )
 from .mixstep import MixStepSchedule

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from saq_lightning.data.manifest import diff_values, format_mismatches
 from saq_lightning.errors import UserError
+from saq_lightning.mismatches import diff_values, format_mismatches
 from saq_lightning.quant import trainable_state_dict
 from saq_lightning.quant.bucket_map import BucketMap
 

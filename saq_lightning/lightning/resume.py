@@ -28,8 +28,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 
-from saq_lightning.data.manifest import _MISSING, diff_values, format_mismatches
 from saq_lightning.files import UnreadableFileError
+from saq_lightning.mismatches import MISSING, diff_values, format_mismatches
 
 from .checkpoint_io import read_checkpoint
 from .checkpointing import PORTABLE_SPEC_FIELDS, CheckpointMismatchError
@@ -57,7 +57,7 @@ def resume_mismatches(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[
 
     mismatches = diff_values(comparable(saved), comparable(now), "", subset=False)
     # a setting the checkpoint does not record is newer than the checkpoint's code: not a change
-    return [m for m in mismatches if m[0] not in RESUMABLE_CHANGES and not (isinstance(m[1], str) and m[1] == _MISSING)]
+    return [m for m in mismatches if m[0] not in RESUMABLE_CHANGES and not (isinstance(m[1], str) and m[1] == MISSING)]
 
 
 def check_resume_settings(saved: Mapping[str, Any] | None, now: Mapping[str, Any], source: str) -> None:

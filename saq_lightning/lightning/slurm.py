@@ -43,8 +43,8 @@ import torch
 
 from saq_lightning.callbacks.step_progress import ProgressLines
 from saq_lightning.data.errors import ResumeMismatchError
-from saq_lightning.data.manifest import diff_values, format_mismatches
 from saq_lightning.lightning.early_signals import take_early_signal
+from saq_lightning.mismatches import diff_values, format_mismatches
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from saq_lightning.data.errors import ManifestMismatchError
-from saq_lightning.data.manifest import Manifest, diff_values
+from saq_lightning.data.manifest import Manifest
 from saq_lightning.data.mixstep import MixStepPhase
+from saq_lightning.mismatches import diff_values
 
 #: the version of the trajectory writer; bumped whenever the same config makes other trajectories
 #: (2: singlestep intermediate points by the grid's spacing rule, DPM-Solver's reference rule,
