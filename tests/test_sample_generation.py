@@ -8,10 +8,8 @@ import torch
 from saq_lightning.metrics.digits_eval import sample_class_balanced
 from saq_lightning.metrics.sample_generation import (
     SamplerSetting,
-    balanced_labels,
     condition_classes,
     generate_images,
-    initial_noise,
 )
 from saq_lightning.models import (
     ClassEmbedder,
@@ -20,21 +18,22 @@ from saq_lightning.models import (
     ModelSpec,
     build_model,
 )
+from saq_lightning.seeding import evaluation_labels, evaluation_noise
 
 SCHEDULE = {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_train_timesteps": 1000}
 
 
 def test_noise_of_a_sample_depends_only_on_the_seed_and_its_index():
-    both = initial_noise([0, 1, 2, 3], (1, 4, 4), seed=5)
-    torch.testing.assert_close(initial_noise([2, 3], (1, 4, 4), seed=5), both[2:], rtol=0, atol=0)
-    assert not torch.equal(initial_noise([0], (1, 4, 4), seed=6)[0], both[0])
+    both = evaluation_noise(5, [0, 1, 2, 3], (1, 4, 4))
+    torch.testing.assert_close(evaluation_noise(5, [2, 3], (1, 4, 4)), both[2:], rtol=0, atol=0)
+    assert not torch.equal(evaluation_noise(6, [0], (1, 4, 4))[0], both[0])
 
 
 def test_imagenet_like_labels_cycle_through_the_1000_real_classes():
     model = DiffusionModel(torch.nn.Identity(), SCHEDULE, (3, 8, 8), conditioner=ClassEmbedder(1001, 4))
     classes = condition_classes(model)
     assert classes == list(range(1000))  # the null class 1000 is never sampled
-    counts = torch.bincount(balanced_labels(range(50_000), classes), minlength=1000)
+    counts = torch.bincount(evaluation_labels(range(50_000), classes), minlength=1000)
     assert counts.min() == counts.max() == 50
 
 

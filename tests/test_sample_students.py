@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from saq_lightning.lightning.student_loading import load_sampling_model
-from saq_lightning.metrics.sample_generation import SamplerSetting, generate_images, initial_noise
+from saq_lightning.metrics.sample_generation import SamplerSetting, generate_images
 from saq_lightning.metrics.students import describe_student
 from saq_lightning.models import ModelSpec, build_model
 from saq_lightning.quant import QuantizedUNet, export_student
+from saq_lightning.seeding import evaluation_noise
 
 SPEC = ModelSpec(kind="digits")
 SETTING = SamplerSetting("ddim", steps=3, guidance_scale=2.0)
@@ -31,7 +32,7 @@ def naive(teacher):
 
 
 def draw(model, n: int = 10) -> torch.Tensor:
-    return generate_images(model, initial_noise(range(n), model.sample_shape, 0), torch.arange(n) % 10, SETTING)
+    return generate_images(model, evaluation_noise(0, range(n), model.sample_shape), torch.arange(n) % 10, SETTING)
 
 
 def test_naive_student_is_a_calibrated_w4a4_quantization_of_the_teacher(teacher, naive):

@@ -28,11 +28,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
+from saq_lightning.seeding import evaluation_labels, evaluation_noise
+
 from ..metrics.sample_generation import (
-    balanced_labels,
     condition_classes,
     guided_predictor,
-    initial_noise,
     model_dtype,
 )
 from ..metrics.trajectory_diagnostics import (
@@ -161,8 +161,8 @@ class TrajectoryDeviationCallback(Callback):
             scale = float(teacher.sampling_defaults.get("guidance_scale", 1.0)) if teacher.conditioner else 1.0
         idx = range(self.num_samples)
         classes = condition_classes(teacher)
-        cond = teacher.prepare_cond(balanced_labels(idx, classes).to(device)) if classes is not None else None
-        x_T = initial_noise(idx, teacher.sample_shape, self.seed).to(device, model_dtype(teacher))
+        cond = teacher.prepare_cond(evaluation_labels(idx, classes).to(device)) if classes is not None else None
+        x_T = evaluation_noise(self.seed, idx, teacher.sample_shape).to(device, model_dtype(teacher))
         was_training = student.training
         student.eval()
         try:

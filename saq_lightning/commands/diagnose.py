@@ -17,10 +17,8 @@ from jsonargparse import auto_cli
 from saq_lightning.lightning.student_loading import load_sampling_model
 from saq_lightning.metrics.evaluation import resolve_device
 from saq_lightning.metrics.sample_generation import (
-    balanced_labels,
     condition_classes,
     guided_predictor,
-    initial_noise,
     model_dtype,
 )
 from saq_lightning.metrics.trajectory_diagnostics import (
@@ -31,6 +29,7 @@ from saq_lightning.metrics.trajectory_diagnostics import (
 from saq_lightning.models import ModelSpec
 from saq_lightning.outputs import clear_outputs, recorded_settings, refuse_existing
 from saq_lightning.sampling import time_grid
+from saq_lightning.seeding import evaluation_labels, evaluation_noise
 
 
 def diagnose(
@@ -88,8 +87,8 @@ def diagnose(
     schedule = teacher.noise_schedule()
     idx = range(num_samples)
     classes = condition_classes(teacher)
-    cond = teacher.prepare_cond(balanced_labels(idx, classes).to(dev)) if classes is not None else None
-    x_T = initial_noise(idx, teacher.sample_shape, seed).to(dev, model_dtype(teacher))
+    cond = teacher.prepare_cond(evaluation_labels(idx, classes).to(dev)) if classes is not None else None
+    x_T = evaluation_noise(seed, idx, teacher.sample_shape).to(dev, model_dtype(teacher))
     diag = trajectory_diagnostics(
         guided_predictor(teacher, scale, schedule), guided_predictor(student_model, scale, schedule), x_T,
         time_grid(schedule, steps, spacing), schedule, cond=cond, solver=solver, orders=orders,

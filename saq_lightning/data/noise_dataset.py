@@ -3,7 +3,8 @@ inside the training step instead of reading trajectories from disk.
 
 Everything is a pure function of (seed, global sample index): sample ``n`` has noise drawn from
 its own generator and a class label from a class-balanced sequence (every block of
-``num_classes`` consecutive samples holds each class once, in a seeded order). Batch ``g`` of
+``num_classes`` consecutive samples holds each class once, in a seeded order): the training
+stream of ``saq_lightning/seeding.py``. Batch ``g`` of
 rank ``r`` holds samples ``(g * world_size + r) * batch_size + i``, so contents do not depend on
 the worker layout and resuming at batch ``g`` is exact.
 """
@@ -13,33 +14,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
+from saq_lightning.seeding import training_labels, training_noise
+
 from .batch_plan import BatchPlan, worker_batch_indices
 from .trajectory_dataset import current_worker
-
-
-def sample_seed(seed: int, index: int) -> int:
-    return int(np.random.SeedSequence([seed, 1, index]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def initial_noise(seed: int, indices: Sequence[int], shape: Sequence[int]) -> torch.Tensor:
-    """``x_T`` for the given global sample indices: ``[len(indices), *shape]``, float32."""
-    noise = [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(sample_seed(seed, n)))
-             for n in indices]
-    return torch.stack(noise)
-
-
-def balanced_labels(seed: int, indices: Sequence[int], num_classes: int) -> torch.Tensor:
-    """Class labels: block ``n // num_classes`` is a seeded permutation of all classes."""
-    labels = []
-    for n in indices:
-        block, pos = divmod(int(n), num_classes)
-        perm = np.random.default_rng([seed, 2, block]).permutation(num_classes)
-        labels.append(int(perm[pos]))
-    return torch.tensor(labels, dtype=torch.long)
 
 
 class NoiseBatches(IterableDataset):
@@ -78,11 +59,11 @@ class NoiseBatches(IterableDataset):
         first = (g * self.world_size + self.rank) * self.batch_size
         indices = list(range(first, first + self.batch_size))
         out: dict[str, Any] = {
-            "x_T": initial_noise(self.seed, indices, self.image_shape).to(self.float_dtype),
+            "x_T": training_noise(self.seed, indices, self.image_shape).to(self.float_dtype),
             "index": torch.tensor(indices, dtype=torch.long),
         }
         if self.num_classes is not None:
-            out["cond"] = balanced_labels(self.seed, indices, self.num_classes)
+            out["cond"] = training_labels(self.seed, indices, self.num_classes)
         phase = self.plan.mixstep_phase(g)
         if phase is not None:
             spec = self.plan.schedule.phases[phase]

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saq_lightning.data.noise_dataset import balanced_labels, initial_noise
 from saq_lightning.models import DiffusionModel
+from saq_lightning.seeding import training_labels, training_noise
 
 
 def real_class_count(model: DiffusionModel) -> int | None:
@@ -86,7 +86,7 @@ class ConditionSource:
         if self.kind == "none":
             return None
         if self.kind == "class":
-            return balanced_labels(self.seed, indices, self.num_classes).to(device)
+            return training_labels(self.seed, indices, self.num_classes).to(device)
         if self.prompts is None:
             return self.model.null_cond(len(indices), device=device)
         lines = [self.prompts[i % len(self.prompts)] for i in indices]
@@ -107,4 +107,4 @@ class ConditionSource:
 def noise_for(seed: int, indices: Sequence[int], shape: Sequence[int], device: torch.device | str | None = None,
               dtype: torch.dtype = torch.float32) -> Tensor:
     """``x_T`` of the given indices (drawn on the CPU: identical on every device)."""
-    return initial_noise(seed, list(indices), shape).to(device=device, dtype=dtype)
+    return training_noise(seed, list(indices), shape).to(device=device, dtype=dtype)

@@ -8,8 +8,9 @@ from torch import Tensor
 from saq_lightning.data.digits import digits_split
 from saq_lightning.metrics.digits_classifier import DigitsClassifier
 from saq_lightning.metrics.digits_quality import DigitsQuality, digits_quality
-from saq_lightning.metrics.sample_generation import SamplerSetting, balanced_labels, generate_images
+from saq_lightning.metrics.sample_generation import SamplerSetting, generate_images
 from saq_lightning.models.diffusion_model import DiffusionModel
+from saq_lightning.seeding import evaluation_labels
 
 __all__ = ["SamplerSetting", "class_balanced_inputs", "evaluate_digits_model", "sample_class_balanced"]
 
@@ -17,7 +18,7 @@ __all__ = ["SamplerSetting", "class_balanced_inputs", "evaluate_digits_model", "
 def class_balanced_inputs(model: DiffusionModel, n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     """``x_T`` of ``n`` samples from one seeded generator, and labels ``i % 10``."""
     x_T = torch.randn((n, *model.sample_shape), generator=torch.Generator().manual_seed(seed))
-    return x_T, balanced_labels(range(n), range(10))
+    return x_T, evaluation_labels(range(n), range(10))
 
 
 @torch.no_grad()

@@ -2,14 +2,13 @@
 labels / prompts, and one batch from noise to decoded images.
 
 Sample ``i`` depends only on ``(seed, i)``: its initial noise comes from its own generator, its
-label is ``classes[i % K]`` (class-balanced: 50 000 samples of a 1000-class model give 50 per
+label is ``classes[i % K]`` (the evaluation stream of ``saq_lightning/seeding.py``) (class-balanced: 50 000 samples of a 1000-class model give 50 per
 class) and its prompt is ``prompts[i % P]``. So the result does not depend on the batch size, the
 number of ranks, or on being resumed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,8 +18,6 @@ from torch import Tensor
 from saq_lightning.models.diffusion_model import DiffusionModel
 from saq_lightning.sampling import discrete_model, guided_model, make_solver, sample, time_grid
 from saq_lightning.sampling.predictor import NoisePredictor
-
-_SEED_MIX = 0x9E3779B97F4A7C15
 
 
 @dataclass(frozen=True)
@@ -82,18 +79,6 @@ def model_dtype(model: DiffusionModel) -> torch.dtype:
     return torch.float32
 
 
-def sample_seed(seed: int, index: int) -> int:
-    """The generator seed of sample ``index`` (a fixed mix of the run seed and the index)."""
-    return (seed * _SEED_MIX + index) % (1 << 63)
-
-
-def initial_noise(indices: Sequence[int], shape: Sequence[int], seed: int) -> Tensor:
-    """``x_T`` for the given sample indices, ``[len(indices), *shape]`` float32 on the CPU."""
-    return torch.stack([
-        torch.randn(tuple(shape), generator=torch.Generator().manual_seed(sample_seed(seed, i))) for i in indices
-    ])
-
-
 def condition_classes(model: DiffusionModel) -> list[int] | None:
     """The real class labels of a class-conditional model (the null class excluded), else ``None``."""
     cond = model.conditioner
@@ -108,11 +93,6 @@ def condition_classes(model: DiffusionModel) -> list[int] | None:
 
 def is_text_model(model: DiffusionModel) -> bool:
     return model.conditioner is not None and hasattr(model.conditioner, "tokenize")
-
-
-def balanced_labels(indices: Sequence[int], classes: Sequence[int]) -> Tensor:
-    """``classes[i % K]`` for every index: class-balanced when the count is a multiple of ``K``."""
-    return torch.tensor([classes[i % len(classes)] for i in indices], dtype=torch.long)
 
 
 @torch.no_grad()

@@ -39,17 +39,15 @@ from saq_lightning.errors import UserError
 from saq_lightning.files import atomic_path, write_text_atomic
 from saq_lightning.models.diffusion_model import DiffusionModel
 from saq_lightning.ranks import rank_world
+from saq_lightning.seeding import evaluation_labels, evaluation_noise, evaluation_sample_seed
 
 from .grids import save_grid
 from .npz_format import write_samples_npz
 from .sample_generation import (
     SamplerSetting,
-    balanced_labels,
     condition_classes,
     generate_images,
-    initial_noise,
     is_text_model,
-    sample_seed,
 )
 
 log = logging.getLogger(__name__)
@@ -110,7 +108,7 @@ class SamplingPlan:
         return range(chunk * self.batch_size, min((chunk + 1) * self.batch_size, self.num_samples))
 
     def labels(self, indices: Sequence[int]) -> torch.Tensor | None:
-        return None if self.classes is None else balanced_labels(indices, self.classes)
+        return None if self.classes is None else evaluation_labels(indices, self.classes)
 
     def prompt_list(self, indices: Sequence[int]) -> list[str] | None:
         return None if self.prompts is None else [self.prompts[i % len(self.prompts)] for i in indices]
@@ -280,8 +278,8 @@ def run_sampling(
         generator = None
         if plan.setting.eta:
             device = next(model.parameters()).device
-            generator = torch.Generator(device=device).manual_seed(sample_seed(plan.seed, -1 - chunk))
-        images = generate_images(model, initial_noise(idx, plan.sample_shape, plan.seed), cond, plan.setting,
+            generator = torch.Generator(device=device).manual_seed(evaluation_sample_seed(plan.seed, -1 - chunk))
+        images = generate_images(model, evaluation_noise(plan.seed, idx, plan.sample_shape), cond, plan.setting,
                                  generator)
         bad = (~torch.isfinite(images)).flatten(1).any(1)
         if bool(bad.any()):

@@ -17,8 +17,9 @@ import torch
 
 from saq_lightning.models.diffusion_model import DiffusionModel
 from saq_lightning.sampling import make_solver, sample, time_grid
+from saq_lightning.seeding import evaluation_labels, evaluation_noise
 
-from .sample_generation import balanced_labels, condition_classes, guided_predictor, initial_noise
+from .sample_generation import condition_classes, guided_predictor
 
 NAIVE_PREFIX = "naive:"
 
@@ -64,12 +65,12 @@ def naive_calibration_batches(teacher: DiffusionModel, n: int = 64, seed: int = 
     device = next(teacher.parameters()).device
     classes = condition_classes(teacher)
     idx = range(n)
-    cond = balanced_labels(idx, classes).to(device) if classes is not None else None
+    cond = evaluation_labels(idx, classes).to(device) if classes is not None else None
     if teacher.conditioner is not None and cond is None:
         raise ValueError("naive students of text models need prompts for calibration: calibrate them yourself")
     encoded = teacher.prepare_cond(cond) if cond is not None else None
     grid = time_grid(schedule, steps, "time_uniform")
-    points = sample(guided_predictor(teacher, scale, schedule), initial_noise(idx, teacher.sample_shape, seed).to(device),
+    points = sample(guided_predictor(teacher, scale, schedule), evaluation_noise(seed, idx, teacher.sample_shape).to(device),
                     grid, make_solver("ddim", schedule), cond=encoded, return_trajectory=True).trajectory.points()
     batches = []
     for state, timestep in zip(points.x_s.split(n), schedule.model_timestep(points.s).to(device).split(n)):
