@@ -25,7 +25,7 @@ LAYERS: dict[str, int] = {
     "files": 0,  # leaf modules: import nothing of the package, every layer may import them
     "ranks": 0,
     "quiet": 0,
-    "errors": 0, "mismatches": 0, "seeding": 0,  # leaf modules of issue 24 (UserError, the one copy of each twin)
+    "errors": 0, "mismatches": 0, "seeding": 0, "devices": 0, "distributed": 0,  # leaf modules of issue 24 (UserError, the one copy of each twin)
     "sampling": 1,
     "quant": 1,
     "models": 2,

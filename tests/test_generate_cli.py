@@ -11,8 +11,8 @@ from test_training_helpers import TINY_POLICY, save_tiny_teacher
 
 from saq_lightning.cli import main
 from saq_lightning.commands.generate import HELP, parse_options
-from saq_lightning.commands.placement import Placement, environment_placement
 from saq_lightning.data import load_manifest
+from saq_lightning.distributed import Placement, environment_placement
 
 
 @pytest.fixture(scope="module")

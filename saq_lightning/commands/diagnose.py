@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from jsonargparse import auto_cli
 
+from saq_lightning.devices import choose_device
 from saq_lightning.lightning.student_loading import load_sampling_model
-from saq_lightning.metrics.evaluation import resolve_device
 from saq_lightning.metrics.sample_generation import (
     condition_classes,
     guided_predictor,
@@ -76,7 +76,7 @@ def diagnose(
     outputs = [folder / "diagnostics.json", folder / "trajectory_diagnostics.png", folder / "tensorboard"]
     refuse_existing("diagnose", outputs, run_settings, recorded_settings(outputs[0]), overwrite)
     model = model if model is not None else ModelSpec(kind="digits")
-    dev = resolve_device(device)
+    dev = choose_device(device)
     teacher = load_sampling_model(model, None, dev)
     student_model = load_sampling_model(model, student, dev, teacher=teacher)
     defaults = teacher.sampling_defaults

@@ -19,9 +19,9 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from saq_lightning.commands.placement import Placement, environment_placement, requeue_on_sigusr1
+from saq_lightning.commands.placement import requeue_on_sigusr1
+from saq_lightning.devices import choose_device
+from saq_lightning.distributed import Placement, environment_placement
 
 HELP = """usage: python -m saq_lightning generate --config CONFIG [LightningCLI overrides] [options]
 
@@ -66,14 +66,6 @@ def parse_options(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
     if (opts.rank is None) != (opts.world_size is None):
         parser.error("give both --rank and --world_size, or neither")
     return opts, rest
-
-
-def device_for(accelerator: str, local_rank: int) -> torch.device:
-    if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise RuntimeError("--accelerator cuda, but no CUDA device is available")
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
 @dataclass
@@ -142,7 +134,7 @@ def run_rank(config_args: list[str], placement: Placement, accelerator: str, pro
     if folder is None:
         raise ValueError("data.shards is null (on-the-fly mode): there is nothing to generate; set "
                          "data.init_args.shards to the trajectory folder")
-    device = device_for(accelerator, placement.local_rank)
+    device = choose_device(accelerator, placement.local_rank)
     report = generate_trajectories(parts.model, parts.schedule, folder, rank=placement.rank,
                                    world_size=placement.world_size, device=device,
                                    progress=progress and placement.rank == 0)

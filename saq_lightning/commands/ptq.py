@@ -6,22 +6,24 @@ PTQSettings``). Any LightningCLI-style override works (``--ptq.iters 2000``).
 
 Ranks: under ``torchrun`` (``RANK``/``WORLD_SIZE``) or ``srun`` (``SLURM_PROCID``/``SLURM_NTASKS``)
 every rank reconstructs every block on its share of the calibration samples, gradients summed
-over ranks (gloo on CPU, NCCL on CUDA; ``MASTER_ADDR``/``MASTER_PORT`` from the environment,
-default ``127.0.0.1`` and ``29500 + SLURM_JOB_ID % 1000``). Rerunning the same command resumes:
+over ranks (gloo on CPU, NCCL on CUDA; the ranks meet where ``fit``'s would, by Lightning's rule:
+``saq_lightning/distributed.py``). Rerunning the same command resumes:
 finished blocks are loaded, the first unfinished one is redone.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 from typing import Any
 
 import torch
 
-from .generate import Placement, _bool, device_for, environment_placement
+from saq_lightning.devices import choose_device
+from saq_lightning.distributed import Placement, environment_placement, init_process_group
+
+from .generate import _bool
 from .placement import requeue_on_sigusr1
 
 HELP = """usage: python -m saq_lightning ptq --config CONFIG [overrides] [options]
@@ -78,15 +80,6 @@ def load_ptq_run(config_args: list[str]) -> tuple[Any, Any, Any]:
     return cli.model, cli.datamodule, settings
 
 
-def _init_distributed(placement: Placement, device: torch.device) -> None:
-    env = os.environ
-    addr = env.get("MASTER_ADDR", "127.0.0.1")
-    port = env.get("MASTER_PORT") or str(29500 + int(env.get("SLURM_JOB_ID", "0")) % 1000)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    torch.distributed.init_process_group(backend, init_method=f"tcp://{addr}:{port}",
-                                         rank=placement.rank, world_size=placement.world_size)
-
-
 def ptq(args: list[str]) -> dict[str, Any]:
     """Entry point with parsed arguments; returns a summary (rank 0's view)."""
     from saq_lightning.lightning.ptq import CHECKPOINT, check_existing_student, run_ptq
@@ -94,10 +87,8 @@ def ptq(args: list[str]) -> dict[str, Any]:
 
     opts, config_args = parse_options(args)
     placement = environment_placement() or Placement(0, 1, 0)
-    device = device_for(opts.accelerator, placement.local_rank)
-    distributed = placement.world_size > 1
-    if distributed:
-        _init_distributed(placement, device)
+    device = choose_device(opts.accelerator, placement.local_rank)
+    created = init_process_group(placement, device)
     try:
         module, datamodule, settings = load_ptq_run(config_args)
         shards = getattr(datamodule, "shards", None)
@@ -109,7 +100,7 @@ def ptq(args: list[str]) -> dict[str, Any]:
         comm = Comm(placement.rank, placement.world_size)
         report = run_ptq(module, shards, settings, comm=comm, progress=opts.progress, max_blocks=opts.max_blocks)
     finally:
-        if distributed and torch.distributed.is_initialized():
+        if created:
             torch.distributed.destroy_process_group()
     summary = {"output": settings.output, "complete": report.complete, "blocks": len(report.blocks),
                "skipped": len(report.skipped)}

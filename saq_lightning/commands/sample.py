@@ -15,17 +15,14 @@ import json
 import logging
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 from jsonargparse import auto_cli
 
-from saq_lightning.commands.placement import (
-    environment_placement,
-    init_process_group,
-    requeue_on_sigusr1,
-)
+from saq_lightning.commands.placement import requeue_on_sigusr1
+from saq_lightning.devices import choose_device
+from saq_lightning.distributed import environment_placement, init_process_group
 from saq_lightning.lightning.student_loading import load_sampling_model
-from saq_lightning.metrics.evaluation import read_prompt_file, resolve_device
+from saq_lightning.metrics.evaluation import read_prompt_file
 from saq_lightning.metrics.runtime_model import check_runtime, with_runtime
 from saq_lightning.metrics.sample_generation import SamplerSetting
 from saq_lightning.metrics.sampling_run import make_plan, run_sampling
@@ -119,11 +116,9 @@ def sample(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     placement = environment_placement()  # torchrun or an srun step
     requeue_on_sigusr1()  # under srun: SIGUSR1 requeues the job, which resumes from the finished chunks
-    created = init_process_group(placement)
+    dev = choose_device(device, placement.local_rank if placement else 0)
+    created = init_process_group(placement, dev)
     try:
-        if device == "auto" and torch.cuda.is_available():
-            device = f"cuda:{placement.local_rank if placement else 0}"
-        dev = resolve_device(device)
         net = with_runtime(load_sampling_model(model, student, dev), runtime, student, dev)
         trained = trained_sampler(student)  # a .ckpt student: the sampler it was trained for
         setting = _setting({**net.sampling_defaults, **trained}, net.conditioner is not None, solver,

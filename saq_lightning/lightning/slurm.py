@@ -43,6 +43,7 @@ import torch
 
 from saq_lightning.callbacks.step_progress import ProgressLines
 from saq_lightning.data.errors import ResumeMismatchError
+from saq_lightning.distributed import requeue_id
 from saq_lightning.lightning.early_signals import take_early_signal
 from saq_lightning.mismatches import diff_values, format_mismatches
 
@@ -67,17 +68,7 @@ def slurm_job(env: Mapping[str, str] | None = None) -> str | None:
     env = os.environ if env is None else env
     if "SLURM_JOB_ID" not in env or env.get("SLURM_JOB_NAME") in ("bash", "interactive"):
         return None
-    job = env["SLURM_JOB_ID"]
-    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
-        job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    return f"{env.get('SLURM_CLUSTER_NAME', '')}:{job}"
-
-
-def requeue_id(env: Mapping[str, str] | None = None) -> str:
-    env = os.environ if env is None else env
-    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
-        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    return env["SLURM_JOB_ID"]
+    return f"{env.get('SLURM_CLUSTER_NAME', '')}:{requeue_id(env)}"
 
 
 def comparable_config(config: Mapping[str, Any]) -> dict[str, Any]:

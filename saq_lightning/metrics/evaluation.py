@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from saq_lightning.devices import choose_device
 from saq_lightning.files import sha256_file, write_text_atomic
 
 from .clip_score import clip_score, load_clip, resolve_clip
@@ -119,12 +120,6 @@ class EvaluationResult:
         write_text_atomic(json_path, json.dumps(self.as_dict(), indent=2) + "\n")
         if markdown_path is not None:
             write_text_atomic(markdown_path, self.to_markdown())
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def read_prompt_file(path: str | os.PathLike) -> list[str]:
@@ -511,7 +506,7 @@ def evaluate_samples(
         raise ValueError(f"{needs_ref} need a reference (--reference <real images .npz | statistics .npz | digits>)")
     for m in chosen:
         m.check(req)
-    device = resolve_device(s.device)
+    device = choose_device(s.device)
     inputs, input_notes = _gather({i for m in chosen for i in m.inputs}, req, device)
     notes.update(input_notes)
     values: dict[str, float] = {}
