@@ -38,6 +38,7 @@ def test_the_ranks_meet_by_lightnings_node_and_port_rule(env, expected):
     assert rendezvous_address(env) == expected
 
 
+@pytest.mark.filterwarnings("ignore:The `srun` command is available")  # this test is not run under srun
 @pytest.mark.parametrize("env", [SRUN_TASK, {"SLURM_JOB_ID": "1234567", "SLURM_NODELIST": "gpu-a[003-005,9],cpu1"},
                                  {"MASTER_ADDR": "head", "MASTER_PORT": "2222", **SRUN_TASK}])
 def test_the_rule_agrees_with_lightnings_slurm_environment(env, monkeypatch):
