@@ -28,6 +28,10 @@ NAIVE_PREFIX = "naive:"
 Kind = Literal["fp", "naive", "export", "checkpoint"]
 
 
+class StudentKindError(ValueError):
+    """A ``--student`` of a kind the command cannot use (``export`` of the FP model or of an export)."""
+
+
 @dataclass(frozen=True)
 class NaiveCalibration:
     """How a ``naive:<policy>`` student is calibrated: ``samples`` FP trajectories from ``seed``,
