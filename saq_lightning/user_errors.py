@@ -44,13 +44,13 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from saq_lightning.quant.export import ExportMismatchError
     from saq_lightning.quant.kernels import QuantKernelsError
     from saq_lightning.sampling.errors import SamplingError
-    from saq_lightning.students.ref import StudentKindError
+    from saq_lightning.students.ref import StudentRefError
 
     return (ArgumentError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
             ShardError, ManifestError, PhaseError, ResumeMismatchError, CheckpointMismatchError, CheckpointKeyError,
             RunMismatchError, SampleFormatError, SamplingError, OutputExistsError, NonFiniteLossError,
             DataValueError, RunFolderBusyError, UnreadableFileError, ExportMismatchError, QuantKernelsError,
-            StudentKindError)
+            StudentRefError)
 
 
 def split_traceback_flag(argv: list[str]) -> tuple[list[str], bool]:

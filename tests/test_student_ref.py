@@ -125,3 +125,13 @@ def test_the_int_runtime_of_an_export_is_loaded_directly_with_integer_layers(exp
     net = StudentRef.parse(str(export)).load(SPEC, "cpu", runtime="weight_only")
     report = net.unet.runtime_report
     assert report.requested == "weight_only" and report.counts().get("weight_only", 0) > 0
+
+
+def test_a_naive_student_without_a_policy_is_one_line_and_exit_2_on_the_command_line(tmp_path, capsys):
+    from saq_lightning.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["sample", "--out", str(tmp_path / "s"), "--student", "naive:"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "error: --student 'naive:': naive:<policy> needs a policy (e.g. naive:w4a4)")

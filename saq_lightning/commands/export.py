@@ -31,7 +31,7 @@ from saq_lightning.quant.runtime import load_runtime
 from saq_lightning.quant.runtime.report import RuntimeReport
 from saq_lightning.students import NaiveCalibration, StudentRef
 from saq_lightning.students.coverage import coverage_report
-from saq_lightning.students.ref import StudentKindError
+from saq_lightning.students.ref import StudentRefError
 
 
 def export(
@@ -62,7 +62,7 @@ def export(
     ref = StudentRef.parse(student)
     if ref.kind not in ("checkpoint", "naive"):
         what = "the FP model" if ref.kind == "fp" else "already an export folder"
-        raise StudentKindError(f"export --student {ref.text!r}: {what}; give a training or PTQ checkpoint "
+        raise StudentRefError(f"export --student {ref.text!r}: {what}; give a training or PTQ checkpoint "
                                f"or naive:<policy>")
     folder = Path(out).expanduser()
     refuse_existing_export(folder, overwrite)

@@ -28,8 +28,9 @@ NAIVE_PREFIX = "naive:"
 Kind = Literal["fp", "naive", "export", "checkpoint"]
 
 
-class StudentKindError(ValueError):
-    """A ``--student`` of a kind the command cannot use (``export`` of the FP model or of an export)."""
+class StudentRefError(ValueError):
+    """A ``--student`` value that names no usable student (``naive:`` without a policy) or one of a
+    kind the command cannot use (``export`` of the FP model or of an export): a user error."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class StudentRef:
         if text.startswith(NAIVE_PREFIX):
             policy = text[len(NAIVE_PREFIX):]
             if not policy:
-                raise ValueError(f"--student {text!r}: naive:<policy> needs a policy (e.g. naive:w4a4)")
+                raise StudentRefError(f"--student {text!r}: naive:<policy> needs a policy (e.g. naive:w4a4)")
             return cls("naive", text, policy=policy)
         path = Path(text).expanduser()
         if path.is_dir():
