@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 
 from saq_lightning.data.digits import digits_split
-from saq_lightning.lightning.student_loading import load_student
 from saq_lightning.metrics.digits_classifier import load_digits_classifier
 from saq_lightning.metrics.digits_eval import sample_class_balanced
 from saq_lightning.metrics.digits_quality import digits_quality
 from saq_lightning.metrics.sample_generation import SamplerSetting
 from saq_lightning.quant import load_trainable_state_dict
 from saq_lightning.quant.layers import QuantLayer
+from saq_lightning.students import load_student
 
 
 def naive_from(folder: Path):

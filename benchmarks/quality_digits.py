@@ -39,12 +39,12 @@ from rich.console import Console
 from saq_lightning.commands.demo import demo_run_config, resolve_config, train
 from saq_lightning.commands.generate import load_run
 from saq_lightning.data.digits import digits_split
-from saq_lightning.lightning.student_loading import load_student
 from saq_lightning.metrics.digits_classifier import load_digits_classifier
 from saq_lightning.metrics.digits_eval import sample_class_balanced
 from saq_lightning.metrics.digits_quality import digits_quality
 from saq_lightning.metrics.sample_generation import SamplerSetting
 from saq_lightning.sampling.registry import solver_order
+from saq_lightning.students import load_student
 
 FIXED_10 = [{"student_steps": 10, "student_order": 1, "teacher_order": 2}]
 MIXSTEP = [{"student_steps": s, "student_order": 1, "teacher_order": 2} for s in (20, 10, 5)]

@@ -110,7 +110,7 @@ def _share_calibration(out: Path, policy: str, target: Path) -> None:
 def build_ptq_row_model(row: PTQRow, base: Path, out: Path, args: Any, console: Any):
     """The row's student as a DiffusionModel (eval mode) and the seconds it took to make."""
     from saq_lightning.commands.demo import train
-    from saq_lightning.lightning.student_loading import load_student
+    from saq_lightning.students import load_student
 
     ckpt, seconds = ptq_student(row, out, args)
     if not row.qlora:

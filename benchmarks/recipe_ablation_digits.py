@@ -45,11 +45,11 @@ from rich.console import Console
 from saq_lightning.commands.demo import resolve_config, train
 from saq_lightning.commands.generate import load_run
 from saq_lightning.data.digits import digits_split
-from saq_lightning.lightning.student_loading import load_student
 from saq_lightning.metrics.digits_classifier import load_digits_classifier
 from saq_lightning.metrics.digits_eval import sample_class_balanced
 from saq_lightning.metrics.digits_quality import digits_quality
 from saq_lightning.metrics.sample_generation import SamplerSetting
+from saq_lightning.students import load_student
 
 LDM4_D, DIGITS_D = 3 * 64 * 64, 64
 BALANCES = {"w_cos 1 (default)": 1.0, "w_cos 100/64 (author at D=64)": 100.0 / DIGITS_D,

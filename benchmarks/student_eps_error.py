@@ -31,12 +31,12 @@ import torch
 import yaml
 
 from saq_lightning.commands.generate import load_run
-from saq_lightning.lightning.student_loading import load_student
 from saq_lightning.metrics.digits_eval import class_balanced_inputs
 from saq_lightning.metrics.sample_generation import guided_predictor
 from saq_lightning.models.diffusion_model import DiffusionModel
 from saq_lightning.sampling import Trajectory, make_solver, sample, time_grid
 from saq_lightning.sampling.predictor import select_batch
+from saq_lightning.students import load_student
 
 TRAINED = {"same_input": "w4a4_same_input", "mixed_order": "w4a4_mixed_order",
            "mixstep": "w4a4_mixed_order_mixstep"}

@@ -61,6 +61,10 @@ PIPELINE_COMMANDS: dict[str, PipelineCommand] = {
         "saq_lightning.commands.ptq:main",
         "SA-PTQ / BRECQ block reconstruction (AdaRound) from calibration shards; multi-rank, resumable",
     ),
+    "export": PipelineCommand(
+        "saq_lightning.commands.export:main",
+        "student checkpoint (fit/ptq) or naive:<policy> -> integer export folder (sample --runtime int)",
+    ),
     "diagnose": PipelineCommand(
         "saq_lightning.commands.diagnose:main",
         "trajectory diagnostics: student vs FP distance per step at orders 1-3, flow straightness",

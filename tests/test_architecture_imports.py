@@ -34,6 +34,7 @@ LAYERS: dict[str, int] = {
     "outputs": 3,
     "lightning": 4,
     "callbacks": 4,
+    "students": 4,  # --student loading: reads checkpoints (lightning/checkpointing.py), Lightning-free
     "cli": 5,  # entry points: may import everything
     "__main__": 5,
     "commands": 5,

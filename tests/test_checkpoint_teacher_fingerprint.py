@@ -7,9 +7,9 @@ import torch
 from test_training_helpers import save_tiny_teacher, tiny_module
 
 from saq_lightning.lightning.checkpointing import CheckpointMismatchError, teacher_fingerprint
-from saq_lightning.lightning.student_loading import load_student
 from saq_lightning.models import build_model
 from saq_lightning.quant import trainable_state_dict
+from saq_lightning.students import load_student
 
 
 @pytest.fixture(scope="module")

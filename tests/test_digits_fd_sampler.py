@@ -8,7 +8,7 @@ from test_training_helpers import save_tiny_teacher, tiny_module
 
 from saq_lightning.callbacks.digits_fd import DigitsFDCallback
 from saq_lightning.data import MixStepPhase
-from saq_lightning.metrics.trained_sampler import sampler_for
+from saq_lightning.students.trained_sampler import sampler_for
 
 
 @pytest.fixture(scope="module")

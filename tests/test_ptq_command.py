@@ -65,8 +65,8 @@ def test_tensorboard_holds_per_block_losses_regulariser_and_hard_fraction(base):
 
 
 def test_the_student_loads_for_sampling_and_exports_its_hard_codes(base, tmp_path):
-    from saq_lightning.lightning.student_loading import load_student
     from saq_lightning.quant import export_student, load_exported
+    from saq_lightning.students import load_student
 
     root, *_ = base
     model = load_student(root / "one" / "student.ckpt")

@@ -16,10 +16,10 @@ import torch
 from quant_helpers import calibrated_cond_student, cond_batch, perturb_lora
 from runtime_helpers import capture_inputs, layers_of, reference_accumulator
 
-from saq_lightning.lightning.student_loading import load_sampling_model
 from saq_lightning.models import ModelSpec, build_model
 from saq_lightning.quant import QuantLayer, export_student, load_exported
 from saq_lightning.quant.runtime import RuntimeLayer, load_runtime, weight_bytes
+from saq_lightning.students import load_sampling_model
 
 SPEC = ModelSpec(kind="digits")
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from saq_lightning.cli import main
-from saq_lightning.lightning.student_loading import load_sampling_model
 from saq_lightning.models import ModelSpec
 from saq_lightning.quant import export_student
+from saq_lightning.students import load_sampling_model
 
 ARGS = ["--num_samples", "20", "--steps", "4", "--batch_size", "10", "--device", "cpu", "--grid_size", "0"]
 

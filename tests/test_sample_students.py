@@ -9,16 +9,15 @@ import importlib.util
 import pytest
 import torch
 
-from saq_lightning.lightning.student_loading import load_sampling_model
 from saq_lightning.metrics.sample_generation import SamplerSetting, generate_images
-from saq_lightning.metrics.students import describe_student
 from saq_lightning.models import ModelSpec, build_model
 from saq_lightning.quant import QuantizedUNet, export_student
 from saq_lightning.seeding import evaluation_noise
+from saq_lightning.students import StudentRef, load_sampling_model
 
 SPEC = ModelSpec(kind="digits")
 SETTING = SamplerSetting("ddim", steps=3, guidance_scale=2.0)
-HAS_STUDENT_LOADING = importlib.util.find_spec("saq_lightning.lightning.student_loading") is not None
+HAS_STUDENT_LOADING = importlib.util.find_spec("saq_lightning.students.checkpoint") is not None
 
 
 @pytest.fixture(scope="module")
@@ -47,22 +46,22 @@ def test_integer_export_samples_like_its_fake_quant_student(naive, tmp_path):
     export_student(naive.unet, tmp_path / "export")
     exported = load_sampling_model(SPEC, str(tmp_path / "export"))
     torch.testing.assert_close(draw(exported), draw(naive), atol=1e-4, rtol=0)
-    assert describe_student(str(tmp_path / "export"))["kind"] == "export"
+    assert StudentRef.parse(str(tmp_path / "export")).identity()["kind"] == "export"
 
 
 def test_a_checkpoint_path_is_loaded_through_load_student(naive, tmp_path, monkeypatch):
-    pytest.importorskip("saq_lightning.lightning.student_loading")
-    from saq_lightning.lightning import student_loading
+    from saq_lightning.students import ref
 
     ckpt = tmp_path / "last.ckpt"
     ckpt.write_bytes(b"stand-in")
     seen = []
-    monkeypatch.setattr(student_loading, "load_student", lambda path, map_location: seen.append(path) or naive)
+    monkeypatch.setattr(ref, "read_checkpoint", lambda path: {"read": str(path)})
+    monkeypatch.setattr(ref, "student_from_contents", lambda contents, path: seen.append(contents["read"]) or naive)
     assert load_sampling_model(SPEC, str(ckpt)) is naive
     assert seen == [str(ckpt)]
 
 
-@pytest.mark.skipif(not HAS_STUDENT_LOADING, reason="saq_lightning.lightning.student_loading is not available")
+@pytest.mark.skipif(not HAS_STUDENT_LOADING, reason="saq_lightning.students.checkpoint is not available")
 def test_a_real_training_checkpoint_samples_like_the_student_it_holds(naive, tmp_path):
     from saq_lightning.lightning.checkpointing import identity, student_state_dict
 

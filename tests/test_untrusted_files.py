@@ -24,7 +24,7 @@ from saq_lightning.cli import main
 from saq_lightning.commands.ptq import ptq
 from saq_lightning.files import UnsafeFileError
 from saq_lightning.lightning.checkpointing import CheckpointDigestError
-from saq_lightning.lightning.student_loading import load_student
+from saq_lightning.students import load_student
 
 
 class Payload:

@@ -22,7 +22,7 @@ from saq_lightning.data.digits import digits_split
 from saq_lightning.metrics.digits_classifier import load_digits_classifier
 from saq_lightning.metrics.digits_eval import evaluate_digits_model
 from saq_lightning.metrics.sample_generation import SamplerSetting
-from saq_lightning.metrics.trained_sampler import sampler_for
+from saq_lightning.students.trained_sampler import sampler_for
 
 
 class DigitsFDCallback(pl.Callback):

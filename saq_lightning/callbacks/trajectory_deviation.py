@@ -114,7 +114,7 @@ class TrajectoryDeviationCallback(Callback):
         Its orders 1/2/3 of ``solver`` against ``aligned_solver`` describe a student sampled with
         ``solver``'s family; a student trained for another family (a PLMS or a multistep student)
         is sampled with that, so the figures would describe a sampler nobody uses."""
-        from ..metrics.trained_sampler import sampler_for
+        from ..students.trained_sampler import sampler_for
 
         phases = getattr(pl_module, "phases", None) or []
         settings = getattr(pl_module, "teacher_settings", None)

@@ -146,7 +146,7 @@ def compare(run_config: Path, checkpoint: Path, out: Path, n: int, steps: int, s
             seed: int, console: Console) -> list[dict[str, Any]]:
     """FD / class accuracy of FP, naive W4A4 and trained W4A4 at ``steps`` steps."""
     from saq_lightning.commands.generate import load_run
-    from saq_lightning.lightning.student_loading import load_student
+    from saq_lightning.students import load_student
 
     console.rule(f"compare at {steps} steps ({n} class-balanced samples each)")
     parts = load_run(["--config", str(run_config)])

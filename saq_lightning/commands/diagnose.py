@@ -15,7 +15,6 @@ import torch
 from jsonargparse import auto_cli
 
 from saq_lightning.devices import choose_device
-from saq_lightning.lightning.student_loading import load_sampling_model
 from saq_lightning.metrics.sample_generation import (
     condition_classes,
     guided_predictor,
@@ -30,6 +29,7 @@ from saq_lightning.models import ModelSpec
 from saq_lightning.outputs import clear_outputs, recorded_settings, refuse_existing
 from saq_lightning.sampling import time_grid
 from saq_lightning.seeding import evaluation_labels, evaluation_noise
+from saq_lightning.students import StudentRef
 
 
 def diagnose(
@@ -76,9 +76,10 @@ def diagnose(
     outputs = [folder / "diagnostics.json", folder / "trajectory_diagnostics.png", folder / "tensorboard"]
     refuse_existing("diagnose", outputs, run_settings, recorded_settings(outputs[0]), overwrite)
     model = model if model is not None else ModelSpec(kind="digits")
+    ref = StudentRef.parse(student)
     dev = choose_device(device)
-    teacher = load_sampling_model(model, None, dev)
-    student_model = load_sampling_model(model, student, dev, teacher=teacher)
+    teacher = StudentRef.parse(None).load(model, dev)
+    student_model = ref.load(model, dev, teacher=teacher)
     defaults = teacher.sampling_defaults
     steps = int(steps if steps is not None else defaults.get("steps", 10))
     scale = float(guidance_scale if guidance_scale is not None else defaults.get("guidance_scale", 1.0))

@@ -21,15 +21,13 @@ from jsonargparse import auto_cli
 from saq_lightning.commands.placement import requeue_on_sigusr1
 from saq_lightning.devices import choose_device
 from saq_lightning.distributed import environment_placement, init_process_group
-from saq_lightning.lightning.student_loading import load_sampling_model
 from saq_lightning.metrics.evaluation import read_prompt_file
-from saq_lightning.metrics.runtime_model import check_runtime, with_runtime
 from saq_lightning.metrics.sample_generation import SamplerSetting
 from saq_lightning.metrics.sampling_run import make_plan, run_sampling
-from saq_lightning.metrics.students import describe_student
-from saq_lightning.metrics.trained_sampler import departure_line, trained_sampler
 from saq_lightning.models import ModelSpec
 from saq_lightning.ranks import rank_world
+from saq_lightning.students import StudentRef
+from saq_lightning.students.trained_sampler import departure_line
 
 DEFAULTS = SamplerSetting()
 
@@ -112,21 +110,22 @@ def sample(
             slurm/sample.sbatch); the piece that completes the set merges samples.npz.
     """
     model = model if model is not None else ModelSpec(kind="digits")
-    check_runtime(runtime, student)
+    ref = StudentRef.parse(student)
+    ref.check_runtime(runtime)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     placement = environment_placement()  # torchrun or an srun step
     requeue_on_sigusr1()  # under srun: SIGUSR1 requeues the job, which resumes from the finished chunks
     dev = choose_device(device, placement.local_rank if placement else 0)
     created = init_process_group(placement, dev)
     try:
-        net = with_runtime(load_sampling_model(model, student, dev), runtime, student, dev)
-        trained = trained_sampler(student)  # a .ckpt student: the sampler it was trained for
+        net = ref.load(model, dev, runtime=runtime)
+        trained = ref.trained_sampler()  # a checkpoint's student: the sampler it was trained for
         setting = _setting({**net.sampling_defaults, **trained}, net.conditioner is not None, solver,
                            steps, spacing, guidance_scale, order, eta)
         if (note := departure_line(trained, setting, str(student))) and rank_world()[0] == 0:
             print(note)
         prompt_list = read_prompt_file(prompts) if prompts else None
-        identity = {"model": json.loads(json.dumps(vars(model), default=str)), "student": describe_student(student)}
+        identity = {"model": json.loads(json.dumps(vars(model), default=str)), "student": ref.identity()}
         if runtime != "fake":
             identity["runtime"] = runtime
         plan = make_plan(net, num_samples, setting, seed, batch_size, prompt_list, identity)

@@ -28,6 +28,7 @@ forward uses, so the reloaded student reproduces the fake-quant student's output
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -252,20 +253,20 @@ def _skeleton(manifest: dict[str, Any]) -> nn.Module:
 
 @torch.no_grad()
 def load_exported(
-    folder: str | os.PathLike, *, model: nn.Module | None = None, device: str | torch.device = "cpu"
+    folder: str | os.PathLike, *, model: nn.Module | None = None, device: str | torch.device = "cpu",
+    manifest: dict[str, Any] | None = None,
 ) -> QuantizedUNet:
     """Rebuild an integer student from :func:`export_student` output.
 
     ``model``: an FP module of the same architecture to build on (its tensors are replaced);
     default: the diffusers class named in the manifest, built from the stored config. The result
     is frozen, in eval mode, and holds integer codes instead of FP weights for quantized layers.
+    ``manifest``: the folder's manifest if the caller has read it already (each file of an export
+    is read once: the weights file's bytes are both digested and loaded).
     """
-    from safetensors.torch import load_file
-
     folder = Path(folder)
-    manifest = read_manifest(folder)
-    check_weights_digest(folder, manifest)
-    tensors = load_file(str(folder / manifest["tensors"]), device=str(device))
+    manifest = manifest if manifest is not None else read_manifest(folder)
+    tensors = read_weights(folder, manifest, device)
     unet = model if model is not None else _skeleton(manifest)
     unet.to(device)
     policy = QuantPolicy.from_dict(manifest["policy"])
@@ -320,14 +321,29 @@ def load_exported(
     return student.eval()
 
 
-def check_weights_digest(folder: Path, manifest: dict[str, Any]) -> None:
-    """Refuse a weights file whose SHA-256 is not the one the manifest recorded (exports written
-    before the digest was recorded are not checked)."""
+def read_weights(folder: Path, manifest: dict[str, Any], device: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """The export's tensors, read once: the bytes are checked against the manifest's SHA-256
+    (:func:`check_weights_digest`) and parsed from the same read."""
+    from safetensors.torch import load
+
+    path = folder / manifest["tensors"]
+    data = path.read_bytes()
+    check_weights_digest(folder, manifest, hashlib.sha256(data).hexdigest())
+    tensors = load(data)
+    del data
+    if torch.device(device).type != "cpu":
+        tensors = {k: t.to(device) for k, t in tensors.items()}
+    return tensors
+
+
+def check_weights_digest(folder: Path, manifest: dict[str, Any], digest: str | None = None) -> None:
+    """Refuse a weights file whose SHA-256 (``digest`` if the caller has computed it) is not the one
+    the manifest recorded (exports written before the digest was recorded are not checked)."""
     recorded = manifest.get("tensors_sha256")
     path = folder / manifest["tensors"]
-    if recorded is None or not path.is_file():
+    if recorded is None or (digest is None and not path.is_file()):
         return
-    if sha256_file(path) != recorded:
+    if (digest if digest is not None else sha256_file(path)) != recorded:
         raise ExportMismatchError(
             f"{path}: its SHA-256 is not the one {folder / MANIFEST} records (tensors_sha256): the weights "
             f"come from another export or were changed; export the student again")

@@ -166,7 +166,7 @@ def load_runtime(
             chosen = "emulated"
             notes.append(f"fallback: {reason}; integer codes multiplied in float64")
     try:
-        student = load_exported(folder, model=model, device="cpu")
+        student = load_exported(folder, model=model, device="cpu", manifest=manifest)
     except ValueError as e:
         raise ValueError(e if str(folder) in str(e) else f"{folder}: {e}") from e
     if arithmetic != "fake":

@@ -4,7 +4,8 @@ A student is trained for one sampler. A ``fit`` checkpoint says it through its m
 first phase's ``student_solver``, default the run's solver family, its ``student_order`` and step
 count) and the run's spacing and guidance scale (``docs/training.md``, "Sampling a trained
 student"); a ``ptq`` checkpoint (``student.ckpt``) records the sampler its pairs were built for
-(``checkpoint["ptq"]["sampler"]``, ``docs/quant.md``). ``sample`` takes its defaults from here, so
+(``checkpoint["ptq"]["sampler"]``, ``docs/quant.md``). ``sample`` takes its defaults from here
+(through ``StudentRef.trained_sampler()``), so
 that ``sample --student last.ckpt`` samples the student as it was trained; an explicit option that
 departs from it prints one line saying so.
 """
@@ -12,10 +13,7 @@ departs from it prints one line saying so.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
-
-from saq_lightning.files import load_tensors
 
 #: singlestep families: the solver name of each order (one name per order: no override needed)
 _SINGLESTEP = {"dpm": {1: "dpm1", 2: "dpm2", 3: "dpm3"}, "dpm++": {1: "dpm++1", 2: "dpm++2s", 3: "dpm++3s"}}
@@ -46,13 +44,11 @@ def sampler_for(family: str, order: int) -> tuple[str, int | None]:
     return table[order], None
 
 
-def trained_sampler(student: str | None) -> dict[str, Any]:
-    """``{solver, [order], student_order, steps, spacing, guidance_scale, trained_steps}`` of a ``.ckpt``
-    student (``{}`` for the FP model, a naive student or an export folder, which record no training).
-    ``order`` is present only where the solver name does not fix it (a PLMS-3 student)."""
-    if not student or not str(student).endswith(".ckpt") or not Path(student).is_file():
-        return {}
-    checkpoint = load_tensors(student)
+def trained_sampler_of(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """``{solver, [order], student_order, steps, spacing, guidance_scale, trained_steps}`` of a student
+    checkpoint's contents (``StudentRef.trained_sampler()`` gives ``{}`` for the FP model, a naive
+    student or an export folder, which record no training). ``order`` is present only where the
+    solver name does not fix it (a PLMS-3 student)."""
     ptq = checkpoint.get("ptq")
     if isinstance(ptq, Mapping) and isinstance(ptq.get("sampler"), Mapping):
         return ptq_sampler(ptq["sampler"])

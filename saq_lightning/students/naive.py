@@ -1,40 +1,15 @@
-"""Students a sampling or diagnostics command can name without a checkpoint of its own.
-
-* ``"naive:<policy>"`` (e.g. ``naive:w4a4``) - plain post-training quantization of the spec's
-  UNet with that policy preset, calibrated on FP sampling trajectories: the baseline every
-  trained student is compared with (:func:`naive_student`);
-* :func:`describe_student` - what identifies any student's outputs.
-
-``saq_lightning.lightning.student_loading.load_sampling_model`` picks the model from the string.
-"""
+"""``naive:<policy>`` (e.g. ``naive:w4a4``): plain post-training quantization of the spec's UNet
+with that policy preset, calibrated on FP sampling trajectories: the baseline every trained
+student is compared with (:func:`naive_student`)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import torch
 
+from saq_lightning.metrics.sample_generation import condition_classes, guided_predictor
 from saq_lightning.models.diffusion_model import DiffusionModel
 from saq_lightning.sampling import make_solver, sample, time_grid
 from saq_lightning.seeding import evaluation_labels, evaluation_noise
-
-from .sample_generation import condition_classes, guided_predictor
-
-NAIVE_PREFIX = "naive:"
-
-
-def describe_student(student: str | None) -> dict[str, Any]:
-    """What identifies a student's outputs (path, size and modification time of its files)."""
-    if student in (None, "", "fp"):
-        return {"kind": "fp"}
-    if student.startswith(NAIVE_PREFIX):
-        return {"kind": "naive", "policy": student[len(NAIVE_PREFIX):]}
-    path = Path(student).expanduser()
-    files = sorted(path.rglob("*")) if path.is_dir() else [path]
-    stamp = [[str(p.relative_to(path) if path.is_dir() else p.name), p.stat().st_size, p.stat().st_mtime_ns]
-             for p in files if p.is_file()]
-    return {"kind": "export" if path.is_dir() else "checkpoint", "path": str(path.resolve()), "files": stamp}
 
 
 @torch.no_grad()
