@@ -31,11 +31,11 @@ EXIT_CODE = 2
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """The exception classes that mean "the input is wrong", not "the code is wrong"."""
+    from saq_lightning.alignment.checkpointing import CheckpointMismatchError
     from saq_lightning.callbacks.nonfinite import NonFiniteLossError
     from saq_lightning.data.batch_check import DataValueError
     from saq_lightning.data.errors import ManifestError, PhaseError, ResumeMismatchError, ShardError
     from saq_lightning.files import UnreadableFileError
-    from saq_lightning.lightning.checkpointing import CheckpointMismatchError
     from saq_lightning.lightning.run_lock import RunFolderBusyError
     from saq_lightning.metrics.npz_format import SampleFormatError
     from saq_lightning.metrics.sampling_run import RunMismatchError

@@ -8,8 +8,8 @@ from typing import Any
 import yaml
 from test_training_helpers import TINY_POLICY, save_tiny_teacher, tiny_module
 
+from saq_lightning.alignment.generation import generate_trajectories
 from saq_lightning.data import MixStepPhase, MixStepSchedule
-from saq_lightning.lightning.generation import generate_trajectories
 
 PAIR_SCHEDULE = MixStepSchedule((MixStepPhase(10, 1, 2),))
 GENERATION = {"trajectories_per_phase": 4, "trajectories_per_shard": 2, "store_pairs": True}

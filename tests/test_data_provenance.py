@@ -24,10 +24,10 @@ from test_training_helpers import (
     write_tiny_shards,
 )
 
+from saq_lightning.alignment.generation import generate_trajectories
+from saq_lightning.alignment.trajectory_meta import GENERATOR, check_trajectory_folder
 from saq_lightning.data import ManifestMismatchError, MixStepPhase, MixStepSchedule, load_manifest
 from saq_lightning.data.manifest import Layout
-from saq_lightning.lightning.generation import generate_trajectories
-from saq_lightning.lightning.trajectory_meta import GENERATOR, check_trajectory_folder
 
 SCHEDULE = MixStepSchedule((MixStepPhase(5, 1, 2),), batches_per_phase=1)
 GENERATION = {"trajectories_per_phase": 2, "trajectories_per_shard": 2}

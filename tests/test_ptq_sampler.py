@@ -13,11 +13,11 @@ import torch
 import yaml
 from ptq_helpers import paired_shards, ptq_config
 
+from saq_lightning.alignment.ptq import PTQSettings, resolve_roles
+from saq_lightning.alignment.ptq_sampler import resolve_sampler
 from saq_lightning.commands.ptq import ptq
 from saq_lightning.commands.sample import sample
 from saq_lightning.data import MixStepPhase
-from saq_lightning.lightning.ptq import PTQSettings, resolve_roles
-from saq_lightning.lightning.ptq_sampler import resolve_sampler
 
 PHASES = [MixStepPhase(20, 1, 2), MixStepPhase(10, 1, 2)]
 

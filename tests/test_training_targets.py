@@ -144,7 +144,7 @@ def test_intermediate_eps_target_is_the_teachers_eps_at_the_dpm2_intermediate_po
 
 
 def _points(rows, cond):
-    from saq_lightning.lightning.teacher_flow import TrainingPoints
+    from saq_lightning.alignment.teacher_flow import TrainingPoints
 
     return TrainingPoints(rows.x_s, rows.s, rows.t, rows.order, torch.zeros_like(rows.order), cond)
 

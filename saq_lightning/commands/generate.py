@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -76,50 +73,12 @@ def device_for(accelerator: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
-@dataclass
-class RunParts:
-    """The parts of a training config that generation needs."""
-
-    model: Any
-    datamodule: Any
-    schedule: Any
-    config: Any
-
-
-def load_run(config_args: list[str]) -> RunParts:
-    """Parse a training config as ``fit`` does and build its model and data module (no Trainer)."""
-    from saq_lightning.callbacks.mixstep import MixStepCallback
-    from saq_lightning.cli import SAQLightningCLI
-
-    class _NoTrainerCLI(SAQLightningCLI):
-        def instantiate_classes(self) -> None:
-            self.config_init = self.parser.instantiate_classes(self.config)
-            self.datamodule = self._get(self.config_init, "data")
-            self.model = self._get(self.config_init, "model")
-
-    with warnings.catch_warnings():  # args are given on purpose: they are not sys.argv
-        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter")
-        cli = _NoTrainerCLI(args=config_args, run=False)
-    callbacks = cli.config_init.get("trainer.callbacks") or []
-    schedules = [cb.schedule for cb in callbacks if isinstance(cb, MixStepCallback)]
-    if not schedules:
-        raise ValueError("the config has no MixStepCallback in trainer.callbacks: generate rolls out "
-                         "the phases of the mixstep schedule (see docs/training.md)")
-    return RunParts(cli.model, cli.datamodule, schedules[0], cli.config)
-
-
 def shards_folder(config_args: list[str]) -> str | None:
     """``data.init_args.shards`` of a config, parsed without building anything."""
-    from saq_lightning.cli import SAQLightningCLI
+    from saq_lightning.commands.run_config import read_run_config
+    from saq_lightning.commands.run_config import shards_folder as config_shards
 
-    class _ParseOnlyCLI(SAQLightningCLI):
-        def instantiate_classes(self) -> None:
-            return None
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter")
-        cfg = _ParseOnlyCLI(args=config_args, run=False).config
-    return cfg.get("data.init_args.shards")
+    return config_shards(read_run_config(config_args).config)
 
 
 def _report_folder(config_args: list[str]) -> dict:
@@ -135,15 +94,19 @@ def _report_folder(config_args: list[str]) -> dict:
 
 def run_rank(config_args: list[str], placement: Placement, accelerator: str, progress: bool) -> dict:
     """Build the run on this rank's device and write its shards; returns a summary."""
-    from saq_lightning.lightning.generation import generate_trajectories
+    from saq_lightning.alignment.generation import generate_trajectories
+    from saq_lightning.commands.run_config import load_run_parts
 
-    parts = load_run(config_args)
-    folder = getattr(parts.datamodule, "shards", None)
+    parts = load_run_parts(config_args)
+    if parts.schedule is None:
+        raise ValueError("the config has no MixStepCallback in trainer.callbacks: generate rolls out "
+                         "the phases of the mixstep schedule (see docs/training.md)")
+    folder = parts.shards
     if folder is None:
         raise ValueError("data.shards is null (on-the-fly mode): there is nothing to generate; set "
                          "data.init_args.shards to the trajectory folder")
     device = device_for(accelerator, placement.local_rank)
-    report = generate_trajectories(parts.model, parts.schedule, folder, rank=placement.rank,
+    report = generate_trajectories(parts.setup, parts.schedule, folder, rank=placement.rank,
                                    world_size=placement.world_size, device=device,
                                    progress=progress and placement.rank == 0)
     summary = {"folder": str(folder), "rank": placement.rank, "written": report.written,

@@ -28,13 +28,13 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 
+from saq_lightning.alignment.checkpointing import PORTABLE_SPEC_FIELDS, CheckpointMismatchError
+from saq_lightning.alignment.optim import LinearDecay, group_kind
+from saq_lightning.alignment.settings import OptimizerSettings
 from saq_lightning.data.manifest import _MISSING, diff_values, format_mismatches
 from saq_lightning.files import UnreadableFileError
 
 from .checkpoint_io import read_checkpoint
-from .checkpointing import PORTABLE_SPEC_FIELDS, CheckpointMismatchError
-from .optim import LinearDecay, group_kind
-from .settings import OptimizerSettings
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,15 @@ from pathlib import Path
 
 import torch
 
+from saq_lightning.alignment.checkpointing import (
+    FORMAT,
+    CheckpointMismatchError,
+    check_teacher_fingerprint,
+    check_tensor_digest,
+    restore_bucket_map,
+    split_student_state,
+    teacher_fingerprint,
+)
 from saq_lightning.files import load_tensors
 from saq_lightning.metrics.students import NAIVE_PREFIX, naive_student
 from saq_lightning.models import DiffusionModel, ModelSpec, build_model
@@ -21,16 +30,6 @@ from saq_lightning.quant import (
     load_exported,
     load_trainable_state_dict,
     quantize_model,
-)
-
-from .checkpointing import (
-    FORMAT,
-    CheckpointMismatchError,
-    check_teacher_fingerprint,
-    check_tensor_digest,
-    restore_bucket_map,
-    split_student_state,
-    teacher_fingerprint,
 )
 
 
