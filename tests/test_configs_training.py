@@ -41,9 +41,9 @@ def test_big_configs_build_their_student_on_the_meta_device_with_the_papers_sett
     cfg = parse(name)
     init = cfg.model.init_args.as_dict()
     policy = as_policy(init["policy"])
-    callbacks = [c for c in cfg.trainer.callbacks if c.class_path.endswith("MixStepCallback")]
-    phases = callbacks[0].init_args.as_dict()["phases"]
-    schedule = MixStepSchedule(tuple(phases), batches_per_phase=callbacks[0].init_args.batches_per_phase)
+    mixstep = cfg.mixstep.init_args
+    phases = mixstep.as_dict()["phases"]
+    schedule = MixStepSchedule(tuple(phases), batches_per_phase=mixstep.batches_per_phase)
     schedule.check_buckets(policy.n_buckets)
     if name == "sd14_w4a8.yaml":  # the paper's T2I recipe: PLMS 50 steps, the student one order lower
         assert [(p.student_steps, p.student_order, p.teacher_order, p.student_solver)
@@ -80,7 +80,7 @@ def test_the_digits_default_builds_model_data_and_schedule_for_real():
     parts.schedule.check_buckets(module.policy.n_buckets)
     assert module.expected_trajectory_meta()["conditions"]["num_classes"] == 10
     cfg = parse("digits_w4a4.yaml")
-    assert any(c.class_path.endswith("MixStepCallback") for c in cfg.trainer.callbacks)
+    assert cfg.mixstep.class_path.endswith("MixStepCallback")
     assert isinstance(MixStepCallback.from_schedule(parts.schedule), MixStepCallback)
 
 
@@ -125,7 +125,7 @@ def test_the_author_recipe_is_one_config_away_from_the_default(name):
     assert (loss.mse_reduction, loss.cos_reduction, loss.w_cos) == ("sum", "sum", 100.0)
     assert (opt.lora_lr_mode, opt.lora_lr_divisor) == ("scale_aware", 2500.0)
     assert init["spacing"] == "time_quadratic"
-    mix = next(c for c in cfg.trainer.callbacks if c.class_path.endswith("MixStepCallback")).init_args
+    mix = cfg.mixstep.init_args
     schedule = MixStepCallback(**mix.as_dict()).schedule
     steps = [p.student_steps for p in schedule.phases]
     batches = [schedule.batches_of(p) for p in range(schedule.num_phases)]

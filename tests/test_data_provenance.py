@@ -189,7 +189,7 @@ def test_generate_through_the_cli_says_so_in_one_line_and_exits_2(tmp_path, made
     config = tiny_fit_config(tmp_path / "fit.yaml", spec, folder, tmp_path / "run", 1,
                              generation=GENERATION)
     cfg = yaml.safe_load(config.read_text())  # the folder's one phase: only the version differs
-    cfg["trainer"]["callbacks"][0]["init_args"]["phases"] = [asdict(p) for p in SCHEDULE.phases]
+    cfg["mixstep"]["phases"] = [asdict(p) for p in SCHEDULE.phases]
     config.write_text(yaml.safe_dump(cfg))
     done = run_cli(["generate", "--config", str(config), "--progress", "false",
                     "--accelerator", "cpu"], timeout=600)

@@ -34,7 +34,7 @@ def test_saptq_configs_hold_the_lineage_defaults_and_second_order_pairs(name):
     assert GenerationSettings(**init["generation"]).store_pairs
     policy = as_policy(init["policy"])
     assert policy.lp_p == 2.4 and policy.name == name.split("_")[-2]
-    mix = next(c for c in cfg.trainer.callbacks if c.class_path.endswith("MixStepCallback"))
+    mix = cfg.mixstep
     schedule = MixStepSchedule(tuple(mix.init_args.as_dict()["phases"]))
     assert {p.teacher_order for p in schedule.phases} == {2}
     if name == "ldm4_w8a8_saptq.yaml":  # the paper's setting
@@ -72,7 +72,7 @@ def test_saptq_configs_name_their_sampler_and_the_role_that_suits_it(name):
     cfg = parse(name)
     ptq = PTQSettings(**{k: v for k, v in vars(cfg.ptq).items() if not k.startswith("__")})
     init = cfg.model.init_args.as_dict()
-    mix = next(c for c in cfg.trainer.callbacks if c.class_path.endswith("MixStepCallback"))
+    mix = cfg.mixstep
     phases = MixStepSchedule(tuple(mix.init_args.as_dict()["phases"])).phases
     sampler = resolve_sampler(ptq.solver, ptq.order, ptq.steps, ptq.spacing, init["spacing"],
                               init["guidance_scale"], phases)

@@ -78,7 +78,7 @@ def test_an_unknown_solver_is_refused_naming_the_field():
 def with_buckets(cfg, n_buckets):
     data = yaml.safe_load(cfg.read_text())
     data["model"]["init_args"]["policy"]["n_buckets"] = n_buckets
-    data["trainer"]["callbacks"][0]["init_args"]["n_buckets"] = n_buckets
+    data["mixstep"]["n_buckets"] = n_buckets
     cfg.write_text(yaml.safe_dump(data))
 
 

@@ -303,7 +303,7 @@ class SAQSetup(nn.Module):
                                   batch.get("cond"), batch.get("eps_eff"), batch.get("step"), history)
         if "phase" not in batch or self.phases is None:
             raise ValueError("an on-the-fly batch without phase fields: the data module needs the "
-                             "mixstep schedule (add a MixStepCallback)")
+                             "mixstep schedule (the config's `mixstep:` block)")
         phase_index = int(batch["phase"][0])
         phase = self.phases[phase_index]
         x_T = batch["x_T"]

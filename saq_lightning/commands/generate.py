@@ -1,7 +1,7 @@
 """``python -m saq_lightning generate --config <the fit config>``: teacher trajectories -> shards.
 
 The same YAML drives ``generate`` and ``fit``: the teacher, guidance, solver family and spacing
-come from ``model``, the phases from the ``MixStepCallback`` in ``trainer.callbacks``, the output
+come from ``model``, the phases from the top-level ``mixstep:`` block, the output
 folder is ``data.shards``, the layout ``model.generation``. Any LightningCLI override works here
 as it does for ``fit`` (``--model.generation.trajectories_per_phase 512``).
 
@@ -96,11 +96,12 @@ def run_rank(config_args: list[str], placement: Placement, accelerator: str, pro
     """Build the run on this rank's device and write its shards; returns a summary."""
     from saq_lightning.alignment.generation import generate_trajectories
     from saq_lightning.commands.run_config import load_run_parts
+    from saq_lightning.data.errors import PhaseError
 
     parts = load_run_parts(config_args)
     if parts.schedule is None:
-        raise ValueError("the config has no MixStepCallback in trainer.callbacks: generate rolls out "
-                         "the phases of the mixstep schedule (see docs/training.md)")
+        raise PhaseError("the config has no mixstep schedule (the top-level `mixstep:` block): generate "
+                         "rolls out the phases of the mixstep schedule (see docs/training.md)")
     folder = parts.shards
     if folder is None:
         raise ValueError("data.shards is null (on-the-fly mode): there is nothing to generate; set "

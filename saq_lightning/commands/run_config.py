@@ -1,10 +1,10 @@
 """What ``generate`` and ``ptq`` take from a run config, built without Lightning's objects.
 
-The config is read once by :func:`saq_lightning.lightning.run_cli.read_run_config` (parsed exactly as ``fit``
-parses it, nothing instantiated); from it come the alignment setup of the ``model:`` block
-(:class:`~saq_lightning.alignment.setup.SAQSetup`: teacher, student, flow, conditions; never a
-LightningModule or a Trainer), the mixstep schedule of the ``MixStepCallback`` in
-``trainer.callbacks``, the trajectory folder ``data.init_args.shards`` and the ``ptq:`` block.
+The config is read once by :func:`saq_lightning.lightning.run_cli.read_run_config` (parsed
+exactly as ``fit`` parses it, nothing instantiated); from it come the alignment setup of the
+``model:`` block (:class:`~saq_lightning.alignment.setup.SAQSetup`: teacher, student, flow,
+conditions; never a LightningModule or a Trainer), the mixstep schedule of the top-level
+``mixstep:`` block, the trajectory folder ``data.init_args.shards`` and the ``ptq:`` block.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from jsonargparse import ArgumentParser, Namespace
-from lightning.pytorch.callbacks import Callback
 
 from saq_lightning.alignment.setup import SAQSetup
 from saq_lightning.callbacks.mixstep import MixStepCallback
 from saq_lightning.data.mixstep import MixStepSchedule
 from saq_lightning.lightning.module import SAQLightningModule
-from saq_lightning.lightning.run_cli import read_run_config
+from saq_lightning.lightning.run_cli import read_run_config, refuse_mixstep_in_callbacks
 
 
 @dataclass
@@ -61,15 +60,14 @@ def model_args(config: Namespace) -> dict[str, Any]:
 
 
 def mixstep_schedule(config: Namespace) -> MixStepSchedule | None:
-    """The schedule of the config's ``MixStepCallback`` (``trainer.callbacks``), or None."""
-    entries = config.get("trainer.callbacks") or []
-    entries = entries if isinstance(entries, list) else [entries]
+    """The schedule of the config's top-level ``mixstep:`` block, or None."""
+    refuse_mixstep_in_callbacks(config)
+    block = config.get("mixstep")
+    if block is None:
+        return None
     parser = ArgumentParser(exit_on_error=False)
-    parser.add_argument("--callbacks", type=list[Callback] | None, default=None)
-    parsed = parser.parse_object({"callbacks": [plain(e) for e in entries]})
-    callbacks = parser.instantiate_classes(parsed).callbacks or []
-    schedules = [cb.schedule for cb in callbacks if isinstance(cb, MixStepCallback)]
-    return schedules[0] if schedules else None
+    parser.add_argument("--mixstep", type=MixStepCallback | None, default=None)
+    return parser.instantiate_classes(parser.parse_object({"mixstep": plain(block)})).mixstep.schedule
 
 
 def shards_folder(config: Namespace) -> str | None:

@@ -30,6 +30,7 @@ against the trainer's data module.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import lightning as L
@@ -136,6 +137,10 @@ class SAQLightningModule(L.LightningModule):
             names the backend (default ``inductor``; e.g. ``aot_eager``).
         quant_kernels: how the quantizer pieces run: ``auto`` (fused Triton kernels on CUDA, eager
             elsewhere), ``triton`` (an error where it cannot run) or ``eager``; printed at fit start.
+        mixstep: the run's mixstep schedule. Not written under ``model:``: the CLI links it from
+            the top-level ``mixstep:`` block (the ``MixStepCallback`` it forces into the trainer),
+            which it also links into the data module; in Python, the ``MixStepCallback`` hands
+            it over at set-up (:meth:`set_mixstep`). Saved with the hyperparameters.
     """
 
     def __init__(
@@ -160,10 +165,13 @@ class SAQLightningModule(L.LightningModule):
         init_from: str | None = None,
         compile: bool | str = False,
         quant_kernels: Literal["auto", "triton", "eager"] = "auto",
+        mixstep: MixStepSchedule | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if max_nonfinite_steps < 0:
             raise ValueError(f"max_nonfinite_steps must be >= 0, got {max_nonfinite_steps}")
+        if isinstance(mixstep, Mapping):  # as saved in a checkpoint's hyperparameters
+            mixstep = MixStepSchedule.from_dict(mixstep)
         setup = SAQSetup(teacher, policy, alignment, targets, teacher_solver, spacing, guidance_scale,
                          guidance_alignment, mixed_order_target, loss, optimizer, calibration, generation,
                          online_points_per_batch, seed, allow_teacher_transfer, init_from, compile,
@@ -178,6 +186,8 @@ class SAQLightningModule(L.LightningModule):
         self.teacher = setup.teacher  # frozen, eval mode
         self.student = setup.student
         self.max_nonfinite_steps = max_nonfinite_steps
+        self.mixstep: MixStepSchedule | None = None
+        self.set_mixstep(mixstep)
         self.strict_loading = False  # checkpoints hold the student's trainable state only
         self.skipped_nonfinite_batch = False
         self.restored_from_checkpoint = False
@@ -214,7 +224,6 @@ class SAQLightningModule(L.LightningModule):
     expected_trajectory_meta = _delegated("expected_trajectory_meta")
     guidance_line = _delegated("guidance_line")
     bind_bucket_map = _delegated("bind_bucket_map")
-    calibrate_student = _delegated("calibrate_student")
     training_points = _delegated("training_points")
     alignment_targets = _delegated("alignment_targets")
     student_direction = _delegated("student_direction")
@@ -222,6 +231,10 @@ class SAQLightningModule(L.LightningModule):
     alignment_terms = _delegated("alignment_terms")
     sample_comparison = _delegated("sample_comparison")
     checkpoint_identity = _delegated("checkpoint_identity")
+
+    def calibrate_student(self) -> dict[str, Any]:
+        """The setup's calibration (a method of the module so that a fit can observe its calls)."""
+        return self.saq.calibrate_student()
 
     def train(self, mode: bool = True) -> SAQLightningModule:
         super().train(mode)
@@ -237,23 +250,23 @@ class SAQLightningModule(L.LightningModule):
         bar = step_progress_bar_for(self.trainer)
         return [NonFiniteGuard(self.max_nonfinite_steps), GracefulStop(), *([bar] if bar else [])]
 
-    def _mixstep_schedule(self) -> MixStepSchedule | None:
-        from saq_lightning.callbacks.mixstep import MixStepCallback
-
-        for cb in self.trainer.callbacks:
-            if isinstance(cb, MixStepCallback):
-                return cb.schedule
-        return getattr(self.trainer.datamodule, "mixstep", None)
+    def set_mixstep(self, schedule: MixStepSchedule | None) -> None:
+        """The run's mixstep schedule (``MixStepCallback.setup`` hands its own over); its phases
+        are the setup's, and the hyperparameters record it. A second, different one is refused."""
+        if schedule is None or schedule == self.mixstep:
+            return
+        if self.mixstep is not None:
+            raise ValueError(f"two mixstep schedules: the module's {self.mixstep} and a "
+                             f"MixStepCallback's {schedule}; give the schedule once (`mixstep:`)")
+        self.mixstep = schedule
+        self.phases = list(schedule.phases)
+        self.hparams["mixstep"] = schedule.to_dict()
 
     def setup(self, stage: str) -> None:
-        if stage == "validate" and self.phases is None:  # validation scores each phase's own step
-            schedule = self._mixstep_schedule()
-            self.phases = None if schedule is None else list(schedule.phases)
+        # validation scores each phase's own step: the phases are the schedule's (set_mixstep)
         if stage != "fit":
             return
-        schedule = self._mixstep_schedule()
-        if schedule is not None:
-            self.phases = list(schedule.phases)
+        schedule = self.mixstep
         dm = self.trainer.datamodule
         manifest = getattr(dm, "manifest", None)
         if manifest is not None:
@@ -271,7 +284,7 @@ class SAQLightningModule(L.LightningModule):
                                  f"takes {list(self.teacher.sample_shape)} (data.image_shape)")
             if schedule is None:
                 raise ValueError("the on-the-fly mode rolls out the phases of a mixstep schedule: "
-                                 "add a MixStepCallback to trainer.callbacks")
+                                 "give one (the top-level `mixstep:` block of the config)")
             if self.target_source == "shard":
                 raise ValueError("targets='shard' needs trajectory shards (data.shards)")
         line = self.loss_settings.balance_line(int(np.prod(self.teacher.sample_shape)),

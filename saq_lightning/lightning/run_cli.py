@@ -5,6 +5,7 @@ one run-config reader, :func:`read_run_config`, that ``generate``, ``ptq`` and `
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from argparse import RawDescriptionHelpFormatter
 from collections.abc import Iterator
@@ -13,16 +14,43 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import DefaultHelpFormatter
+from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
+from saq_lightning.callbacks.mixstep import MixStepCallback
+from saq_lightning.data.errors import PhaseError
+from saq_lightning.data.mixstep import MixStepSchedule
 from saq_lightning.lightning.checkpoint_io import AtomicCheckpointIO
 from saq_lightning.lightning.resume import last_candidates, newest_readable
 from saq_lightning.lightning.run_lock import folder_locks
 from saq_lightning.lightning.run_outputs import SetAside, check_fit_outputs, checkpoint_dirs
 
 PROG = "python -m saq_lightning"
+
+
+class MixStepPlacementError(PhaseError):
+    """A ``MixStepCallback`` in ``trainer.callbacks``: the schedule has one place, ``mixstep:``."""
+
+
+def schedule_of(callback: MixStepCallback | None) -> MixStepSchedule | None:
+    """What the `mixstep:` block links into the module and the data module."""
+    return None if callback is None else callback.schedule
+
+
+def refuse_mixstep_in_callbacks(config: Any) -> None:
+    """One line for a config that gives its schedule as a ``MixStepCallback`` in
+    ``trainer.callbacks`` (the layout before the top-level ``mixstep:`` block)."""
+    entries = (config.get("trainer.callbacks") if config is not None else None) or []
+    for entry in entries if isinstance(entries, list) else [entries]:
+        path = entry.get("class_path") if isinstance(entry, Namespace) else None
+        module, _, name = str(path or "").rpartition(".")
+        cls = getattr(importlib.import_module(module), name, None) if module else None
+        if isinstance(cls, type) and issubclass(cls, MixStepCallback):
+            raise MixStepPlacementError(
+                f"trainer.callbacks holds a {name}: give the mixstep schedule once, as the top-level "
+                f"`mixstep:` block (its init_args: phases, mode, batches_per_phase, ...; "
+                f"see docs/training.md)")
 
 
 class _HelpFormatter(RawDescriptionHelpFormatter, DefaultHelpFormatter):
@@ -53,6 +81,11 @@ class SAQLightningCLI(LightningCLI):
                             help="fit: replace an earlier run's checkpoints in the checkpoint dirpath "
                                  "(kept aside until this run's first checkpoint; otherwise a fresh run "
                                  "there is refused)")
+        # the mixstep schedule, given once: a forced callback, linked into the module and the data
+        # module when they are built (models without a `mixstep` argument, e.g. pretraining, skip it)
+        parser.add_lightning_class_args(MixStepCallback, "mixstep", subclass_mode=True, required=False)
+        for target in ("model.init_args.mixstep", "data.init_args.mixstep"):
+            parser.link_arguments("mixstep", target, compute_fn=schedule_of, apply_on="instantiate")
 
     def _run_subcommand(self, subcommand: str) -> None:
         """``fit`` holds its folder locks and its set-aside earlier run for exactly its own length."""
@@ -94,12 +127,21 @@ class SAQLightningCLI(LightningCLI):
         compares the two on load instead (``lightning/resume.py``)."""
 
     def before_instantiate_classes(self) -> None:
+        refuse_mixstep_in_callbacks(self.config.get(self.subcommand) if self.subcommand else self.config)
         # SLURM requeue: resume this job's newest checkpoint with no --ckpt_path (docs/slurm.md)
         from saq_lightning.lightning.slurm import apply_resume, resolve_resume_ckpt
 
         fit = self.config.get("fit") if self.subcommand == "fit" else None
         self.slurm_run = resolve_resume_ckpt(fit) if fit is not None else None
         apply_resume(fit, self.slurm_run)
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+        """The forced callbacks (the mixstep schedule's; None without a `mixstep:` block) go first:
+        the phase they set is what the other callbacks read at every batch."""
+        configured = config.get("callbacks") or []
+        configured = configured if isinstance(configured, list) else [configured]
+        config["callbacks"] = [c for c in callbacks if c is not None] + configured
+        return super()._instantiate_trainer(config, [])
 
     def instantiate_trainer(self, **kwargs):
         from saq_lightning.lightning.slurm import configure_trainer
