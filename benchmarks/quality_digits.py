@@ -108,9 +108,8 @@ def row_config(base: Path, out: Path, row: Row, max_steps: int) -> Path:
     init["alignment"] = row.alignment or "mixed_order"
     for name, value in row.init.items():
         init[name] = {**init.get(name, {}), **value} if isinstance(value, dict) else value
-    for cb in cfg["trainer"]["callbacks"]:
-        if cb["class_path"].endswith("MixStepCallback") and row.phases is not None:
-            cb["init_args"]["phases"] = row.phases
+    if row.phases is not None:
+        cfg["mixstep"]["phases"] = row.phases
     # rows with the same phases (and teacher settings) share one trajectory folder (generate keeps
     # finished shards)
     shared = {"mixstep": MIXSTEP, "fixed10": FIXED_10, "ddim10": DDIM_10}

@@ -96,11 +96,10 @@ def run_rank(config_args: list[str], placement: Placement, accelerator: str, pro
     """Build the run on this rank's device and write its shards; returns a summary."""
     from saq_lightning.alignment.generation import generate_trajectories
     from saq_lightning.commands.run_config import load_run_parts
-    from saq_lightning.data.errors import PhaseError
 
     parts = load_run_parts(config_args)
     if parts.schedule is None:
-        raise PhaseError("the config has no mixstep schedule (the top-level `mixstep:` block): generate "
+        raise ValueError("the config has no mixstep schedule (the top-level `mixstep:` block): generate "
                          "rolls out the phases of the mixstep schedule (see docs/training.md)")
     folder = parts.shards
     if folder is None:

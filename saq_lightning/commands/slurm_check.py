@@ -146,11 +146,12 @@ def check(command: str, args: list[str], env: Mapping[str, str] | None = None) -
     trainer = light_trainer_settings(args)
     if trainer is not None:
         return f"fit: {check_fit_layout(trainer, env)}"
+    from saq_lightning.lightning.run_cli import MixStepPlacementError
     from saq_lightning.lightning.slurm import SlurmResumeError
 
     try:
         config, run = parse_fit(args)
-    except SlurmResumeError as err:
+    except (SlurmResumeError, MixStepPlacementError) as err:
         raise SlurmCheckError(str(err)) from err
     layout = check_fit_layout(config.trainer.as_dict() if hasattr(config.trainer, "as_dict") else config.trainer,
                               env)

@@ -263,10 +263,11 @@ class SAQLightningModule(L.LightningModule):
         self.hparams["mixstep"] = schedule.to_dict()
 
     def setup(self, stage: str) -> None:
-        # validation scores each phase's own step: the phases are the schedule's (set_mixstep)
+        schedule = self.mixstep  # linked by the CLI, or handed over by MixStepCallback.setup
+        if schedule is not None and (stage == "fit" or self.phases is None):
+            self.phases = list(schedule.phases)  # validation scores each phase's own step
         if stage != "fit":
             return
-        schedule = self.mixstep
         dm = self.trainer.datamodule
         manifest = getattr(dm, "manifest", None)
         if manifest is not None:
