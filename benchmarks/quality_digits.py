@@ -37,7 +37,7 @@ import yaml
 from rich.console import Console
 
 from saq_lightning.commands.demo import demo_run_config, resolve_config, train
-from saq_lightning.commands.generate import load_run
+from saq_lightning.commands.run_config import load_run_parts
 from saq_lightning.data.digits import digits_split
 from saq_lightning.lightning.student_loading import load_student
 from saq_lightning.metrics.digits_classifier import load_digits_classifier
@@ -125,8 +125,8 @@ def build_row_model(row: Row, base: Path, out: Path, max_steps: int, console: Co
     if row.config is not None:
         base = resolve_config(row.config)
     config = row_config(base, out / row.key, row, max_steps)
-    parts = load_run(["--config", str(config)])
-    module = parts.model
+    parts = load_run_parts(["--config", str(config)])
+    module = parts.setup
     if row.policy is None:
         return module.teacher, 0.0
     if row.alignment is None:
