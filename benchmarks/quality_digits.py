@@ -37,7 +37,7 @@ import yaml
 from rich.console import Console
 
 from saq_lightning.commands.demo import demo_run_config, resolve_config, train
-from saq_lightning.commands.generate import load_run
+from saq_lightning.commands.run_config import load_run_parts
 from saq_lightning.data.digits import digits_split
 from saq_lightning.metrics.digits_classifier import load_digits_classifier
 from saq_lightning.metrics.digits_eval import sample_class_balanced
@@ -108,9 +108,8 @@ def row_config(base: Path, out: Path, row: Row, max_steps: int) -> Path:
     init["alignment"] = row.alignment or "mixed_order"
     for name, value in row.init.items():
         init[name] = {**init.get(name, {}), **value} if isinstance(value, dict) else value
-    for cb in cfg["trainer"]["callbacks"]:
-        if cb["class_path"].endswith("MixStepCallback") and row.phases is not None:
-            cb["init_args"]["phases"] = row.phases
+    if row.phases is not None:
+        cfg["mixstep"]["phases"] = row.phases
     # rows with the same phases (and teacher settings) share one trajectory folder (generate keeps
     # finished shards)
     shared = {"mixstep": MIXSTEP, "fixed10": FIXED_10, "ddim10": DDIM_10}
@@ -126,8 +125,8 @@ def build_row_model(row: Row, base: Path, out: Path, max_steps: int, console: Co
     if row.config is not None:
         base = resolve_config(row.config)
     config = row_config(base, out / row.key, row, max_steps)
-    parts = load_run(["--config", str(config)])
-    module = parts.model
+    parts = load_run_parts(["--config", str(config)])
+    module = parts.setup
     if row.policy is None:
         return module.teacher, 0.0
     if row.alignment is None:

@@ -130,8 +130,7 @@ def build_ptq_row_model(row: PTQRow, base: Path, out: Path, args: Any, console: 
 def ptq_phases() -> list[dict[str, int]]:
     """The MixStep phases of the PTQ config (its calibration pairs' grids)."""
     cfg = yaml.safe_load(PTQ_CONFIG.read_text())
-    return next(cb["init_args"]["phases"] for cb in cfg["trainer"]["callbacks"]
-                if cb["class_path"].endswith("MixStepCallback"))
+    return cfg["mixstep"]["phases"]
 
 
 def add_arguments(parser: Any) -> None:

@@ -43,7 +43,7 @@ from quality_digits import FIXED_10, Row, row_config, source_commit
 from rich.console import Console
 
 from saq_lightning.commands.demo import resolve_config, train
-from saq_lightning.commands.generate import load_run
+from saq_lightning.commands.run_config import load_run_parts
 from saq_lightning.data.digits import digits_split
 from saq_lightning.metrics.digits_classifier import load_digits_classifier
 from saq_lightning.metrics.digits_eval import sample_class_balanced
@@ -83,7 +83,7 @@ def build(row: Row, base: Path, out: Path, args: argparse.Namespace, console: Co
     """The row's model (FP: the teacher) and its training seconds; trained rows train (or, done,
     are reused) in ``out/<row key>``."""
     if row.policy is None:
-        return load_run(["--config", str(base)]).model.teacher, 0.0
+        return load_run_parts(["--config", str(base)]).setup.teacher, 0.0
     config = row_config(base, out / row.key, row, args.max_steps)
     lean_config(config, args.trajectories)
     t0 = time.perf_counter()

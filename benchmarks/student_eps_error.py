@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import yaml
 
-from saq_lightning.commands.generate import load_run
+from saq_lightning.commands.run_config import load_run_parts
 from saq_lightning.metrics.digits_eval import class_balanced_inputs
 from saq_lightning.metrics.sample_generation import guided_predictor
 from saq_lightning.models.diffusion_model import DiffusionModel
@@ -48,7 +48,7 @@ def load_students(run: Path) -> tuple[DiffusionModel, dict[str, DiffusionModel],
     if not config.is_file():
         raise FileNotFoundError(f"{config} not found: point --run at a finished benchmarks/quality_digits.py output")
     guidance = float(yaml.safe_load(config.read_text())["model"]["init_args"].get("guidance_scale", 1.0))
-    module = load_run(["--config", str(config)]).model
+    module = load_run_parts(["--config", str(config)]).setup
     module.calibrate_student()
     students = {"naive": module.student_model.eval()}
     for name, folder in TRAINED.items():

@@ -117,9 +117,9 @@ class StepTimer(pl.Callback):
 
 def run_one(args: argparse.Namespace) -> dict[str, Any]:
     """One configuration (in its own process): shards of order k, then timed training."""
+    from saq_lightning.alignment.generation import generate_trajectories
     from saq_lightning.callbacks import MixStepCallback
     from saq_lightning.data import TrajectoryDataModule
-    from saq_lightning.lightning.generation import generate_trajectories
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     root = Path(args.workdir)

@@ -9,22 +9,15 @@ from typing import Any
 
 import torch
 
-from saq_lightning.cli import SAQLightningCLI
+from saq_lightning.lightning.run_cli import read_run_config
 from saq_lightning.models import ModelSpec, build_model
 from saq_lightning.quant import as_policy, quantize_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-class _ParseOnlyCLI(SAQLightningCLI):
-    def instantiate_classes(self) -> None:
-        return None
-
-
 def parse(name: str):
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter")
-        return _ParseOnlyCLI(args=["--config", str(CONFIGS / name)], run=False).config
+    return read_run_config(["--config", str(CONFIGS / name)]).config
 
 
 def meta_student(init: dict[str, Any], policy: Any = None):

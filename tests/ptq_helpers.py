@@ -8,8 +8,8 @@ from typing import Any
 import yaml
 from test_training_helpers import TINY_POLICY, save_tiny_teacher, tiny_module
 
+from saq_lightning.alignment.generation import generate_trajectories
 from saq_lightning.data import MixStepPhase, MixStepSchedule
-from saq_lightning.lightning.generation import generate_trajectories
 
 PAIR_SCHEDULE = MixStepSchedule((MixStepPhase(10, 1, 2),))
 GENERATION = {"trajectories_per_phase": 4, "trajectories_per_shard": 2, "store_pairs": True}
@@ -30,10 +30,9 @@ def ptq_config(path: Path, spec: Any, shards: Path, output: Path, **ptq: Any) ->
 
     cfg = {
         "seed_everything": 0,
-        "trainer": {"accelerator": "cpu", "devices": 1, "callbacks": [{
-            "class_path": "saq_lightning.callbacks.MixStepCallback",
-            "init_args": {"phases": [{"student_steps": 10, "student_order": 1, "teacher_order": 2}],
-                          "n_buckets": 10}}]},
+        "trainer": {"accelerator": "cpu", "devices": 1},
+        "mixstep": {"phases": [{"student_steps": 10, "student_order": 1, "teacher_order": 2}],
+                    "n_buckets": 10},
         "model": {"class_path": "saq_lightning.lightning.module.SAQLightningModule", "init_args": {
             "teacher": asdict(spec), "policy": dict(TINY_POLICY),
             "calibration": {"num_samples": 4, "batch_size": 64, "max_values_per_bucket": 256},

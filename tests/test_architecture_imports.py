@@ -4,7 +4,9 @@ The sources are parsed with ``ast`` (nothing is imported). Every import counts, 
 inside a function or under ``if TYPE_CHECKING:``, for both checks: a function-local import is
 still a dependency, and hiding a cycle inside a function only delays it to call time. An edge goes
 to the module an import names (``from pkg import sub`` to ``pkg.sub`` when that is a module, else
-to ``pkg``'s ``__init__``).
+to ``pkg``'s ``__init__``). A string that names a module of the package (``"pkg.mod"`` or
+``"pkg.mod:function"``, what ``importlib.import_module`` is given, e.g. cli.py's pipeline-command
+table) is an import too.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import ast
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+import pytest
 
 PACKAGE = "saq_lightning"
 REPO = Path(__file__).resolve().parents[1]
@@ -32,19 +36,22 @@ LAYERS: dict[str, int] = {
     "data": 3,
     "metrics": 3,
     "outputs": 3,
-    "lightning": 4,
-    "callbacks": 4,
-    "students": 4,  # --student loading: reads checkpoints (lightning/checkpointing.py), Lightning-free
-    "cli": 5,  # entry points: may import everything
-    "__main__": 5,
-    "commands": 5,
-    "user_errors": 5,
+    "alignment": 4,  # the method without Lightning: never imports lightning/ or callbacks/
+    "lightning": 5,
+    "callbacks": 5,
+    "students": 5,  # --student loading: reads checkpoints (alignment/checkpointing.py), Lightning-free
+    "cli": 6,  # entry points: may import everything
+    "__main__": 6,
+    "commands": 6,
+    "user_errors": 6,
 }
 #: Layers that must not import each other although the ranks would allow it.
 INDEPENDENT: set[frozenset[str]] = {frozenset({"sampling", "quant"}), frozenset({"models", "quant"})}
 
 
 Graph = Mapping[str, Iterable[tuple[str, int]]]
+#: a dotted module path, optionally ``:attribute`` (an import given as a string)
+IMPORT_STRING = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)(?::[A-Za-z_]\w*)?")
 
 
 def module_name(path: Path, root: Path = ROOT, package: str = PACKAGE) -> str:
@@ -64,6 +71,11 @@ def import_graph(root: Path = ROOT, package: str = PACKAGE) -> dict[str, list[tu
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                match = IMPORT_STRING.fullmatch(node.value)
+                if match is None or match.group(1).split(".")[0] != package:
+                    continue
+                targets = [match.group(1)]
             elif isinstance(node, ast.ImportFrom):
                 if node.level:
                     base = name.split(".")
@@ -172,3 +184,49 @@ def test_the_checker_reports_an_upward_import_and_a_cycle(tmp_path):
     assert upward_imports(graph, {"low": 0, "high": 1, "__init__": 2}, ()) == [
         "pkg.low.d:1 imports pkg.high.c (high is above low)"]
     assert cycles(graph) == [["pkg.low.a", "pkg.low.b"]]
+
+
+def test_the_checker_counts_a_module_named_in_a_string_as_an_import(tmp_path):
+    pkg = tmp_path / "pkg"
+    for rel, text in {
+        "__init__.py": "",
+        "low/__init__.py": "",
+        "low/table.py": 'COMMANDS = {"run": "pkg.high.c:main"}\nNOTE = "not.a.module of pkg"\n',
+        "high/__init__.py": "",
+        "high/c.py": "def main():\n    pass\n",
+    }.items():
+        (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / rel).write_text(text)
+    graph = import_graph(pkg, "pkg")
+    assert graph["pkg.low.table"] == [("pkg.high.c", 1)]
+    assert upward_imports(graph, {"low": 0, "high": 1, "__init__": 2}, ()) == [
+        "pkg.low.table:1 imports pkg.high.c (high is above low)"]
+
+
+def third_party_imports(path: Path) -> set[str]:
+    """Top-level names of every module a file imports (any level, strings not counted)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("layer", ["alignment", "students"])
+def test_the_alignment_and_students_layers_import_nothing_of_lightning(layer):
+    files = sorted((ROOT / layer).rglob("*.py"))
+    assert files, f"saq_lightning/{layer}/ is missing"
+    used = {p.name: third_party_imports(p) & {"lightning", "pytorch_lightning", "lightning_fabric"}
+            for p in files}
+    assert {name: found for name, found in used.items() if found} == {}
+
+
+def test_the_lightning_folder_holds_only_lightning_glue():
+    """Every module of lightning/ uses Lightning, or serves only the fit glue (its run lock and
+    the early SIGUSR1 hand-off of the SLURM requeue); the method lives in alignment/."""
+    glue_without_import = {"__init__.py", "run_lock.py", "early_signals.py"}
+    without = {p.name for p in (ROOT / "lightning").glob("*.py")
+               if not third_party_imports(p) & {"lightning", "pytorch_lightning"}}
+    assert without <= glue_without_import

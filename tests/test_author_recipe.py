@@ -7,8 +7,8 @@ import pytest
 import torch
 from quant_helpers import calibrated_class_student
 
+from saq_lightning.alignment.mota import mota_terms, reduce_mota
 from saq_lightning.data.mixstep import MixStepPhase, MixStepSchedule
-from saq_lightning.lightning.mota import mota_terms, reduce_mota
 from saq_lightning.quant import param_groups
 
 
@@ -64,8 +64,8 @@ def test_the_author_recipe_decays_lora_and_activation_steps_at_adamws_default(na
     (weight-quantizer steps never decay)."""
     from config_helpers import parse
 
-    from saq_lightning.lightning.optim import build_optimizer
-    from saq_lightning.lightning.settings import OptimizerSettings
+    from saq_lightning.alignment.optim import build_optimizer
+    from saq_lightning.alignment.settings import OptimizerSettings
 
     settings = OptimizerSettings(**parse(name).model.init_args.as_dict()["optimizer"])
     assert (settings.weight_decay, settings.act_weight_decay) == (0.01, 0.01)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from quant_helpers import calibrated_class_student, class_batch
 
+from saq_lightning.alignment.buckets import bucket_map_for, student_grids
 from saq_lightning.data.mixstep import MixStepPhase
-from saq_lightning.lightning.buckets import bucket_map_for, student_grids
 from saq_lightning.quant import bucket_index, quantize_model
 from saq_lightning.quant.bucket_map import BucketCollisionError, BucketMap
 from saq_lightning.sampling import SPACINGS, DiscreteSchedule, time_grid

@@ -6,7 +6,7 @@ import pytest
 import torch
 from test_training_helpers import save_tiny_teacher, tiny_module
 
-from saq_lightning.lightning.checkpointing import CheckpointMismatchError, teacher_fingerprint
+from saq_lightning.alignment.checkpointing import CheckpointMismatchError, teacher_fingerprint
 from saq_lightning.models import build_model
 from saq_lightning.quant import trainable_state_dict
 from saq_lightning.students import load_student

@@ -6,16 +6,16 @@ from __future__ import annotations
 import pytest
 from config_helpers import CONFIGS, meta_student, parse
 
-from saq_lightning.callbacks import MixStepCallback
-from saq_lightning.commands.generate import load_run
-from saq_lightning.data import MixStepSchedule, TrajectoryDataModule
-from saq_lightning.lightning.settings import (
+from saq_lightning.alignment.settings import (
     CalibrationSettings,
     GenerationSettings,
     LossSettings,
     OptimizerSettings,
     TeacherSettings,
 )
+from saq_lightning.callbacks import MixStepCallback
+from saq_lightning.commands.run_config import load_run_parts
+from saq_lightning.data import MixStepSchedule, TrajectoryDataModule
 from saq_lightning.quant import as_policy
 
 BIG = ["ldm4_w4a4.yaml", "ldm4_w4a8.yaml", "ldm8_churches_w4a4.yaml", "sd14_w4a8.yaml"]
@@ -41,9 +41,9 @@ def test_big_configs_build_their_student_on_the_meta_device_with_the_papers_sett
     cfg = parse(name)
     init = cfg.model.init_args.as_dict()
     policy = as_policy(init["policy"])
-    callbacks = [c for c in cfg.trainer.callbacks if c.class_path.endswith("MixStepCallback")]
-    phases = callbacks[0].init_args.as_dict()["phases"]
-    schedule = MixStepSchedule(tuple(phases), batches_per_phase=callbacks[0].init_args.batches_per_phase)
+    mixstep = cfg.mixstep.init_args
+    phases = mixstep.as_dict()["phases"]
+    schedule = MixStepSchedule(tuple(phases), batches_per_phase=mixstep.batches_per_phase)
     schedule.check_buckets(policy.n_buckets)
     if name == "sd14_w4a8.yaml":  # the paper's T2I recipe: PLMS 50 steps, the student one order lower
         assert [(p.student_steps, p.student_order, p.teacher_order, p.student_solver)
@@ -70,30 +70,31 @@ def test_big_configs_build_their_student_on_the_meta_device_with_the_papers_sett
 
 
 def test_the_digits_default_builds_model_data_and_schedule_for_real():
-    parts = load_run(["--config", str(CONFIGS / "digits_w4a4.yaml")])
-    module = parts.model
+    parts = load_run_parts(["--config", str(CONFIGS / "digits_w4a4.yaml")])
+    module = parts.setup
     assert module.teacher.sample_shape == (1, 8, 8) and module.policy.name == "w4a4"
     assert module.teacher_settings.guidance_scale == 2.0
-    assert isinstance(parts.datamodule, TrajectoryDataModule)
-    assert parts.datamodule.shards == "runs/digits_w4a4/trajectories"
+    datamodule = TrajectoryDataModule(**parts.config.data.init_args.as_dict())
+    assert isinstance(datamodule, TrajectoryDataModule)
+    assert datamodule.shards == parts.shards == "runs/digits_w4a4/trajectories"
     parts.schedule.check_buckets(module.policy.n_buckets)
     assert module.expected_trajectory_meta()["conditions"]["num_classes"] == 10
     cfg = parse("digits_w4a4.yaml")
-    assert any(c.class_path.endswith("MixStepCallback") for c in cfg.trainer.callbacks)
+    assert cfg.mixstep.class_path.endswith("MixStepCallback")
     assert isinstance(MixStepCallback.from_schedule(parts.schedule), MixStepCallback)
 
 
 @pytest.mark.parametrize("name", sorted(SOLVER_AWARE))
 def test_solver_aware_digits_configs_build_and_their_phases_fit_their_solvers(name):
-    from saq_lightning.lightning.student_step import check_phase_solvers
+    from saq_lightning.alignment.student_step import check_phase_solvers
 
-    parts = load_run(["--config", str(CONFIGS / name)])
-    module = parts.model
+    parts = load_run_parts(["--config", str(CONFIGS / name)])
+    module = parts.setup
     teacher, phases = SOLVER_AWARE[name]
     assert module.teacher_settings.solver == teacher
     assert [(p.student_solver, p.student_order, p.teacher_order)
             for p in parts.schedule.phases] == phases
-    assert parts.datamodule.shards == f"runs/{name.removesuffix('.yaml')}/trajectories"
+    assert parts.shards == f"runs/{name.removesuffix('.yaml')}/trajectories"
     parts.schedule.check_buckets(module.policy.n_buckets)
     module.bind_bucket_map(parts.schedule.phases)
     check_phase_solvers(module.flow, parts.schedule.phases)
@@ -124,7 +125,7 @@ def test_the_author_recipe_is_one_config_away_from_the_default(name):
     assert (loss.mse_reduction, loss.cos_reduction, loss.w_cos) == ("sum", "sum", 100.0)
     assert (opt.lora_lr_mode, opt.lora_lr_divisor) == ("scale_aware", 2500.0)
     assert init["spacing"] == "time_quadratic"
-    mix = next(c for c in cfg.trainer.callbacks if c.class_path.endswith("MixStepCallback")).init_args
+    mix = cfg.mixstep.init_args
     schedule = MixStepCallback(**mix.as_dict()).schedule
     steps = [p.student_steps for p in schedule.phases]
     batches = [schedule.batches_of(p) for p in range(schedule.num_phases)]
@@ -132,8 +133,8 @@ def test_the_author_recipe_is_one_config_away_from_the_default(name):
 
 
 def test_the_digits_author_recipe_builds_and_binds_its_time_quadratic_buckets():
-    parts = load_run(["--config", str(CONFIGS / "digits_w4a4_author.yaml")])
-    module = parts.model
+    parts = load_run_parts(["--config", str(CONFIGS / "digits_w4a4_author.yaml")])
+    module = parts.setup
     module.bind_bucket_map(parts.schedule.phases)
     bmap = module.student.bucket_map
     assert [g.spacing for g in bmap.grids] == ["time_quadratic"] * 2

@@ -16,11 +16,11 @@ from test_training_helpers import (
     write_tiny_shards,
 )
 
+from saq_lightning.alignment import generation
 from saq_lightning.cli import main
 from saq_lightning.data import MixStepPhase, MixStepSchedule
 from saq_lightning.data.batch_check import DataValueError
 from saq_lightning.data.errors import ManifestMismatchError, ShardError
-from saq_lightning.lightning import generation
 
 BAD_TRAJ, BAD_STEP = 5, 3  # trajectory 5 is in shard 2 (2 trajectories per shard)
 

@@ -24,10 +24,10 @@ from test_training_helpers import (
     write_tiny_shards,
 )
 
+from saq_lightning.alignment.generation import generate_trajectories
+from saq_lightning.alignment.trajectory_meta import GENERATOR, check_trajectory_folder
 from saq_lightning.data import ManifestMismatchError, MixStepPhase, MixStepSchedule, load_manifest
 from saq_lightning.data.manifest import Layout
-from saq_lightning.lightning.generation import generate_trajectories
-from saq_lightning.lightning.trajectory_meta import GENERATOR, check_trajectory_folder
 
 SCHEDULE = MixStepSchedule((MixStepPhase(5, 1, 2),), batches_per_phase=1)
 GENERATION = {"trajectories_per_phase": 2, "trajectories_per_shard": 2}
@@ -189,7 +189,7 @@ def test_generate_through_the_cli_says_so_in_one_line_and_exits_2(tmp_path, made
     config = tiny_fit_config(tmp_path / "fit.yaml", spec, folder, tmp_path / "run", 1,
                              generation=GENERATION)
     cfg = yaml.safe_load(config.read_text())  # the folder's one phase: only the version differs
-    cfg["trainer"]["callbacks"][0]["init_args"]["phases"] = [asdict(p) for p in SCHEDULE.phases]
+    cfg["mixstep"]["phases"] = [asdict(p) for p in SCHEDULE.phases]
     config.write_text(yaml.safe_dump(cfg))
     done = run_cli(["generate", "--config", str(config), "--progress", "false",
                     "--accelerator", "cpu"], timeout=600)

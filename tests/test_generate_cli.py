@@ -26,14 +26,12 @@ def config(tmp_path_factory):
             "enable_progress_bar": False, "enable_model_summary": False,
             "default_root_dir": str(root / "run"),
             "callbacks": [
-                {"class_path": "saq_lightning.callbacks.MixStepCallback",
-                 "init_args": {"phases": [{"student_steps": 10}, {"student_steps": 5}],
-                               "batches_per_phase": 2}},
                 {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                  "init_args": {"dirpath": str(root / "run" / "ckpt"), "save_last": True,
                                "save_top_k": 0, "every_n_train_steps": 2}},
             ],
         },
+        "mixstep": {"phases": [{"student_steps": 10}, {"student_steps": 5}], "batches_per_phase": 2},
         "model": {
             "class_path": "saq_lightning.lightning.module.SAQLightningModule",
             "init_args": {
@@ -72,10 +70,10 @@ def test_generate_then_fit_then_resume_from_last_on_one_config(config):
 def test_generate_refuses_a_config_without_mixstep_phases(config, tmp_path):
     _, path = config
     cfg = yaml.safe_load(path.read_text())
-    cfg["trainer"]["callbacks"] = cfg["trainer"]["callbacks"][1:]
+    del cfg["mixstep"]
     other = tmp_path / "no_mixstep.yaml"
     other.write_text(yaml.safe_dump(cfg))
-    with pytest.raises(ValueError, match="no MixStepCallback in trainer.callbacks"):
+    with pytest.raises(ValueError, match="no mixstep schedule"):
         main(["generate", "--config", str(other), "--progress", "false"])
 
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from test_training_helpers import SCHEDULE, save_tiny_teacher, tiny_module
 
+from saq_lightning.alignment.conditions import noise_for
+from saq_lightning.alignment.generation import PhaseLayout, generate_trajectories
 from saq_lightning.data import ManifestMismatchError, load_manifest
 from saq_lightning.data.records import decode_sample
 from saq_lightning.data.shard_reader import read_shard_samples
-from saq_lightning.lightning.conditions import noise_for
-from saq_lightning.lightning.generation import PhaseLayout, generate_trajectories
 
 # 8 trajectories per phase, 2 per shard: shards 0-3 hold phase 0 (10 steps), 4-7 phase 1 (5 steps)
 

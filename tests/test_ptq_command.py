@@ -17,8 +17,8 @@ import torch
 from ptq_helpers import paired_shards, ptq_config
 from test_training_helpers import tiny_module
 
+from saq_lightning.alignment.checkpointing import CheckpointMismatchError, split_student_state
 from saq_lightning.commands.ptq import ptq
-from saq_lightning.lightning.checkpointing import CheckpointMismatchError, split_student_state
 from saq_lightning.quant.reconstruction import BlockPatternError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,7 +95,7 @@ def test_fit_starts_from_the_ptq_student_with_init_from_and_refuses_another_poli
 
 
 def test_the_ptq_student_records_its_grids_buckets_and_teacher_fingerprint(base):
-    from saq_lightning.lightning.checkpointing import teacher_fingerprint
+    from saq_lightning.alignment.checkpointing import teacher_fingerprint
     from saq_lightning.models import build_model
 
     root, spec, *_ = base
@@ -181,8 +181,8 @@ def test_a_block_pattern_that_matches_nothing_is_an_error_naming_it(base, tmp_pa
 def test_shards_without_pairs_are_refused_for_mixed_order(base, tmp_path):
     from ptq_helpers import PAIR_SCHEDULE
 
+    from saq_lightning.alignment.generation import generate_trajectories
     from saq_lightning.data.trajectory_pairs import PairsMissingError
-    from saq_lightning.lightning.generation import generate_trajectories
 
     _, spec, _, _ = base
     plain = tiny_module(spec, generation={"trajectories_per_phase": 4, "trajectories_per_shard": 2})

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from config_helpers import CONFIGS, meta_student, parse
 
+from saq_lightning.alignment.ptq import PTQSettings
+from saq_lightning.alignment.settings import GenerationSettings
 from saq_lightning.commands.ptq import load_ptq_run
 from saq_lightning.data import MixStepSchedule
-from saq_lightning.lightning.ptq import PTQSettings
-from saq_lightning.lightning.settings import GenerationSettings
 from saq_lightning.quant import as_policy
 from saq_lightning.quant.reconstruction import find_blocks
 
@@ -34,7 +34,7 @@ def test_saptq_configs_hold_the_lineage_defaults_and_second_order_pairs(name):
     assert GenerationSettings(**init["generation"]).store_pairs
     policy = as_policy(init["policy"])
     assert policy.lp_p == 2.4 and policy.name == name.split("_")[-2]
-    mix = next(c for c in cfg.trainer.callbacks if c.class_path.endswith("MixStepCallback"))
+    mix = cfg.mixstep
     schedule = MixStepSchedule(tuple(mix.init_args.as_dict()["phases"]))
     assert {p.teacher_order for p in schedule.phases} == {2}
     if name == "ldm4_w8a8_saptq.yaml":  # the paper's setting
@@ -55,9 +55,10 @@ def test_big_saptq_configs_build_student_and_blocks_on_the_meta_device(name):
 
 @pytest.mark.parametrize("name", DIGITS)
 def test_digits_saptq_configs_build_module_data_and_settings_for_real(name):
-    module, datamodule, settings = load_ptq_run(["--config", str(CONFIGS / name)])
+    parts, settings = load_ptq_run(["--config", str(CONFIGS / name)])
+    module = parts.setup
     assert module.teacher.sample_shape == (1, 8, 8) and module.policy.name == name.split("_")[1]
-    assert datamodule.shards == f"runs/{name.removesuffix('.yaml')}/trajectories"
+    assert parts.shards == f"runs/{name.removesuffix('.yaml')}/trajectories"
     assert settings.output == f"runs/{name.removesuffix('.yaml')}"
     blocks = find_blocks(module.student.unet, *settings.block_definition())
     assert {n for b in blocks for n, _ in b.layers} == {n for n, _ in module.student.quant_layers()}
@@ -65,13 +66,13 @@ def test_digits_saptq_configs_build_module_data_and_settings_for_real(name):
 
 @pytest.mark.parametrize("name", DIGITS + BIG)
 def test_saptq_configs_name_their_sampler_and_the_role_that_suits_it(name):
-    from saq_lightning.lightning.ptq import resolve_roles
-    from saq_lightning.lightning.ptq_sampler import default_role, resolve_sampler
+    from saq_lightning.alignment.ptq import resolve_roles
+    from saq_lightning.alignment.ptq_sampler import default_role, resolve_sampler
 
     cfg = parse(name)
     ptq = PTQSettings(**{k: v for k, v in vars(cfg.ptq).items() if not k.startswith("__")})
     init = cfg.model.init_args.as_dict()
-    mix = next(c for c in cfg.trainer.callbacks if c.class_path.endswith("MixStepCallback"))
+    mix = cfg.mixstep
     phases = MixStepSchedule(tuple(mix.init_args.as_dict()["phases"])).phases
     sampler = resolve_sampler(ptq.solver, ptq.order, ptq.steps, ptq.spacing, init["spacing"],
                               init["guidance_scale"], phases)

@@ -7,13 +7,13 @@ import pytest
 import torch
 from test_training_helpers import SCHEDULE, save_tiny_teacher, tiny_module
 
+from saq_lightning.alignment.conditions import noise_for
+from saq_lightning.alignment.generation import generate_trajectories
 from saq_lightning.data import load_manifest
 from saq_lightning.data.calibration_points import load_calibration_points
 from saq_lightning.data.records import decode_sample
 from saq_lightning.data.shard_reader import read_shard_samples
 from saq_lightning.data.trajectory_pairs import PairsMissingError
-from saq_lightning.lightning.conditions import noise_for
-from saq_lightning.lightning.generation import generate_trajectories
 from saq_lightning.sampling import sample
 
 
@@ -76,7 +76,7 @@ def test_store_pairs_needs_a_second_order_teacher(made, tmp_path):
 
 
 def test_pair_sides_put_each_role_where_it_belongs(made):
-    from saq_lightning.lightning.ptq import PTQSettings, _sides
+    from saq_lightning.alignment.ptq import PTQSettings, _sides
 
     root, _ = made
     p = load_calibration_points(root / "paired", 16, seed=3)
@@ -88,7 +88,7 @@ def test_pair_sides_put_each_role_where_it_belongs(made):
 
 
 def test_same_input_on_grid_and_intermediate_points_gives_each_point_its_own_fp_output(made):
-    from saq_lightning.lightning.ptq import PTQSettings, _sides
+    from saq_lightning.alignment.ptq import PTQSettings, _sides
 
     root, _ = made
     p = load_calibration_points(root / "paired", 16, seed=3)
@@ -101,7 +101,7 @@ def test_same_input_on_grid_and_intermediate_points_gives_each_point_its_own_fp_
 
 
 def test_same_input_points_is_refused_for_mixed_order():
-    from saq_lightning.lightning.ptq import PTQSettings
+    from saq_lightning.alignment.ptq import PTQSettings
 
     with pytest.raises(ValueError, match="ptq.same_input_points is a same_input setting"):
         PTQSettings(same_input_points="grid_and_intermediate")

@@ -13,11 +13,11 @@ import torch
 import yaml
 from ptq_helpers import paired_shards, ptq_config
 
+from saq_lightning.alignment.ptq import PTQSettings, resolve_roles
+from saq_lightning.alignment.ptq_sampler import resolve_sampler
 from saq_lightning.commands.ptq import ptq
 from saq_lightning.commands.sample import sample
 from saq_lightning.data import MixStepPhase
-from saq_lightning.lightning.ptq import PTQSettings, resolve_roles
-from saq_lightning.lightning.ptq_sampler import resolve_sampler
 
 PHASES = [MixStepPhase(20, 1, 2), MixStepPhase(10, 1, 2)]
 
@@ -78,7 +78,7 @@ def test_an_unknown_solver_is_refused_naming_the_field():
 def with_buckets(cfg, n_buckets):
     data = yaml.safe_load(cfg.read_text())
     data["model"]["init_args"]["policy"]["n_buckets"] = n_buckets
-    data["trainer"]["callbacks"][0]["init_args"]["n_buckets"] = n_buckets
+    data["mixstep"]["n_buckets"] = n_buckets
     cfg.write_text(yaml.safe_dump(data))
 
 

@@ -10,8 +10,8 @@ import torch
 from cli_run_helpers import tiny_fit_config
 from test_training_helpers import save_tiny_teacher, write_tiny_shards
 
+from saq_lightning.alignment.checkpointing import add_tensor_digest
 from saq_lightning.cli import main
-from saq_lightning.lightning.checkpointing import add_tensor_digest
 
 
 def run(args, capsys):

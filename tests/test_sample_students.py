@@ -63,7 +63,7 @@ def test_a_checkpoint_path_is_loaded_through_load_student(naive, tmp_path, monke
 
 @pytest.mark.skipif(not HAS_STUDENT_LOADING, reason="saq_lightning.students.checkpoint is not available")
 def test_a_real_training_checkpoint_samples_like_the_student_it_holds(naive, tmp_path):
-    from saq_lightning.lightning.checkpointing import identity, student_state_dict
+    from saq_lightning.alignment.checkpointing import identity, student_state_dict
 
     ckpt = tmp_path / "student.ckpt"
     torch.save({"saq": identity(dataclasses.asdict(SPEC), naive.unet.policy.to_dict()),

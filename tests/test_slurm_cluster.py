@@ -145,12 +145,11 @@ def reduced_config(out: Path, shards: Path, evaluation: bool = False) -> Path:
         name = cb["class_path"].rsplit(".", 1)[-1]
         if name == "SampleGridCallback" or (not evaluation and name in EVALUATION_CALLBACKS):
             continue
-        if name == "MixStepCallback":
-            cb["init_args"]["batches_per_phase"] = 3
         if name == "ModelCheckpoint":
             cb["init_args"]["every_n_train_steps"] = 2
         callbacks.append(cb)
     trainer["callbacks"] = callbacks
+    cfg["mixstep"]["batches_per_phase"] = 3
     model = cfg["model"]["init_args"]
     model["calibration"] = {"num_samples": 8, "max_values_per_bucket": 256}
     model["generation"] = {"trajectories_per_phase": 8, "trajectories_per_shard": 2, "seed": 0}

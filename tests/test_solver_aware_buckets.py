@@ -10,8 +10,8 @@ import pytest
 import torch
 from test_training_helpers import TINY_POLICY, save_tiny_teacher, tiny_module
 
+from saq_lightning.alignment.buckets import intermediate_timesteps
 from saq_lightning.data import MixStepPhase
-from saq_lightning.lightning.buckets import intermediate_timesteps
 
 
 @pytest.fixture(scope="module")

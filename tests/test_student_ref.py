@@ -11,8 +11,8 @@ import pytest
 import safetensors.torch
 import torch
 
+from saq_lightning.alignment.checkpointing import identity, student_state_dict
 from saq_lightning.commands.sample import sample
-from saq_lightning.lightning.checkpointing import identity, student_state_dict
 from saq_lightning.models import ModelSpec
 from saq_lightning.quant import export_student
 from saq_lightning.students import StudentRef, load_sampling_model

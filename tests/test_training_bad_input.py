@@ -114,13 +114,13 @@ class NaNLossAt:
     """Patches the module's student direction to return NaN at the given optimizer steps."""
 
     def __init__(self, module, steps):
-        self.module, self.steps, original = module, set(steps), module.student_direction
+        self.module, self.steps, original = module, set(steps), module.saq.student_direction
 
         def direction(*args):
             out = original(*args)
             return out * float("nan") if module.global_step in self.steps else out
 
-        module.student_direction = direction
+        module.saq.student_direction = direction
 
 
 class SnapshotParams(Callback):

@@ -20,9 +20,9 @@ from test_training_helpers import (
     write_tiny_shards,
 )
 
+from saq_lightning.alignment.mota import mota_loss
 from saq_lightning.callbacks import SampleGridCallback
 from saq_lightning.callbacks.sample_grid import TAG
-from saq_lightning.lightning.mota import mota_loss
 from saq_lightning.quant import trainable_state_dict
 from saq_lightning.students import load_student
 

@@ -62,7 +62,7 @@ def test_each_branch_is_aligned_to_its_own_teacher_step_at_the_guided_points(set
 
 
 def test_the_branch_loss_is_the_mean_of_the_conditional_and_unconditional_losses(setup):
-    from saq_lightning.lightning.mota import mota_terms
+    from saq_lightning.alignment.mota import mota_terms
 
     _, spec, shards = setup
     module = tiny_module(spec, guidance_scale=2.0, guidance_alignment="branches", generation=GENERATION)

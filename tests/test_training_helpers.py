@@ -15,9 +15,9 @@ import lightning.pytorch as pl
 import torch
 from conftest import make_tiny_unet2d
 
+from saq_lightning.alignment.generation import generate_trajectories
 from saq_lightning.callbacks import MixStepCallback
 from saq_lightning.data import MixStepPhase, MixStepSchedule, TrajectoryDataModule
-from saq_lightning.lightning.generation import generate_trajectories
 from saq_lightning.lightning.module import SAQLightningModule
 from saq_lightning.models import ModelSpec
 from saq_lightning.models.digits import DIGITS_SCHEDULE_CONFIG

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from saq_lightning.lightning.mota import group_means, mota_loss, mota_terms
+from saq_lightning.alignment.mota import group_means, mota_loss, mota_terms
 
 # Two samples of 2 elements (shape [2, 1, 2]):
 #   sample 0: pred (3, 4), target (3, 4): mse 0, cos 1
@@ -91,8 +91,8 @@ def test_relative_mse_and_the_cosine_mean_the_same_at_digits_and_ldm4_resolution
 def test_the_authors_sum_reduction_weighs_the_cosine_100_over_d_against_a_mean_mse():
     """``w_cos: 100`` with summed MSE and cosine is ``w_cos = 100 / D`` in the mean form: 1.5625 on
     digits (D = 64), 0.00814 on LDM-4 (D = 12,288), 0.0061 on SD (16,384); checked against the loss."""
-    from saq_lightning.lightning.mota import reduce_mota
-    from saq_lightning.lightning.settings import LossSettings
+    from saq_lightning.alignment.mota import reduce_mota
+    from saq_lightning.alignment.settings import LossSettings
 
     author = LossSettings(w_mse=1.0, w_cos=100.0, mse_reduction="sum", cos_reduction="sum")
     assert author.per_element_cos_weight(64) == pytest.approx(1.5625, rel=1e-12)

@@ -19,9 +19,9 @@ from test_training_helpers import (
     write_tiny_shards,
 )
 
+from saq_lightning.alignment.checkpointing import CheckpointMismatchError
+from saq_lightning.alignment.optim import group_kind
 from saq_lightning.cli import main
-from saq_lightning.lightning.checkpointing import CheckpointMismatchError
-from saq_lightning.lightning.optim import group_kind
 from saq_lightning.lightning.resume import ResumeSettingsError
 
 LR = 1e-2

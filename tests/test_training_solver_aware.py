@@ -17,12 +17,12 @@ from test_training_helpers import (
     write_tiny_shards,
 )
 
+from saq_lightning.alignment.mota import mota_terms
+from saq_lightning.alignment.student_step import student_effective_direction
 from saq_lightning.data import MixStepPhase, MixStepSchedule
 from saq_lightning.data.manifest import load_manifest
 from saq_lightning.data.records import collate_records, decode_sample
 from saq_lightning.data.shard_reader import read_shard_samples
-from saq_lightning.lightning.mota import mota_terms
-from saq_lightning.lightning.student_step import student_effective_direction
 from saq_lightning.sampling import DPMSolver, sample, time_grid
 from saq_lightning.sampling.point_step import eps_eff_at_points
 

@@ -144,7 +144,7 @@ def test_intermediate_eps_target_is_the_teachers_eps_at_the_dpm2_intermediate_po
 
 
 def _points(rows, cond):
-    from saq_lightning.lightning.teacher_flow import TrainingPoints
+    from saq_lightning.alignment.teacher_flow import TrainingPoints
 
     return TrainingPoints(rows.x_s, rows.s, rows.t, rows.order, torch.zeros_like(rows.order), cond)
 
@@ -155,7 +155,7 @@ def test_intermediate_eps_target_is_refused_where_it_is_not_one_dpm2_step(guided
         tiny_module(spec, mixed_order_target="intermediate_eps", targets="shard")
     with pytest.raises(ValueError, match="teacher_solver must be 'dpm'"):
         tiny_module(spec, mixed_order_target="intermediate_eps", teacher_solver="dpm++")
-    from saq_lightning.lightning.module import check_intermediate_target_phases
+    from saq_lightning.alignment.setup import check_intermediate_target_phases
 
     with pytest.raises(ValueError, match="phase 1 .*teacher_steps == student_steps"):
         check_intermediate_target_phases(list(SCHEDULE.phases))

@@ -73,9 +73,9 @@ def test_validation_scores_the_solver_aware_students_own_k_step_direction(tmp_pa
     from test_training_helpers import tiny_module
     from test_training_solver_aware import all_records
 
+    from saq_lightning.alignment.mota import mota_terms
+    from saq_lightning.alignment.student_step import student_effective_direction
     from saq_lightning.data import MixStepPhase, MixStepSchedule
-    from saq_lightning.lightning.mota import mota_terms
-    from saq_lightning.lightning.student_step import student_effective_direction
 
     spec = save_tiny_teacher(tmp_path / "teacher")
     schedule = MixStepSchedule((MixStepPhase(10, 2, 2),))

@@ -20,10 +20,10 @@ from cli_run_helpers import tiny_fit_config
 from ptq_helpers import paired_shards, ptq_config
 from test_training_helpers import save_tiny_teacher, write_tiny_shards
 
+from saq_lightning.alignment.checkpointing import CheckpointDigestError
 from saq_lightning.cli import main
 from saq_lightning.commands.ptq import ptq
 from saq_lightning.files import UnsafeFileError
-from saq_lightning.lightning.checkpointing import CheckpointDigestError
 from saq_lightning.students import load_student
 
 
@@ -80,7 +80,7 @@ def test_a_payload_in_a_fit_checkpoint_never_runs(fitted, tmp_path, capsys):
     code, err = run(["sample", "--student", str(bad), "--out", str(tmp_path / "s"), "--num_samples", "2",
                      "--steps", "2", "--device", "cpu", "--grid_size", "0"], capsys)
     assert code == 2 and "refused" in one_line_error(err, bad)
-    from saq_lightning.lightning.init_from import load_init_from
+    from saq_lightning.alignment.init_from import load_init_from
 
     with pytest.raises(UnsafeFileError) as refused:
         load_init_from(None, bad, {})

@@ -12,9 +12,9 @@ import pytest
 from ptq_helpers import PAIR_SCHEDULE, paired_shards, ptq_config
 from test_training_helpers import tiny_module
 
+from saq_lightning.alignment.generation import generate_trajectories
 from saq_lightning.cli import main
 from saq_lightning.errors import UserError
-from saq_lightning.lightning.generation import generate_trajectories
 from saq_lightning.user_errors import TRACEBACK_FLAG, user_error_types
 
 PTQ = ["--progress", "false", "--accelerator", "cpu"]

@@ -6,20 +6,18 @@ module computes the same function when it assembles (and prefetches) batches, so
 be told "in time"; batches from ``TrajectoryDataModule`` carry ``batch_index`` and
 ``mixstep_phase``, and the callback checks that they agree with it.
 
-YAML (LightningCLI)::
+YAML (LightningCLI): the top-level ``mixstep:`` block, given once; the CLI adds the callback to
+the trainer and links its schedule into the module and the data module (``link_arguments``)::
 
-    trainer:
-      callbacks:
-        - class_path: saq_lightning.callbacks.mixstep.MixStepCallback
-          init_args:
-            phases:
-              - {student_steps: 100, student_order: 1, teacher_order: 2}
-              - {student_steps: 50}
-              - {student_steps: 20}
-              - {student_steps: 10}
-            mode: cycle
-            batches_per_phase: 25
-            n_buckets: 100
+    mixstep:
+      phases:
+        - {student_steps: 100, student_order: 1, teacher_order: 2}
+        - {student_steps: 50}
+        - {student_steps: 20}
+        - {student_steps: 10}
+      mode: cycle
+      batches_per_phase: 25
+      n_buckets: 100
 """
 
 from __future__ import annotations
@@ -91,9 +89,11 @@ class MixStepCallback(Callback):
         return None if self.phase is None else self.schedule.phases[self.phase]
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        datamodule = trainer.datamodule
-        if datamodule is not None and callable(getattr(datamodule, "set_mixstep", None)):
-            datamodule.set_mixstep(self.schedule)
+        """Hand the schedule to the module and the data module (the CLI links it into both at
+        construction already; a Trainer built in Python gets it here)."""
+        for owner in (pl_module, trainer.datamodule):
+            if owner is not None and callable(getattr(owner, "set_mixstep", None)):
+                owner.set_mixstep(self.schedule)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._announced = None

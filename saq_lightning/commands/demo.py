@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +110,8 @@ def demo_run_config(src: Path, out: Path, max_steps: int | None = None) -> Path:
 
 def train(run_config: Path, out: Path, retrain: bool, console: Console) -> Path:
     """generate -> fit on ``run_config``; a rerun resumes (or, finished, reuses) ``last.ckpt``."""
-    from saq_lightning.cli import SAQLightningCLI
     from saq_lightning.commands.generate import generate
+    from saq_lightning.lightning.run_cli import SAQLightningCLI, args_given_on_purpose
 
     console.rule("generate: teacher trajectories -> shards")
     generate(["--config", str(run_config)])
@@ -122,8 +121,7 @@ def train(run_config: Path, out: Path, retrain: bool, console: Console) -> Path:
     last = checkpoints / "last.ckpt"
     console.rule("fit: SA-QLoRA" + (" (resuming last.ckpt)" if last.is_file() else ""))
     args = ["fit", "--config", str(run_config)] + (["--ckpt_path", "last"] if last.is_file() else [])
-    with warnings.catch_warnings():  # args are given on purpose: they are not sys.argv
-        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter")
+    with args_given_on_purpose():
         SAQLightningCLI(args=args)
     if not last.is_file():
         raise RuntimeError(f"fit wrote no {last}")
@@ -145,12 +143,12 @@ def evaluate(name: str, model, setting: SamplerSetting, n: int, seed: int, class
 def compare(run_config: Path, checkpoint: Path, out: Path, n: int, steps: int, student_orders: list[int],
             seed: int, console: Console) -> list[dict[str, Any]]:
     """FD / class accuracy of FP, naive W4A4 and trained W4A4 at ``steps`` steps."""
-    from saq_lightning.commands.generate import load_run
+    from saq_lightning.commands.run_config import load_run_parts
     from saq_lightning.students import load_student
 
     console.rule(f"compare at {steps} steps ({n} class-balanced samples each)")
-    parts = load_run(["--config", str(run_config)])
-    module = parts.model
+    parts = load_run_parts(["--config", str(run_config)])
+    module = parts.setup
     module.bind_bucket_map(parts.schedule.phases)  # the buckets (and calibration grid) fit binds
     module.calibrate_student()  # the same deterministic calibration the trained student started from
     naive = module.student_model.eval()

@@ -1,7 +1,7 @@
 """``python -m saq_lightning generate --config <the fit config>``: teacher trajectories -> shards.
 
 The same YAML drives ``generate`` and ``fit``: the teacher, guidance, solver family and spacing
-come from ``model``, the phases from the ``MixStepCallback`` in ``trainer.callbacks``, the output
+come from ``model``, the phases from the top-level ``mixstep:`` block, the output
 folder is ``data.shards``, the layout ``model.generation``. Any LightningCLI override works here
 as it does for ``fit`` (``--model.generation.trajectories_per_phase 512``).
 
@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
-from dataclasses import dataclass
-from typing import Any
 
 from saq_lightning.commands.placement import requeue_on_sigusr1
 from saq_lightning.devices import choose_device
@@ -68,50 +65,14 @@ def parse_options(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return opts, rest
 
 
-@dataclass
-class RunParts:
-    """The parts of a training config that generation needs."""
-
-    model: Any
-    datamodule: Any
-    schedule: Any
-    config: Any
-
-
-def load_run(config_args: list[str]) -> RunParts:
-    """Parse a training config as ``fit`` does and build its model and data module (no Trainer)."""
-    from saq_lightning.callbacks.mixstep import MixStepCallback
-    from saq_lightning.cli import SAQLightningCLI
-
-    class _NoTrainerCLI(SAQLightningCLI):
-        def instantiate_classes(self) -> None:
-            self.config_init = self.parser.instantiate_classes(self.config)
-            self.datamodule = self._get(self.config_init, "data")
-            self.model = self._get(self.config_init, "model")
-
-    with warnings.catch_warnings():  # args are given on purpose: they are not sys.argv
-        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter")
-        cli = _NoTrainerCLI(args=config_args, run=False)
-    callbacks = cli.config_init.get("trainer.callbacks") or []
-    schedules = [cb.schedule for cb in callbacks if isinstance(cb, MixStepCallback)]
-    if not schedules:
-        raise ValueError("the config has no MixStepCallback in trainer.callbacks: generate rolls out "
-                         "the phases of the mixstep schedule (see docs/training.md)")
-    return RunParts(cli.model, cli.datamodule, schedules[0], cli.config)
 
 
 def shards_folder(config_args: list[str]) -> str | None:
     """``data.init_args.shards`` of a config, parsed without building anything."""
-    from saq_lightning.cli import SAQLightningCLI
+    from saq_lightning.commands.run_config import read_run_config
+    from saq_lightning.commands.run_config import shards_folder as config_shards
 
-    class _ParseOnlyCLI(SAQLightningCLI):
-        def instantiate_classes(self) -> None:
-            return None
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter")
-        cfg = _ParseOnlyCLI(args=config_args, run=False).config
-    return cfg.get("data.init_args.shards")
+    return config_shards(read_run_config(config_args).config)
 
 
 def _report_folder(config_args: list[str]) -> dict:
@@ -127,15 +88,19 @@ def _report_folder(config_args: list[str]) -> dict:
 
 def run_rank(config_args: list[str], placement: Placement, accelerator: str, progress: bool) -> dict:
     """Build the run on this rank's device and write its shards; returns a summary."""
-    from saq_lightning.lightning.generation import generate_trajectories
+    from saq_lightning.alignment.generation import generate_trajectories
+    from saq_lightning.commands.run_config import load_run_parts
 
-    parts = load_run(config_args)
-    folder = getattr(parts.datamodule, "shards", None)
+    parts = load_run_parts(config_args)
+    if parts.schedule is None:
+        raise ValueError("the config has no mixstep schedule (the top-level `mixstep:` block): generate "
+                         "rolls out the phases of the mixstep schedule (see docs/training.md)")
+    folder = parts.shards
     if folder is None:
         raise ValueError("data.shards is null (on-the-fly mode): there is nothing to generate; set "
                          "data.init_args.shards to the trajectory folder")
     device = choose_device(accelerator, placement.local_rank)
-    report = generate_trajectories(parts.model, parts.schedule, folder, rank=placement.rank,
+    report = generate_trajectories(parts.setup, parts.schedule, folder, rank=placement.rank,
                                    world_size=placement.world_size, device=device,
                                    progress=progress and placement.rank == 0)
     summary = {"folder": str(folder), "rank": placement.rank, "written": report.written,

@@ -1,7 +1,7 @@
 """``python -m saq_lightning ptq --config <ptq config>``: SA-PTQ / BRECQ block reconstruction.
 
 The config is a training config (the same teacher, policy, guidance, solver family and
-``data.shards`` as ``generate``/``fit``) plus a ``ptq:`` block (``saq_lightning.lightning.ptq.
+``data.shards`` as ``generate``/``fit``) plus a ``ptq:`` block (``saq_lightning.alignment.ptq.
 PTQSettings``). Any LightningCLI-style override works (``--ptq.iters 2000``).
 
 Ranks: under ``torchrun`` (``RANK``/``WORLD_SIZE``) or ``srun`` (``SLURM_PROCID``/``SLURM_NTASKS``)
@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,6 +24,10 @@ from saq_lightning.distributed import Placement, environment_placement, init_pro
 
 from .generate import _bool
 from .placement import requeue_on_sigusr1
+
+if TYPE_CHECKING:  # pragma: no cover
+    from saq_lightning.alignment.ptq import PTQSettings
+    from saq_lightning.commands.run_config import RunParts
 
 HELP = """usage: python -m saq_lightning ptq --config CONFIG [overrides] [options]
 
@@ -57,32 +60,25 @@ def parse_options(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return opts, rest
 
 
-def load_ptq_run(config_args: list[str]) -> tuple[Any, Any, Any]:
-    """(module, datamodule, PTQSettings) of a PTQ config, parsed as ``fit`` parses (no Trainer)."""
-    from saq_lightning.cli import SAQLightningCLI
-    from saq_lightning.lightning.ptq import PTQSettings
+def load_ptq_run(config_args: list[str]) -> tuple[RunParts, PTQSettings]:
+    """The run parts (alignment setup, schedule, shards) and the ``ptq:`` block of a PTQ config,
+    parsed as ``fit`` parses it (no LightningModule, no Trainer)."""
+    from saq_lightning.alignment.ptq import PTQSettings
+    from saq_lightning.commands.run_config import load_run_parts, plain
 
-    class _PTQCLI(SAQLightningCLI):
-        def instantiate_classes(self) -> None:
-            self.config_init = self.parser.instantiate_classes(self.config)
-            self.datamodule = self._get(self.config_init, "data")
-            self.model = self._get(self.config_init, "model")
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter")
-        cli = _PTQCLI(args=config_args, run=False)
-    settings = cli.config_init.get("ptq")
+    parts = load_run_parts(config_args)
+    settings = parts.config.get("ptq")
     if settings is None:
         raise ValueError("the config has no `ptq:` block: add one (see configs/digits_w8a8_saptq.yaml) "
                          "or give --ptq.output DIR")
     if not isinstance(settings, PTQSettings):
-        settings = PTQSettings(**{k: v for k, v in vars(settings).items() if not k.startswith("__")})
-    return cli.model, cli.datamodule, settings
+        settings = PTQSettings(**plain(settings))
+    return parts, settings
 
 
 def ptq(args: list[str]) -> dict[str, Any]:
     """Entry point with parsed arguments; returns a summary (rank 0's view)."""
-    from saq_lightning.lightning.ptq import CHECKPOINT, check_existing_student, run_ptq
+    from saq_lightning.alignment.ptq import CHECKPOINT, check_existing_student, run_ptq
     from saq_lightning.quant.reconstruction import Comm
 
     opts, config_args = parse_options(args)
@@ -90,15 +86,15 @@ def ptq(args: list[str]) -> dict[str, Any]:
     device = choose_device(opts.accelerator, placement.local_rank)
     created = init_process_group(placement, device)
     try:
-        module, datamodule, settings = load_ptq_run(config_args)
-        shards = getattr(datamodule, "shards", None)
+        parts, settings = load_ptq_run(config_args)
+        shards, setup = parts.shards, parts.setup
         if shards is None:
             raise ValueError("data.init_args.shards is null: ptq calibrates on the trajectory shards that "
                              "`generate` writes; set data.init_args.shards")
-        check_existing_student(module, settings, shards, opts.overwrite)
-        module.to(device)
+        check_existing_student(setup, settings, shards, opts.overwrite)
+        setup.to(device)
         comm = Comm(placement.rank, placement.world_size)
-        report = run_ptq(module, shards, settings, comm=comm, progress=opts.progress, max_blocks=opts.max_blocks)
+        report = run_ptq(setup, shards, settings, comm=comm, progress=opts.progress, max_blocks=opts.max_blocks)
     finally:
         if created:
             torch.distributed.destroy_process_group()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -129,20 +128,10 @@ def light_trainer_settings(args: list[str]) -> dict[str, Any] | None:
 def parse_fit(args: list[str]) -> tuple[Any, Any]:
     """The parsed ``fit`` config and the SLURM resume decision, exactly as ``fit`` makes them (the
     CLI's own hook runs), with nothing built."""
-    from saq_lightning.cli import SAQLightningCLI
+    from saq_lightning.lightning.run_cli import read_run_config
 
-    class _CheckOnlyCLI(SAQLightningCLI):
-        def instantiate_classes(self) -> None:
-            return None
-
-        def _run_subcommand(self, subcommand: str) -> None:
-            return None
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter")
-        warnings.filterwarnings("ignore", message=".*`srun` command is available.*")
-        cli = _CheckOnlyCLI(args=["fit", *args])
-    return cli.config["fit"], cli.slurm_run
+    parsed = read_run_config(args, subcommand="fit")
+    return parsed.config, parsed.slurm_run
 
 
 def check(command: str, args: list[str], env: Mapping[str, str] | None = None) -> str:
@@ -159,11 +148,12 @@ def check(command: str, args: list[str], env: Mapping[str, str] | None = None) -
     trainer = light_trainer_settings(args)
     if trainer is not None:
         return f"fit: {check_fit_layout(trainer, env)}"
+    from saq_lightning.lightning.run_cli import MixStepPlacementError
     from saq_lightning.lightning.slurm import SlurmResumeError
 
     try:
         config, run = parse_fit(args)
-    except SlurmResumeError as err:
+    except (SlurmResumeError, MixStepPlacementError) as err:
         raise SlurmCheckError(str(err)) from err
     layout = check_fit_layout(config.trainer.as_dict() if hasattr(config.trainer, "as_dict") else config.trainer,
                               env)

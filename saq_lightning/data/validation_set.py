@@ -1,5 +1,5 @@
 """The held-out validation points: ``<shards>/val``, written by ``generate`` when
-``generation.validation_trajectories_per_phase`` > 0 (see ``lightning/validation.py``).
+``generation.validation_trajectories_per_phase`` > 0 (see ``alignment/validation.py``).
 
 The set is small (a few trajectories per phase), so it is read once into memory and served as
 fixed batches in file order: every validation pass sees exactly the same points.

@@ -23,9 +23,12 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from saq_lightning.alignment.checkpointing import (
+    CheckpointMismatchError,
+    add_tensor_digest,
+    check_tensor_digest,
+)
 from saq_lightning.files import atomic_path, load_tensors
-
-from .checkpointing import CheckpointMismatchError, add_tensor_digest, check_tensor_digest
 
 
 class UnreadableCheckpointError(CheckpointMismatchError):

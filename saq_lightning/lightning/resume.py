@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,19 +29,22 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 
+from saq_lightning.alignment.checkpointing import PORTABLE_SPEC_FIELDS, CheckpointMismatchError
+from saq_lightning.alignment.optim import LinearDecay, group_kind
+from saq_lightning.alignment.settings import OptimizerSettings
 from saq_lightning.files import UnreadableFileError
 from saq_lightning.mismatches import MISSING, diff_values, format_mismatches
 
 from .checkpoint_io import read_checkpoint
-from .checkpointing import PORTABLE_SPEC_FIELDS, CheckpointMismatchError
-from .optim import LinearDecay, group_kind
-from .settings import OptimizerSettings
 
 log = logging.getLogger(__name__)
 
 #: model settings a resumed run may change (dotted paths into the module's hyperparameters)
 RESUMABLE_CHANGES = ("optimizer.lr", "compile", "quant_kernels")  # how the student runs, not what it is
 _IGNORED = ("_class_path", "_instantiator")  # _class_path: saved by older versions
+#: settings whose resume rule is not this module's: the mixstep schedule's is MixStepCallback's
+#: (``strict_resume``: refused, or a warning), which compares it with its own saved state
+_RULED_ELSEWHERE = ("mixstep",)
 
 
 class ResumeSettingsError(CheckpointMismatchError):
@@ -57,7 +61,9 @@ def resume_mismatches(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[
 
     mismatches = diff_values(comparable(saved), comparable(now), "", subset=False)
     # a setting the checkpoint does not record is newer than the checkpoint's code: not a change
-    return [m for m in mismatches if m[0] not in RESUMABLE_CHANGES and not (isinstance(m[1], str) and m[1] == MISSING)]
+    return [m for m in mismatches if m[0] not in RESUMABLE_CHANGES
+            and re.split(r"[.\[]", m[0])[0] not in _RULED_ELSEWHERE
+            and not (isinstance(m[1], str) and m[1] == MISSING)]
 
 
 def check_resume_settings(saved: Mapping[str, Any] | None, now: Mapping[str, Any], source: str) -> None:

@@ -17,8 +17,7 @@ from typing import Any
 
 import torch
 
-from saq_lightning.files import load_tensors
-from saq_lightning.lightning.checkpointing import (
+from saq_lightning.alignment.checkpointing import (
     FORMAT,
     CheckpointMismatchError,
     check_teacher_fingerprint,
@@ -27,6 +26,7 @@ from saq_lightning.lightning.checkpointing import (
     split_student_state,
     teacher_fingerprint,
 )
+from saq_lightning.files import load_tensors
 from saq_lightning.models import DiffusionModel, ModelSpec, build_model
 from saq_lightning.quant import QuantPolicy, load_trainable_state_dict, quantize_model
 

@@ -32,7 +32,7 @@ def naive_student(
 def naive_calibration_batches(teacher: DiffusionModel, n: int = 64, seed: int = 12345) -> list[dict[str, torch.Tensor]]:
     """UNet call arguments at every state of ``n`` FP trajectories (DDIM, the model's default
     steps and guidance), one batch per state; conditional models get the conditional and the null
-    condition. (A trained student calibrates on ``lightning.calibration.calibration_batches``:
+    condition. (A trained student calibrates on ``alignment.calibration.calibration_batches``:
     the run's solver and grid, shuffled rows, null rows only under guidance.)"""
     defaults = teacher.sampling_defaults
     steps, scale = int(defaults.get("steps", 20)), float(defaults.get("guidance_scale", 1.0))

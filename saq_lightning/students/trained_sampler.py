@@ -53,7 +53,7 @@ def trained_sampler_of(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(ptq, Mapping) and isinstance(ptq.get("sampler"), Mapping):
         return ptq_sampler(ptq["sampler"])
     hparams = checkpoint.get("hyper_parameters") or {}
-    phases = _phases(checkpoint.get("callbacks") or {})
+    phases = _phases(hparams, checkpoint.get("callbacks") or {})
     out: dict[str, Any] = {}
     if "guidance_scale" in hparams:
         out["guidance_scale"] = float(hparams["guidance_scale"])
@@ -85,7 +85,11 @@ def ptq_sampler(recorded: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _phases(callbacks: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _phases(hparams: Mapping[str, Any], callbacks: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The run's mixstep phases: from the module's hyperparameters (``mixstep``), or, in a
+    checkpoint written before the schedule was recorded there, from the MixStepCallback's state."""
+    if isinstance(hparams.get("mixstep"), Mapping):
+        return list(hparams["mixstep"].get("phases") or [])
     for name, state in callbacks.items():
         if "MixStepCallback" in str(name) and isinstance(state, Mapping):
             return list((state.get("schedule") or {}).get("phases") or [])

@@ -35,7 +35,7 @@ class ReconstructionSettings:
     ``x_{t_j}`` and the quantized block the intermediate point ``x_{s_j}`` (the paper's equations);
     ``fp_second_order`` swaps them (the student at the grid point mimics the teacher at the
     intermediate point, as MOTA does for whole directions). ``None``: the caller decides by the
-    sampler the student is for (``lightning/ptq_sampler.py``: a first-order sampler takes
+    sampler the student is for (``alignment/ptq_sampler.py``: a first-order sampler takes
     ``fp_second_order``), before it builds the pairs.
 
     ``same_input_points`` (for ``same_input``): ``grid`` reconstructs on the grid points only;

@@ -91,9 +91,10 @@ def check_trajectory_meta(found: Mapping[str, Any], expected: Mapping[str, Any],
 
 
 def check_trajectory_folder(manifest: Manifest, module: Any, source: str) -> None:
-    """Everything a run (``module``: an ``SAQLightningModule``) must agree on with a folder: the
-    checked meta, the generation settings for the folder's number of phases and the storage
-    dtype. The phases themselves are compared with the mixstep schedule by the data module."""
+    """Everything a run (``module``: its ``SAQSetup``, or the LightningModule around one) must
+    agree on with a folder: the checked meta, the generation settings for the folder's number of
+    phases and the storage dtype. The phases themselves are compared with the mixstep schedule
+    by the data module."""
     expected = module.expected_trajectory_meta()
     check_generator(manifest.meta, source)
     phases = manifest.meta.get("phases")

@@ -45,6 +45,7 @@ from saq_lightning.sampling.predictor import select_batch
 from .buckets import bucket_map_with_intermediates
 from .checkpointing import PORTABLE_SPEC_FIELDS, add_tensor_digest, student_state_dict
 from .ptq_sampler import PTQSampler, default_role, resolve_sampler, role_note
+from .setup import SAQSetup
 from .trajectory_meta import check_trajectory_folder, manifest_phases
 
 CHECKPOINT = "student.ckpt"
@@ -113,20 +114,20 @@ def quantized_at_intermediate_points(rec: ReconstructionSettings) -> bool:
     return rec.pair_roles == "fp_first_order"
 
 
-def _bind_intermediate_buckets(module: Any, phases: Any) -> str | None:
+def _bind_intermediate_buckets(setup: SAQSetup, phases: Any) -> str | None:
     """Give the pairs' intermediate points activation buckets of their own; when the policy's
     ``n_buckets`` leave too few, they keep their nearest grid point's and the line saying so is
     returned."""
     bucket_map, note = bucket_map_with_intermediates(
-        module.flow.schedule, module.teacher_settings.spacing, phases, module.policy.n_buckets,
+        setup.flow.schedule, setup.teacher_settings.spacing, phases, setup.policy.n_buckets,
         [2 if p.teacher_order >= 2 else 0 for p in phases])
-    module.student.set_bucket_map(bucket_map)
+    setup.student.set_bucket_map(bucket_map)
     return None if note is None else f"ptq: {note}"
 
 
-def ptq_sampler(module: Any, settings: PTQSettings, phases: Any) -> PTQSampler:
-    """The sampler ``settings`` names, in ``module``'s run."""
-    run = module.teacher_settings
+def ptq_sampler(setup: SAQSetup, settings: PTQSettings, phases: Any) -> PTQSampler:
+    """The sampler ``settings`` names, in ``setup``'s run."""
+    run = setup.teacher_settings
     return resolve_sampler(settings.solver, settings.order, settings.steps, settings.spacing,
                            run.spacing, run.guidance_scale, phases)
 
@@ -158,7 +159,7 @@ class _TensorBoard:
 
 
 def run_ptq(
-    module: Any,
+    setup: SAQSetup,
     shards: str | os.PathLike,
     settings: PTQSettings,
     *,
@@ -166,7 +167,7 @@ def run_ptq(
     progress: bool = True,
     max_blocks: int | None = None,
 ) -> ReconstructionReport:
-    """Reconstruct ``module.student`` (an :class:`SAQLightningModule`'s) block by block.
+    """Reconstruct ``setup.student`` block by block.
 
     Resumes from ``settings.output``/ptq_state; writes ``student.ckpt`` when every block is done.
     """
@@ -175,15 +176,15 @@ def run_ptq(
     out = Path(settings.output)
     shards = Path(shards)
     manifest = load_manifest(shards)
-    check_trajectory_folder(manifest, module, f"{shards}/manifest.json")
+    check_trajectory_folder(manifest, setup, f"{shards}/manifest.json")
     phases = manifest_phases(manifest)
-    sampler = ptq_sampler(module, settings, phases)
+    sampler = ptq_sampler(setup, settings, phases)
     rec, note = resolve_roles(rec, sampler)
     shared = None
     if phases:  # the shards' grids give the activation buckets, as in fit
-        module.bind_bucket_map(phases)
+        setup.bind_bucket_map(phases)
         if quantized_at_intermediate_points(rec):  # and the pairs' intermediate points their own
-            shared = _bind_intermediate_buckets(module, phases)
+            shared = _bind_intermediate_buckets(setup, phases)
     if comm.rank == 0:
         roles = f", pair_roles {rec.pair_roles}" if rec.objective == "mixed_order" else \
             f", same_input_points {rec.same_input_points}"
@@ -193,10 +194,10 @@ def run_ptq(
     pairs = rec.objective == "mixed_order" or rec.same_input_points == "grid_and_intermediate"
     points = load_calibration_points(shards, rec.num_samples, rec.seed, pairs=pairs)
     fp_x, fp_t, q_x, q_t = _sides(points, rec)
-    device = next(module.teacher.unet.parameters()).device
-    dtype = next(module.teacher.unet.parameters()).dtype
-    teacher_eps = module.flow.predictor()
-    student_eps = module.flow.predictor(module.student_model)
+    device = next(setup.teacher.unet.parameters()).device
+    dtype = next(setup.teacher.unet.parameters()).dtype
+    teacher_eps = setup.flow.predictor()
+    student_eps = setup.flow.predictor(setup.student_model)
     n = len(points)
     local = torch.tensor([i for i in range(n) if comm.owns(i)], dtype=torch.long)
 
@@ -213,29 +214,29 @@ def run_ptq(
 
             yield fp, quant, int(chunk.numel())
 
-    meta = {"reconstruction": asdict(rec), "saq": module.checkpoint_identity(), "shards": str(shards),
+    meta = {"reconstruction": asdict(rec), "saq": setup.checkpoint_identity(), "shards": str(shards),
             "manifest_layout": manifest.layout.digest()}
     tb = _TensorBoard(out / "tb") if comm.rank == 0 else None
-    module.student.eval()  # no dropout during recording or reconstruction; gradients still flow
+    setup.student.eval()  # no dropout during recording or reconstruction; gradients still flow
     try:
         report = reconstruct_student(
-            module.student, module.teacher.unet, batches, n, module.calibrate_student, rec,
+            setup.student, setup.teacher.unet, batches, n, setup.calibrate_student, rec,
             out / "ptq_state", meta, comm=comm, device=device, progress=progress,
             on_block_end=tb, max_blocks=max_blocks)
     finally:
         if tb is not None:
             tb.close()
     if report.complete and comm.rank == 0:
-        _write_outputs(module, out, report, settings, rec, sampler)
+        _write_outputs(setup, out, report, settings, rec, sampler)
     comm.barrier()
     return report
 
 
-def _write_outputs(module: Any, out: Path, report: ReconstructionReport, settings: PTQSettings,
+def _write_outputs(setup: SAQSetup, out: Path, report: ReconstructionReport, settings: PTQSettings,
                    rec: ReconstructionSettings, sampler: PTQSampler) -> None:
     out.mkdir(parents=True, exist_ok=True)
     settings = replace(settings, pair_roles=rec.pair_roles)  # as resolved
-    ckpt = {"saq": module.checkpoint_identity(), "state_dict": {k: v.cpu() for k, v in student_state_dict(module.student).items()},
+    ckpt = {"saq": setup.checkpoint_identity(), "state_dict": {k: v.cpu() for k, v in student_state_dict(setup.student).items()},
             "ptq": {"settings": asdict(settings), "sampler": sampler.record(),
                     "blocks": [asdict(b) for b in report.blocks]}}
     with atomic_path(out / CHECKPOINT) as tmp:
@@ -252,7 +253,7 @@ def _student_settings(identity: dict[str, Any], settings: dict[str, Any]) -> dic
             "policy": identity.get("policy"), "ptq": {k: v for k, v in settings.items() if k != "output"}}
 
 
-def check_existing_student(module: Any, settings: PTQSettings, shards: str | os.PathLike, overwrite: bool) -> None:
+def check_existing_student(setup: SAQSetup, settings: PTQSettings, shards: str | os.PathLike, overwrite: bool) -> None:
     """Refuse to replace ``<output>/student.ckpt`` of other settings (teacher, policy, ptq) unless
     ``overwrite``: removing ``ptq_state/`` must not make an earlier student disappear silently.
     The checkpoint records the pair role as resolved, so an unset role is resolved the same way here."""
@@ -260,9 +261,9 @@ def check_existing_student(module: Any, settings: PTQSettings, shards: str | os.
     if not path.is_file() or overwrite:
         return
     saved = load_tensors(path)
-    sampler = ptq_sampler(module, settings, manifest_phases(load_manifest(Path(shards))))
+    sampler = ptq_sampler(setup, settings, manifest_phases(load_manifest(Path(shards))))
     settings = replace(settings, pair_roles=resolve_roles(settings.reconstruction(), sampler)[0].pair_roles)
-    now = _student_settings(module.checkpoint_identity(), asdict(settings))
+    now = _student_settings(setup.checkpoint_identity(), asdict(settings))
     recorded = _student_settings(saved.get("saq") or {}, (saved.get("ptq") or {}).get("settings") or {})
     if recorded != now:
         refuse_existing("ptq", [path], now, recorded, overwrite, alternative="use another ptq.output")

@@ -20,7 +20,7 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -32,12 +32,10 @@ from saq_lightning.data.trajectory_records import trajectory_records
 
 from .conditions import ConditionSource, noise_for
 from .settings import GenerationSettings
+from .setup import SAQSetup
 from .teacher_flow import TeacherFlow
 from .trajectory_meta import check_generator, check_teacher_weights, generation_meta
 from .validation import VALIDATION_SEED_OFFSET
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .module import SAQLightningModule
 
 #: subfolder of the trajectory folder holding the held-out validation trajectories
 VALIDATION_FOLDER = "val"
@@ -61,13 +59,13 @@ class PhaseLayout:
 
 
 def trajectory_meta(
-    module: SAQLightningModule, schedule: MixStepSchedule, settings: GenerationSettings | None = None
+    setup: SAQSetup, schedule: MixStepSchedule, settings: GenerationSettings | None = None
 ) -> dict[str, Any]:
-    """The manifest ``meta`` of ``module``'s trajectories under ``schedule``: the provenance a run
+    """The manifest ``meta`` of ``setup``'s trajectories under ``schedule``: the provenance a run
     checks (teacher and its fingerprint, solver step, generator version, seed, counts) and how
     the records are stored."""
-    settings = settings or module.generation
-    meta = module.expected_trajectory_meta()
+    settings = settings or setup.generation
+    meta = setup.expected_trajectory_meta()
     meta.update(generation_meta(settings, schedule.num_phases))
     meta.update({
         "phases": schedule.to_dict()["phases"],
@@ -142,7 +140,7 @@ def refuse_stale_folder(folder: Path, meta: dict[str, Any]) -> None:
 
 
 def generate_trajectories(
-    module: SAQLightningModule,
+    setup: SAQSetup,
     schedule: MixStepSchedule,
     folder: str | Path,
     *,
@@ -151,22 +149,22 @@ def generate_trajectories(
     device: torch.device | str | None = None,
     progress: bool = True,
 ) -> WriteReport:
-    """Write (or finish writing) this rank's shards of ``module``'s teacher trajectories.
+    """Write (or finish writing) this rank's shards of ``setup``'s teacher trajectories.
 
     Rerunning the same command resumes: finished shards are verified and kept, half-written ones
     redone. A folder made under another configuration is refused (nothing is overwritten).
     """
-    settings = module.generation
+    settings = setup.generation
     counts = settings.per_phase(schedule.num_phases)
-    schedule.check_buckets(module.policy.n_buckets)
-    module.bind_bucket_map(schedule.phases)  # a grid the buckets cannot serve fails here, not in fit
+    schedule.check_buckets(setup.policy.n_buckets)
+    setup.bind_bucket_map(schedule.phases)  # a grid the buckets cannot serve fails here, not in fit
     if device is not None:
-        module.to(device)
-    device = next(module.teacher.unet.parameters()).device
-    rollout = TrajectoryRollout(module.flow, schedule.phases, PhaseLayout(tuple(counts)),
-                                module.conditions, settings.seed, settings.store_targets, device,
+        setup.to(device)
+    device = next(setup.teacher.unet.parameters()).device
+    rollout = TrajectoryRollout(setup.flow, schedule.phases, PhaseLayout(tuple(counts)),
+                                setup.conditions, settings.seed, settings.store_targets, device,
                                 settings.store_pairs)
-    meta = trajectory_meta(module, schedule, settings)
+    meta = trajectory_meta(setup, schedule, settings)
     refuse_stale_folder(Path(folder), meta)
     report = write_trajectory_shards(
         folder, rollout,
@@ -178,23 +176,23 @@ def generate_trajectories(
         rank=rank, world_size=world_size, progress=progress,
     )
     if settings.validation_trajectories_per_phase:
-        write_validation_trajectories(module, schedule, Path(folder) / VALIDATION_FOLDER, device,
+        write_validation_trajectories(setup, schedule, Path(folder) / VALIDATION_FOLDER, device,
                                       rank=rank, world_size=world_size, progress=progress)
     return report
 
 
 def write_validation_trajectories(
-    module: SAQLightningModule, schedule: MixStepSchedule, folder: Path, device: torch.device,
+    setup: SAQSetup, schedule: MixStepSchedule, folder: Path, device: torch.device,
     *, rank: int = 0, world_size: int = 1, progress: bool = True,
 ) -> WriteReport:
-    """The held-out validation trajectories (``lightning/validation.py``): one shard per phase."""
-    n = module.generation.validation_trajectories_per_phase
-    settings = replace(module.generation, trajectories_per_phase=n, trajectories_per_shard=n,
+    """The held-out validation trajectories (``alignment/validation.py``): one shard per phase."""
+    n = setup.generation.validation_trajectories_per_phase
+    settings = replace(setup.generation, trajectories_per_phase=n, trajectories_per_shard=n,
                        rollout_batch_size=None,
-                       seed=module.generation.seed + VALIDATION_SEED_OFFSET)
-    rollout = TrajectoryRollout(module.flow, schedule.phases, PhaseLayout((n,) * schedule.num_phases),
-                                module.conditions, settings.seed, settings.store_targets, device)
-    meta = {**trajectory_meta(module, schedule, settings), "split": "validation"}
+                       seed=setup.generation.seed + VALIDATION_SEED_OFFSET)
+    rollout = TrajectoryRollout(setup.flow, schedule.phases, PhaseLayout((n,) * schedule.num_phases),
+                                setup.conditions, settings.seed, settings.store_targets, device)
+    meta = {**trajectory_meta(setup, schedule, settings), "split": "validation"}
     refuse_stale_folder(folder, meta)
     return write_trajectory_shards(
         folder, rollout, num_trajectories=n * schedule.num_phases, trajectories_per_shard=n,
