@@ -72,11 +72,21 @@ def test_int_runtime_of_a_naive_student_goes_through_a_temporary_export(tmp_path
         assert data["arr_0"].shape == (20, 8, 8, 1)
 
 
-def test_runtime_int_without_a_student_is_an_error(tmp_path):
-    with pytest.raises(ValueError, match="--runtime int needs a quantized --student"):
-        main(["sample", "--out", str(tmp_path), "--runtime", "int", *ARGS])
+def _one_line_error(args, capsys) -> str:
+    """A user error: exit code 2 and one ``error:`` line, no traceback."""
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err, err
+    return next(line for line in err.splitlines() if line.startswith("error:"))
 
 
-def test_an_unknown_runtime_is_an_error(export, tmp_path):
-    with pytest.raises(ValueError, match="expected one of"):
-        main(["sample", "--out", str(tmp_path), "--student", str(export), "--runtime", "int4", *ARGS])
+def test_runtime_int_without_a_student_is_an_error(tmp_path, capsys):
+    line = _one_line_error(["sample", "--out", str(tmp_path), "--runtime", "int", *ARGS], capsys)
+    assert "--runtime int needs a quantized --student" in line
+
+
+def test_an_unknown_runtime_is_an_error(export, tmp_path, capsys):
+    line = _one_line_error(["sample", "--out", str(tmp_path), "--student", str(export), "--runtime", "int4", *ARGS],
+                           capsys)
+    assert "--runtime 'int4': expected one of ['fake', 'int', 'weight_only']" in line

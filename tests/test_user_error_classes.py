@@ -119,3 +119,17 @@ def test_every_exception_class_of_the_package_is_a_user_error_or_named_as_a_bug(
     assert len(classes) >= 30  # the scan found the package's classes
     not_user = {name for name, cls in classes.items() if not issubclass(cls, UserError)}
     assert not_user == NOT_USER_ERRORS
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--student", "naive:w9a9"], "unknown quantization preset 'w9a9'"),
+    (["--num_samples", "-1"], "num_samples and batch_size must be >= 1, got -1"),
+])
+def test_a_bad_sampling_request_is_one_line_naming_the_value(tmp_path, capsys, args, expected):
+    """Found by a bad-input probe of ``sample`` (both printed a 20-36 line traceback and exit 1)."""
+    with pytest.raises(SystemExit) as stop:
+        main(["sample", "--out", str(tmp_path / "s"), "--steps", "2", "--device", "cpu", "--grid_size", "0",
+              "--num_samples", "4", *args])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err, err
+    assert expected in err

@@ -59,6 +59,10 @@ GRID_FILE = "grid.png"
 PARTS = "parts"
 
 
+class SampleRequestError(UserError, ValueError):
+    """A sampling request the model cannot serve (counts, prompts, guidance without conditions)."""
+
+
 class RunMismatchError(UserError, RuntimeError):
     """The output folder holds (part of) a run with other settings."""
 
@@ -125,14 +129,14 @@ def make_plan(
 ) -> SamplingPlan:
     """Check the request against the model (conditioning, counts) and fix what will be sampled."""
     if num_samples < 1 or batch_size < 1:
-        raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
+        raise SampleRequestError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
     if is_text_model(model):
         if not prompts:
-            raise ValueError(f"{model.name or 'this model'} is text-to-image: give prompts (--prompts <file>)")
+            raise SampleRequestError(f"{model.name or 'this model'} is text-to-image: give prompts (--prompts <file>)")
     elif prompts:
-        raise ValueError(f"{model.name or 'this model'} is not text-conditioned; prompts are not used")
+        raise SampleRequestError(f"{model.name or 'this model'} is not text-conditioned; prompts are not used")
     if setting.guidance_scale != 1.0 and model.conditioner is None:
-        raise ValueError("classifier-free guidance needs a conditional model (guidance_scale must be 1)")
+        raise SampleRequestError("classifier-free guidance needs a conditional model (guidance_scale must be 1)")
     return SamplingPlan(num_samples, setting, seed, batch_size, tuple(model.sample_shape),
                         condition_classes(model), list(prompts) if prompts else None, dict(identity or {}))
 

@@ -26,6 +26,8 @@ from typing import Any
 
 from torch import nn
 
+from saq_lightning.errors import UserError
+
 from .functional import check_bits
 from .ranges import check_init_method
 
@@ -147,6 +149,10 @@ class QuantPolicy:
         return cls(**dict(d))
 
 
+class UnknownPresetError(UserError, ValueError):
+    """A policy name that is not one of the presets (``naive:w9a9``, ``policy: w5a5``)."""
+
+
 def preset(name: str, **overrides: Any) -> QuantPolicy:
     """``w8a8``, ``w4a8`` or ``w4a4`` (the lineage's settings), with optional field overrides.
 
@@ -156,7 +162,7 @@ def preset(name: str, **overrides: Any) -> QuantPolicy:
     """
     match = _PRESET_NAME.fullmatch(name) if isinstance(name, str) else None
     if name not in PRESETS or match is None:
-        raise ValueError(f"unknown quantization preset {name!r}; choose one of {PRESETS} (w<weight bits>a<act bits>)")
+        raise UnknownPresetError(f"unknown quantization preset {name!r}; choose one of {PRESETS} (w<weight bits>a<act bits>)")
     bits = {k: int(v) for k, v in match.groupdict().items()}
     return QuantPolicy(**{"name": name, **bits, **overrides})
 

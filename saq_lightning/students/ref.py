@@ -22,7 +22,7 @@ from saq_lightning.models import DiffusionModel, ModelSpec, build_model
 
 from .checkpoint import read_checkpoint, student_from_contents, teacher_spec
 from .naive import naive_student
-from .runtime import check_runtime_name, export_runtime, student_runtime
+from .runtime import RuntimeChoiceError, check_runtime_name, export_runtime, student_runtime
 from .trained_sampler import trained_sampler_of
 
 NAIVE_PREFIX = "naive:"
@@ -93,7 +93,7 @@ class StudentRef:
         """The arithmetic of ``runtime`` for this student (``None``: fake-quant as loaded)."""
         arithmetic = check_runtime_name(runtime)
         if arithmetic is not None and not self.quantized:
-            raise ValueError(f"--runtime {runtime} needs a quantized --student (an export, a checkpoint or "
+            raise RuntimeChoiceError(f"--runtime {runtime} needs a quantized --student (an export, a checkpoint or "
                              f"naive:<policy>)")
         return arithmetic
 

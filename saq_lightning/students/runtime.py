@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from saq_lightning.errors import UserError
 from saq_lightning.quant import QuantizedUNet, export_student
 
 #: ``--runtime`` value -> ``load_runtime(arithmetic=...)`` (``None``: the fake-quant student itself)
@@ -27,10 +28,14 @@ RUNTIMES = {"fake": None, "int": "int8", "weight_only": "weight_only"}
 log = logging.getLogger(__name__)
 
 
+class RuntimeChoiceError(UserError, ValueError):
+    """An unknown ``--runtime``, or an integer runtime for a student that is not quantized."""
+
+
 def check_runtime_name(runtime: str) -> str | None:
     """The runtime's ``arithmetic`` (``None`` for ``fake``); an unknown name is an error."""
     if runtime not in RUNTIMES:
-        raise ValueError(f"--runtime {runtime!r}: expected one of {sorted(RUNTIMES)}")
+        raise RuntimeChoiceError(f"--runtime {runtime!r}: expected one of {sorted(RUNTIMES)}")
     return RUNTIMES[runtime]
 
 
