@@ -45,12 +45,12 @@ from saq_lightning.callbacks.step_progress import ProgressLines
 from saq_lightning.data.errors import ResumeMismatchError
 from saq_lightning.distributed import requeue_id
 from saq_lightning.lightning.early_signals import take_early_signal
+from saq_lightning.lightning.resume import REQUEUE_CKPT, last_candidates
 from saq_lightning.mismatches import diff_values, format_mismatches
 
 log = logging.getLogger(__name__)
 
 RECORD_KEY = "saq_slurm_run"
-REQUEUE_CKPT = "requeue.ckpt"
 BATCH_LOG_REFRESH = 50  # progress-bar refresh (batches) when stdout is not a terminal
 PROGRESS_LINE_S = 30.0  # seconds between two plain progress lines in a batch log
 IGNORED_FIELDS = ("config", "ckpt_path")  # differ between runs of one job without changing it
@@ -114,10 +114,7 @@ def _checkpoint_dirs(config: Mapping[str, Any]) -> list[Path]:
 def resume_candidates(config: Mapping[str, Any]) -> list[Path]:
     """``requeue.ckpt`` in ``default_root_dir`` and ``last*.ckpt`` in each ModelCheckpoint dirpath."""
     dirs = _checkpoint_dirs(config)
-    found = [dirs[0] / REQUEUE_CKPT]
-    for d in dirs[1:]:
-        found += sorted(d.glob("last*.ckpt")) if d.is_dir() else []
-    return [p for p in found if p.is_file()]
+    return last_candidates(dirs[1:], dirs[0])  # the files `--ckpt_path last` chooses from
 
 
 def _read_record(path: Path) -> tuple[int, dict[str, Any]] | None:
