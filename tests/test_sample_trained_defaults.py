@@ -53,9 +53,7 @@ def _with_first_phase(ckpt, out, **fields):
     """A copy of the fit checkpoint whose first mixstep phase has ``fields`` (as a run of that
     phase would have saved it)."""
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
-    for name, state in checkpoint["callbacks"].items():
-        if "MixStepCallback" in name:
-            state["schedule"]["phases"][0].update(fields)
+    checkpoint["hyper_parameters"]["mixstep"]["phases"][0].update(fields)  # where the schedule is read from
     torch.save(checkpoint, out)
     return out
 
@@ -86,3 +84,16 @@ def test_plms_student_sampled_at_plms4_prints_the_order(trained, tmp_path, capsy
     notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
     assert notes == [(f"note: sampling {student} with order plms's default (trained: 3); it was aligned "
                       f"to the trained sampler")]
+
+
+def test_a_checkpoint_written_before_the_mixstep_block_gives_its_trained_sampler_from_the_callback_state():
+    """Checkpoints of the base commit record the schedule only in MixStepCallback's state."""
+    from pathlib import Path
+
+    from saq_lightning.students.trained_sampler import trained_sampler_of
+
+    contents = torch.load(Path(__file__).parent / "data" / "base_checkpoint.ckpt", map_location="cpu",
+                          weights_only=True)
+    assert "mixstep" not in contents["hyper_parameters"]
+    assert trained_sampler_of(contents) == {"guidance_scale": 1.0, "spacing": "time_uniform", "solver": "dpm1",
+                                            "student_order": 1, "steps": 10, "trained_steps": [5, 10]}
