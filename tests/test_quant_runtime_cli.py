@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -90,3 +91,18 @@ def test_an_unknown_runtime_is_an_error(export, tmp_path, capsys):
     line = _one_line_error(["sample", "--out", str(tmp_path), "--student", str(export), "--runtime", "int4", *ARGS],
                            capsys)
     assert "--runtime 'int4': expected one of ['fake', 'int', 'weight_only']" in line
+
+
+@pytest.mark.parametrize("runtime", ["fake", "int"])
+def test_a_bit_flipped_export_is_one_line_under_every_runtime(export, tmp_path, capsys, runtime):
+    """Found by the bad-input probe: under ``--runtime int`` the digest mismatch was re-raised as a
+    plain ValueError (43-line traceback, exit 1); under ``fake`` it was already one line."""
+    copy = tmp_path / "export"
+    shutil.copytree(export, copy)
+    weights = next(copy.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 1  # one bit of the last tensor
+    weights.write_bytes(bytes(data))
+    line = _one_line_error(["sample", "--out", str(tmp_path / "s"), "--student", str(copy), "--runtime", runtime,
+                            *ARGS], capsys)
+    assert f"{weights}: its SHA-256 is not the one" in line

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..attention import QuantAttnProcessor
-from ..export import CONFIG, FORMAT, load_exported, read_manifest
+from ..export import CONFIG, FORMAT, ExportMismatchError, load_exported, read_manifest
 from ..model import QuantizedUNet
 from .kernels import PROBE_SHAPE, cpu_int8_flags, int8_gemm_speedup, probe_int8_gemm
 from .layers import ARITHMETICS, RuntimeLayer
@@ -167,8 +167,10 @@ def load_runtime(
             notes.append(f"fallback: {reason}; integer codes multiplied in float64")
     try:
         student = load_exported(folder, model=model, device="cpu", manifest=manifest)
-    except ValueError as e:
-        raise ValueError(e if str(folder) in str(e) else f"{folder}: {e}") from e
+    except ValueError as e:  # the export does not match itself: a user error naming the folder
+        if str(folder) in str(e):
+            raise
+        raise ExportMismatchError(f"{folder}: {e}") from e
     if arithmetic != "fake":
         _swap_layers(student, chosen, kernel, layer_note)
     student.to(device)
