@@ -76,3 +76,15 @@ def start_cli(args: list[str], log: Path) -> subprocess.Popen:
 def run_cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "saq_lightning", *args], cwd=REPO, env=cli_env(),
                           capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def run_main(args: list[str], capsys) -> tuple[int, str]:
+    """``saq_lightning.cli.main(args)`` in this process: its exit code (0 when it returned) and stderr."""
+    from saq_lightning.cli import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    return code, capsys.readouterr().err

@@ -14,23 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_run_helpers import start_cli, tiny_fit_config
+from cli_run_helpers import run_main, start_cli, tiny_fit_config
 from test_training_helpers import save_tiny_teacher, write_tiny_shards
 
 from saq_lightning.cli import main
 
 PACE = {"class_path": "pacing.Pace", "init_args": {"seconds": 0.4}}
 BALLAST = {"class_path": "ballast.Ballast", "init_args": {"floats_per_step": 1 << 16}}  # 256 KiB a step
-
-
-def run(args, capsys):
-    """``main(args)``: its exit code (0 when it returned) and stderr."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as stop:
-        code = stop.code
-    return code, capsys.readouterr().err
 
 
 def step_of(path: Path) -> int:
@@ -81,7 +71,7 @@ def fill(folder: Path) -> None:
 
 def test_a_full_disk_during_a_save_leaves_the_good_last_ckpt_and_no_temporary_file(tmp_path, tiny, small_disk, capsys):
     cfg = config(tmp_path, tiny, extra=[BALLAST])
-    assert run(["fit", "--config", cfg], capsys)[0] == 0
+    assert run_main(["fit", "--config", cfg], capsys)[0] == 0
     last = small_disk / "last.ckpt"
     good = last.read_bytes()
     assert step_of(last) == 2
@@ -92,7 +82,7 @@ def test_a_full_disk_during_a_save_leaves_the_good_last_ckpt_and_no_temporary_fi
     assert last.read_bytes() == good and step_of(last) == 2
     assert hidden_files(small_disk) == []  # no .last.ckpt.tmp-* left behind
     (small_disk / "filler").unlink()
-    assert run(["fit", "--config", cfg, "--ckpt_path", "last", "--trainer.max_steps", "4"], capsys)[0] == 0
+    assert run_main(["fit", "--config", cfg, "--ckpt_path", "last", "--trainer.max_steps", "4"], capsys)[0] == 0
     assert step_of(last) == 4
 
 
@@ -111,7 +101,7 @@ def test_a_second_fit_on_a_folder_in_use_is_refused_and_the_lock_dies_with_the_f
         wait_for(lambda: last.is_file() or first.poll() is not None, "the first run's first checkpoint")
         assert first.poll() is None, (tmp_path / "first.log").read_text()
         for extra in ([], ["--ckpt_path", "last"], ["--overwrite", "true"]):
-            code, err = run(["fit", "--config", cfg, "--trainer.max_steps", "3", *extra], capsys)
+            code, err = run_main(["fit", "--config", cfg, "--trainer.max_steps", "3", *extra], capsys)
             assert code == 2 and "another run is writing to" in err and "ckpt" in err, err
             assert "Traceback" not in err
         assert first.poll() is None  # the first run goes on, its folder untouched by the refused ones
@@ -119,32 +109,32 @@ def test_a_second_fit_on_a_folder_in_use_is_refused_and_the_lock_dies_with_the_f
         first.kill()  # SIGKILL: no handler runs, only the kernel releases the lock
         first.wait(timeout=120)
     stopped = step_of(last)
-    assert run(["fit", "--config", cfg, "--ckpt_path", "last", "--trainer.max_steps", str(stopped + 1)],
+    assert run_main(["fit", "--config", cfg, "--ckpt_path", "last", "--trainer.max_steps", str(stopped + 1)],
                capsys)[0] == 0
     assert step_of(last) == stopped + 1
 
 
 def test_overwrite_that_fails_before_its_first_checkpoint_gives_the_old_run_back(tmp_path, tiny, capsys):
     cfg = config(tmp_path, tiny)
-    assert run(["fit", "--config", cfg], capsys)[0] == 0
+    assert run_main(["fit", "--config", cfg], capsys)[0] == 0
     run_dir = tmp_path / "run"
     before = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
-    code, err = run(["fit", "--config", cfg, "--overwrite", "true",
+    code, err = run_main(["fit", "--config", cfg, "--overwrite", "true",
                      "--data.init_args.expect", '{"image_shape": [3, 64, 64]}'], capsys)
     assert code == 2 and "image_shape" in err, err
     after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     assert {k: after.get(k) for k in before} == before  # every file back, byte for byte
     assert hidden_files(run_dir) == []  # (the failed run's own log, tb/version_1, stays: it is new)
-    assert run(["fit", "--config", cfg, "--overwrite", "true", "--trainer.max_steps", "3"], capsys)[0] == 0
+    assert run_main(["fit", "--config", cfg, "--overwrite", "true", "--trainer.max_steps", "3"], capsys)[0] == 0
     assert step_of(run_dir / "ckpt" / "last.ckpt") == 3
     assert hidden_files(run_dir) == []  # the old run's set-aside files are gone
 
 
 def test_a_resume_in_a_moved_folder_keeps_last_ckpt_the_newest(tmp_path, tiny, capsys):
-    assert run(["fit", "--config", config(tmp_path, tiny, name="old")], capsys)[0] == 0
+    assert run_main(["fit", "--config", config(tmp_path, tiny, name="old")], capsys)[0] == 0
     shutil.copytree(tmp_path / "old", tmp_path / "moved")
     moved = config(tmp_path, tiny, name="moved")
-    assert run(["fit", "--config", moved, "--ckpt_path", "last", "--trainer.max_steps", "3"], capsys)[0] == 0
+    assert run_main(["fit", "--config", moved, "--ckpt_path", "last", "--trainer.max_steps", "3"], capsys)[0] == 0
     ckpt = tmp_path / "moved" / "ckpt"
     assert sorted(p.name for p in ckpt.iterdir()) == ["last.ckpt"]  # no last-v1.ckpt
     assert step_of(ckpt / "last.ckpt") == 3
@@ -152,18 +142,18 @@ def test_a_resume_in_a_moved_folder_keeps_last_ckpt_the_newest(tmp_path, tiny, c
 
 def test_ckpt_path_last_skips_an_empty_file_and_takes_a_newer_requeue_ckpt(tmp_path, tiny, capsys, caplog):
     cfg = config(tmp_path, tiny)
-    assert run(["fit", "--config", cfg], capsys)[0] == 0
+    assert run_main(["fit", "--config", cfg], capsys)[0] == 0
     ckpt = tmp_path / "run" / "ckpt"
     (ckpt / "last-v1.ckpt").write_bytes(b"")  # a save cut short, newer than last.ckpt
-    code, err = run(["fit", "--config", cfg, "--ckpt_path", "last", "--trainer.max_steps", "3"], capsys)
+    code, err = run_main(["fit", "--config", cfg, "--ckpt_path", "last", "--trainer.max_steps", "3"], capsys)
     assert code == 0, err
     assert step_of(ckpt / "last.ckpt") == 3
     skipped = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
     assert len(skipped) == 1 and "last-v1.ckpt" in skipped[0] and "\n" not in skipped[0]
     # a requeue.ckpt of a later step (a preempted job that could not requeue) wins over last.ckpt
-    assert run(["fit", "--config", config(tmp_path, tiny, name="ahead", steps=5)], capsys)[0] == 0
+    assert run_main(["fit", "--config", config(tmp_path, tiny, name="ahead", steps=5)], capsys)[0] == 0
     (ckpt / "last-v1.ckpt").unlink()
     shutil.copy(tmp_path / "ahead" / "ckpt" / "last.ckpt", tmp_path / "run" / "requeue.ckpt")
     os.utime(tmp_path / "run" / "requeue.ckpt", (1, 1))  # older on disk: the step decides, not the time
-    assert run(["fit", "--config", cfg, "--ckpt_path", "last", "--trainer.max_steps", "6"], capsys)[0] == 0
+    assert run_main(["fit", "--config", cfg, "--ckpt_path", "last", "--trainer.max_steps", "6"], capsys)[0] == 0
     assert step_of(ckpt / "last.ckpt") == 6

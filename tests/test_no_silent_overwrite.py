@@ -7,20 +7,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from cli_run_helpers import tiny_fit_config
+from cli_run_helpers import run_main, tiny_fit_config
 from test_training_helpers import save_tiny_teacher, write_tiny_shards
 
 from saq_lightning.cli import main
-
-
-def run(args, capsys):
-    """``main(args)``: its exit code (0 when it returned) and stderr."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as stop:
-        code = stop.code
-    return code, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +23,14 @@ def samples(tmp_path_factory):
 
 def test_evaluate_twice_is_refused_naming_what_differs(samples, capsys):
     base = ["evaluate", "--samples", str(samples), "--device", "cpu"]
-    assert run(base + ["--metrics", "[digits_fd]"], capsys)[0] == 0
+    assert run_main(base + ["--metrics", "[digits_fd]"], capsys)[0] == 0
     first = json.loads(samples.with_name("eval.json").read_text())
-    code, err = run(base + ["--metrics", "[digits_accuracy]"], capsys)
+    code, err = run_main(base + ["--metrics", "[digits_accuracy]"], capsys)
     assert code == 2
     assert "eval.json" in err and "metrics[0]: 'digits_fd' then, 'digits_accuracy' now" in err
     assert "--overwrite true" in err and "Traceback" not in err
     assert json.loads(samples.with_name("eval.json").read_text()) == first  # untouched
-    assert run(base + ["--metrics", "[digits_accuracy]", "--overwrite", "true"], capsys)[0] == 0
+    assert run_main(base + ["--metrics", "[digits_accuracy]", "--overwrite", "true"], capsys)[0] == 0
     assert list(json.loads(samples.with_name("eval.json").read_text())["metrics"]) == ["digits_class_accuracy"]
 
 
@@ -48,11 +38,11 @@ def test_diagnose_twice_is_refused_and_overwrite_leaves_one_event_file(tmp_path,
     out = tmp_path / "diag"
     base = ["diagnose", "--out", str(out), "--student", "fp", "--num_samples", "2", "--orders", "[1]",
             "--device", "cpu"]
-    assert run(base + ["--steps", "2"], capsys)[0] == 0
-    code, err = run(base + ["--steps", "3"], capsys)
+    assert run_main(base + ["--steps", "2"], capsys)[0] == 0
+    code, err = run_main(base + ["--steps", "3"], capsys)
     assert code == 2 and "steps: 2 then, 3 now" in err and "diagnostics.json" in err
     assert json.loads((out / "diagnostics.json").read_text())["steps"] == 2
-    assert run(base + ["--steps", "3", "--overwrite", "true"], capsys)[0] == 0
+    assert run_main(base + ["--steps", "3", "--overwrite", "true"], capsys)[0] == 0
     assert json.loads((out / "diagnostics.json").read_text())["steps"] == 3
     assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1  # not two runs mixed
 
@@ -61,14 +51,14 @@ def test_fit_into_a_folder_of_an_earlier_run_is_refused_unless_resumed_or_overwr
     spec = save_tiny_teacher(tmp_path / "teacher")
     shards = write_tiny_shards(spec, tmp_path / "shards")
     config = str(tiny_fit_config(tmp_path / "fit.yaml", spec, shards, tmp_path / "run", 2))
-    assert run(["fit", "--config", config], capsys)[0] == 0
+    assert run_main(["fit", "--config", config], capsys)[0] == 0
     ckpt = tmp_path / "run" / "ckpt"
     first = (ckpt / "last.ckpt").stat().st_mtime_ns
-    code, err = run(["fit", "--config", config], capsys)
+    code, err = run_main(["fit", "--config", config], capsys)
     assert code == 2 and "last.ckpt" in err and "--ckpt_path last" in err and "--overwrite true" in err
     assert (ckpt / "last.ckpt").stat().st_mtime_ns == first
     # a resume is never refused (also what an automatic SLURM requeue does)
-    assert run(["fit", "--config", config, "--ckpt_path", "last", "--trainer.max_steps", "3"], capsys)[0] == 0
-    assert run(["fit", "--config", config, "--overwrite", "true"], capsys)[0] == 0
+    assert run_main(["fit", "--config", config, "--ckpt_path", "last", "--trainer.max_steps", "3"], capsys)[0] == 0
+    assert run_main(["fit", "--config", config, "--overwrite", "true"], capsys)[0] == 0
     assert sorted(p.name for p in ckpt.iterdir()) == ["last.ckpt"]  # no last-v1.ckpt
     assert sorted(p.name for p in (tmp_path / "run" / "tb").iterdir()) == ["version_0", "version_1", "version_2"]

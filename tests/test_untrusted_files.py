@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_run_helpers import tiny_fit_config
+from cli_run_helpers import run_main, tiny_fit_config
 from ptq_helpers import paired_shards, ptq_config
 from test_training_helpers import save_tiny_teacher, write_tiny_shards
 
@@ -35,15 +35,6 @@ class Payload:
 
     def __reduce__(self):
         return os.system, (f"touch {self.marker}",)
-
-
-def run(args, capsys):
-    try:
-        main(args)
-        code = 0
-    except SystemExit as stop:
-        code = stop.code
-    return code, capsys.readouterr().err
 
 
 def one_line_error(err: str, path: Path) -> str:
@@ -75,9 +66,9 @@ def test_a_payload_in_a_fit_checkpoint_never_runs(fitted, tmp_path, capsys):
     marker = tmp_path / "ran"
     bad = tmp_path / "bad.ckpt"
     plant(bad, marker, torch.load(last, weights_only=True))
-    code, err = run(["fit", "--config", str(config), "--ckpt_path", str(bad), "--trainer.max_steps", "3"], capsys)
+    code, err = run_main(["fit", "--config", str(config), "--ckpt_path", str(bad), "--trainer.max_steps", "3"], capsys)
     assert code == 2 and "refused" in one_line_error(err, bad)
-    code, err = run(["sample", "--student", str(bad), "--out", str(tmp_path / "s"), "--num_samples", "2",
+    code, err = run_main(["sample", "--student", str(bad), "--out", str(tmp_path / "s"), "--num_samples", "2",
                      "--steps", "2", "--device", "cpu", "--grid_size", "0"], capsys)
     assert code == 2 and "refused" in one_line_error(err, bad)
     from saq_lightning.alignment.init_from import load_init_from
@@ -96,7 +87,7 @@ def test_ckpt_path_last_with_only_a_payload_is_one_line_and_never_runs(fitted, t
     config.write_text(Path(_config).read_text().replace(str(root / "run"), str(run_dir)))
     marker = tmp_path / "ran"
     plant(run_dir / "ckpt" / "last.ckpt", marker, torch.load(last, weights_only=True))
-    code, err = run(["fit", "--config", str(config), "--ckpt_path", "last", "--trainer.max_steps", "3"], capsys)
+    code, err = run_main(["fit", "--config", str(config), "--ckpt_path", "last", "--trainer.max_steps", "3"], capsys)
     assert code == 2 and "none of" in one_line_error(err, run_dir / "ckpt" / "last.ckpt"), err
     assert not marker.exists()
 
@@ -108,7 +99,7 @@ def test_a_checkpoint_changed_after_saving_is_refused_naming_the_file(fitted, tm
     ckpt["state_dict"][key].view(-1)[0] += 1e-3  # one value changed, the recorded digest kept
     changed = tmp_path / "changed.ckpt"
     torch.save(ckpt, changed)
-    code, err = run(["fit", "--config", str(config), "--ckpt_path", str(changed), "--trainer.max_steps", "3"], capsys)
+    code, err = run_main(["fit", "--config", str(config), "--ckpt_path", str(changed), "--trainer.max_steps", "3"], capsys)
     assert code == 2 and "do not match the digest" in one_line_error(err, changed)
     with pytest.raises(CheckpointDigestError, match="changed.ckpt"):
         load_student(changed)
@@ -120,7 +111,7 @@ def test_a_ptq_student_given_to_ckpt_path_says_what_it_is(fitted, tmp_path, caps
     ckpt = torch.load(last, weights_only=True)
     student = tmp_path / "student.ckpt"  # what ptq writes: identity and student state, no trainer state
     torch.save({"saq": ckpt["saq"], "state_dict": ckpt["state_dict"], "ptq": {"settings": {}, "blocks": []}}, student)
-    code, err = run(["fit", "--config", str(config), "--ckpt_path", str(student), "--trainer.max_steps", "3"], capsys)
+    code, err = run_main(["fit", "--config", str(config), "--ckpt_path", str(student), "--trainer.max_steps", "3"], capsys)
     assert code == 2 and "init_from" in one_line_error(err, student)
 
 
@@ -143,7 +134,7 @@ def test_a_payload_in_ptq_resume_state_never_runs(ptq_stopped, tmp_path, capsys,
     target = out / "ptq_state" / name
     marker = tmp_path / "ran"
     plant(target, marker, torch.load(target, weights_only=True))
-    code, err = run(["ptq", "--config", str(config), "--progress", "false", "--accelerator", "cpu",
+    code, err = run_main(["ptq", "--config", str(config), "--progress", "false", "--accelerator", "cpu",
                      "--max_blocks", "1"], capsys)
     assert code == 2 and "refused" in one_line_error(err, target)
     assert not marker.exists()
