@@ -67,14 +67,16 @@ def test_generate_then_fit_then_resume_from_last_on_one_config(config):
     assert ckpt["global_step"] == 8 and ckpt["hyper_parameters"]["policy"]["lora_rank"] == 2
 
 
-def test_generate_refuses_a_config_without_mixstep_phases(config, tmp_path):
+def test_generate_refuses_a_config_without_mixstep_phases(config, tmp_path, capsys):
     _, path = config
     cfg = yaml.safe_load(path.read_text())
     del cfg["mixstep"]
     other = tmp_path / "no_mixstep.yaml"
     other.write_text(yaml.safe_dump(cfg))
-    with pytest.raises(ValueError, match="no mixstep schedule"):
+    with pytest.raises(SystemExit) as stop:  # a user error: one line, exit 2
         main(["generate", "--config", str(other), "--progress", "false"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err and "no mixstep schedule" in err, err
 
 
 def test_generate_help_lists_its_options(capsys):

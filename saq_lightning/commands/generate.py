@@ -89,15 +89,15 @@ def _report_folder(config_args: list[str]) -> dict:
 def run_rank(config_args: list[str], placement: Placement, accelerator: str, progress: bool) -> dict:
     """Build the run on this rank's device and write its shards; returns a summary."""
     from saq_lightning.alignment.generation import generate_trajectories
-    from saq_lightning.commands.run_config import load_run_parts
+    from saq_lightning.commands.run_config import RunConfigError, load_run_parts
 
     parts = load_run_parts(config_args)
     if parts.schedule is None:
-        raise ValueError("the config has no mixstep schedule (the top-level `mixstep:` block): generate "
+        raise RunConfigError("the config has no mixstep schedule (the top-level `mixstep:` block): generate "
                          "rolls out the phases of the mixstep schedule (see docs/training.md)")
     folder = parts.shards
     if folder is None:
-        raise ValueError("data.shards is null (on-the-fly mode): there is nothing to generate; set "
+        raise RunConfigError("data.shards is null (on-the-fly mode): there is nothing to generate; set "
                          "data.init_args.shards to the trajectory folder")
     device = choose_device(accelerator, placement.local_rank)
     report = generate_trajectories(parts.setup, parts.schedule, folder, rank=placement.rank,
@@ -137,7 +137,7 @@ def verify_folder(config_args: list[str]) -> dict:
 
     folder = shards_folder(config_args)
     if folder is None:
-        raise ValueError("data.shards is null (on-the-fly mode): there are no shards to verify")
+        raise ShardError("data.shards is null (on-the-fly mode): there are no shards to verify")
     manifest = load_manifest(folder)
     bad = [(s.name, why) for s in manifest.shards
            if (why := check_shard_file(Path(folder) / s.name, s, "sha256")) is not None]

@@ -79,6 +79,7 @@ def load_ptq_run(config_args: list[str]) -> tuple[RunParts, PTQSettings]:
 def ptq(args: list[str]) -> dict[str, Any]:
     """Entry point with parsed arguments; returns a summary (rank 0's view)."""
     from saq_lightning.alignment.ptq import CHECKPOINT, check_existing_student, run_ptq
+    from saq_lightning.commands.run_config import RunConfigError
     from saq_lightning.quant.reconstruction import Comm
 
     opts, config_args = parse_options(args)
@@ -89,7 +90,7 @@ def ptq(args: list[str]) -> dict[str, Any]:
         parts, settings = load_ptq_run(config_args)
         shards, setup = parts.shards, parts.setup
         if shards is None:
-            raise ValueError("data.init_args.shards is null: ptq calibrates on the trajectory shards that "
+            raise RunConfigError("data.init_args.shards is null: ptq calibrates on the trajectory shards that "
                              "`generate` writes; set data.init_args.shards")
         check_existing_student(setup, settings, shards, opts.overwrite)
         setup.to(device)

@@ -18,8 +18,13 @@ from jsonargparse import ArgumentParser, Namespace
 from saq_lightning.alignment.setup import SAQSetup
 from saq_lightning.callbacks.mixstep import MixStepCallback
 from saq_lightning.data.mixstep import MixStepSchedule
+from saq_lightning.errors import UserError
 from saq_lightning.lightning.module import SAQLightningModule
 from saq_lightning.lightning.run_cli import read_run_config, refuse_mixstep_in_callbacks
+
+
+class RunConfigError(UserError, ValueError):
+    """A run config that lacks what the command needs (a mixstep schedule, a shards folder)."""
 
 
 @dataclass
