@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from test_training_helpers import PHASES, TINY_POLICY
+from test_training_helpers import PHASES, TINY_POLICY, save_tiny_teacher, write_tiny_shards
 
 from saq_lightning.models import ModelSpec
 
@@ -88,3 +88,15 @@ def run_main(args: list[str], capsys) -> tuple[int, str]:
     except SystemExit as stop:
         code = stop.code
     return code, capsys.readouterr().err
+
+
+def fit_tiny_checkpoint(root: Path) -> tuple[ModelSpec, Path]:
+    """The tiny teacher and a real one-step ``fit`` checkpoint of it (CFG 2 on a logSNR grid)."""
+    from saq_lightning.cli import main
+
+    spec = save_tiny_teacher(root / "teacher")
+    shards = write_tiny_shards(spec, root / "shards", guidance_scale=2.0, spacing="logSNR")
+    config = tiny_fit_config(root / "fit.yaml", spec, shards, root / "run", 1, guidance_scale=2.0,
+                             spacing="logSNR")
+    main(["fit", "--config", str(config)])
+    return spec, root / "run" / "ckpt" / "last.ckpt"

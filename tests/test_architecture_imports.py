@@ -166,9 +166,16 @@ def test_no_import_cycles():
     assert found == []
 
 
+def write_package(pkg: Path, files: Mapping[str, str]) -> Path:
+    """A package on disk: ``files`` maps paths relative to ``pkg`` to their text."""
+    for rel, text in files.items():
+        (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / rel).write_text(text)
+    return pkg
+
+
 def test_the_checker_reports_an_upward_import_and_a_cycle(tmp_path):
-    pkg = tmp_path / "pkg"
-    for rel, text in {
+    pkg = write_package(tmp_path / "pkg", {
         "__init__.py": "",
         "low/__init__.py": "",
         "low/a.py": "from . import b\n",
@@ -176,9 +183,7 @@ def test_the_checker_reports_an_upward_import_and_a_cycle(tmp_path):
         "high/__init__.py": "",
         "high/c.py": "import pkg.low.a\n",
         "low/d.py": "from ..high import c\n",
-    }.items():
-        (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
-        (pkg / rel).write_text(text)
+    })
     graph = import_graph(pkg, "pkg")
     assert graph["pkg.high.c"] == [("pkg.low.a", 1)]
     assert upward_imports(graph, {"low": 0, "high": 1, "__init__": 2}, ()) == [
@@ -187,16 +192,13 @@ def test_the_checker_reports_an_upward_import_and_a_cycle(tmp_path):
 
 
 def test_the_checker_counts_a_module_named_in_a_string_as_an_import(tmp_path):
-    pkg = tmp_path / "pkg"
-    for rel, text in {
+    pkg = write_package(tmp_path / "pkg", {
         "__init__.py": "",
         "low/__init__.py": "",
         "low/table.py": 'COMMANDS = {"run": "pkg.high.c:main"}\nNOTE = "not.a.module of pkg"\n',
         "high/__init__.py": "",
         "high/c.py": "def main():\n    pass\n",
-    }.items():
-        (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
-        (pkg / rel).write_text(text)
+    })
     graph = import_graph(pkg, "pkg")
     assert graph["pkg.low.table"] == [("pkg.high.c", 1)]
     assert upward_imports(graph, {"low": 0, "high": 1, "__init__": 2}, ()) == [

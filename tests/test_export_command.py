@@ -9,9 +9,9 @@ from dataclasses import asdict
 
 import pytest
 import torch
-from cli_run_helpers import tiny_fit_config
+from cli_run_helpers import fit_tiny_checkpoint
 from ptq_helpers import paired_shards, ptq_config
-from test_training_helpers import save_tiny_teacher, tiny_spec, write_tiny_shards
+from test_training_helpers import tiny_spec
 
 from saq_lightning.cli import main
 from saq_lightning.commands.export import export
@@ -28,13 +28,7 @@ LABELS = torch.tensor([0, 3, 7, 10])
 @pytest.fixture(scope="module")
 def fit_ckpt(tmp_path_factory):
     """A real ``fit`` checkpoint of the tiny teacher (one step, CFG 2 on a logSNR grid)."""
-    root = tmp_path_factory.mktemp("fit")
-    spec = save_tiny_teacher(root / "teacher")
-    shards = write_tiny_shards(spec, root / "shards", guidance_scale=2.0, spacing="logSNR")
-    config = tiny_fit_config(root / "fit.yaml", spec, shards, root / "run", 1, guidance_scale=2.0,
-                             spacing="logSNR")
-    main(["fit", "--config", str(config)])
-    return root / "run" / "ckpt" / "last.ckpt"
+    return fit_tiny_checkpoint(tmp_path_factory.mktemp("fit"))[1]
 
 
 @pytest.fixture(scope="module")

@@ -7,22 +7,14 @@ import json
 
 import pytest
 import torch
-from cli_run_helpers import tiny_fit_config
-from test_training_helpers import save_tiny_teacher, write_tiny_shards
+from cli_run_helpers import fit_tiny_checkpoint
 
-from saq_lightning.cli import main
 from saq_lightning.commands.sample import sample
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trained")
-    spec = save_tiny_teacher(root / "teacher")
-    shards = write_tiny_shards(spec, root / "shards", guidance_scale=2.0, spacing="logSNR")
-    config = tiny_fit_config(root / "fit.yaml", spec, shards, root / "run", 1, guidance_scale=2.0,
-                             spacing="logSNR")
-    main(["fit", "--config", str(config)])
-    return spec, root / "run" / "ckpt" / "last.ckpt"
+    return fit_tiny_checkpoint(tmp_path_factory.mktemp("trained"))
 
 
 def settings(out):
