@@ -14,6 +14,12 @@ pixel-space FD and k-NN precision/recall in both spaces (classifier features / p
 
     python benchmarks/quality_digits.py --out runs/quality_digits [--max_steps 800] [--samples 500]
 
+``--seeds N`` trains every trained row N times (training seeds 0..N-1; ``--train_seeds`` names them), each cell
+then holds the mean over seeds ± half its 95 % t interval, and every cell's samples are kept under
+``<out>/samples/`` for the paired bootstrap of ``quality_intervals.py``; each result also carries the
+RMS distance of its final samples to FP's DPM-Solver-2 samples from the same x_T (the direct test of
+"dual acceleration").
+
 Writes ``quality_digits.json`` + ``quality_digits.md`` to ``--out`` (and copies both to
 ``benchmarks/results/``) after every row. Rows can run in separate processes (``--rows``, each
 with its own ``--name``) and be joined with ``--merge <json>...``. The PTQ rows (SA-PTQ, BRECQ,
@@ -25,8 +31,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +50,7 @@ from saq_lightning.data.digits import digits_split
 from saq_lightning.metrics.digits_classifier import load_digits_classifier
 from saq_lightning.metrics.digits_eval import sample_class_balanced
 from saq_lightning.metrics.digits_quality import digits_quality
+from saq_lightning.metrics.intervals import seed_interval
 from saq_lightning.metrics.sample_generation import SamplerSetting
 from saq_lightning.sampling.registry import solver_order
 from saq_lightning.students import load_student
@@ -98,11 +107,20 @@ PTQ_HEADLINE = {"BRECQ": "brecq", "BRECQ (grid + intermediate)": "brecq_gi", "SA
                 "SA-PTQ (fp second-order)": "saptq_fp2", "SA-QLoRA from SA-PTQ": "saqlora"}
 
 
-def row_config(base: Path, out: Path, row: Row, max_steps: int) -> Path:
-    """The demo's training config with this row's policy, alignment and mixstep phases."""
+def row_config(base: Path, out: Path, row: Row, max_steps: int, train_seed: int | None = None,
+               shards_root: Path | None = None) -> Path:
+    """The demo's training config with this row's policy, alignment and mixstep phases.
+
+    ``train_seed``: ``seed_everything`` and the data module's shuffling seed (the trajectories, their
+    generation seed and the x_T they start from stay the same: "different training seeds, same data");
+    ``None`` keeps the config's. ``shards_root``: the folder of the shared trajectory folders
+    (default ``out.parent``)."""
     out.mkdir(parents=True, exist_ok=True)
     path = demo_run_config(base, out, max_steps)
     cfg = yaml.safe_load(path.read_text())
+    if train_seed is not None:
+        cfg["seed_everything"] = int(train_seed)
+        cfg["data"]["init_args"]["seed"] = int(train_seed)
     init = cfg["model"]["init_args"]
     init["policy"] = row.policy or "w4a4"
     init["alignment"] = row.alignment or "mixed_order"
@@ -116,15 +134,22 @@ def row_config(base: Path, out: Path, row: Row, max_steps: int) -> Path:
     tag = next((k for k, v in shared.items() if v == row.phases), row.key)
     if "guidance_scale" in row.init:
         tag += f"_cfg{row.init['guidance_scale']:g}"
-    cfg["data"]["init_args"]["shards"] = str(out.parent / f"trajectories_{tag}")
+    cfg["data"]["init_args"]["shards"] = str((shards_root or out.parent) / f"trajectories_{tag}")
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 
 
-def build_row_model(row: Row, base: Path, out: Path, max_steps: int, console: Console):
+def row_folder(out: Path, row: Row, train_seed: int | None) -> Path:
+    """``<out>/<row>`` for training seed 0 (and untrained rows), ``<out>/<row>/seed<k>`` for the others."""
+    return out / row.key if not train_seed else out / row.key / f"seed{train_seed}"
+
+
+def build_row_model(row: Row, base: Path, out: Path, max_steps: int, console: Console,
+                    train_seed: int | None = None):
     if row.config is not None:
         base = resolve_config(row.config)
-    config = row_config(base, out / row.key, row, max_steps)
+    folder = row_folder(out, row, train_seed)
+    config = row_config(base, folder, row, max_steps, train_seed, shards_root=out)
     parts = load_run_parts(["--config", str(config)])
     module = parts.setup
     if row.policy is None:
@@ -134,7 +159,7 @@ def build_row_model(row: Row, base: Path, out: Path, max_steps: int, console: Co
         module.calibrate_student()
         return module.student_model.eval(), 0.0
     t0 = time.perf_counter()
-    checkpoint = train(config, out / row.key, retrain=False, console=console)
+    checkpoint = train(config, folder, retrain=False, console=console)
     return load_student(checkpoint).eval(), time.perf_counter() - t0
 
 
@@ -150,7 +175,12 @@ def main() -> None:
     parser.add_argument("--config", default="configs/digits_w4a4.yaml")
     parser.add_argument("--max_steps", type=int, default=800)
     parser.add_argument("--samples", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the x_T seed (every row samples the same x_T)")
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=int, default=None, metavar="N",
+                       help="train every trained row N times, training seeds 0..N-1 (same data, same x_T)")
+    seeds.add_argument("--train_seeds", type=int, nargs="+", default=None, metavar="SEED",
+                       help="these training seeds (e.g. one more seed to check a stated interval)")
     parser.add_argument("--rows", nargs="*", default=None, help="row names to run (default: all)")
     parser.add_argument("--guidance", type=float, nargs="*", default=None,
                         help="CFG scales to sample at (default: the config's)")
@@ -181,14 +211,18 @@ def main() -> None:
     settings = [SamplerSetting(f"dpm{k}", n, "time_uniform", g) for g in scales for k in args.solvers
                 for n in args.steps]
     rows = [r for r in ROWS + PTQ_ROWS if args.rows is None or r.name in args.rows]
+    train_seeds = list(range(args.seeds)) if args.seeds else (args.train_seeds or [0])
+    runs = [(row, seed if is_trained(row) else None) for row in rows
+            for seed in (train_seeds if is_trained(row) else [None])]
     commit = source_commit()  # now: the tree may change while the benchmark runs
+    command = " ".join(["python", *sys.argv])
     t_start = time.perf_counter()
     fp_final: dict[str, torch.Tensor] = {}
     results: list[dict[str, Any]] = []
-    for row in rows:
-        console.rule(row.name)
+    for i, (row, train_seed) in enumerate(runs):
+        console.rule(row.name + ("" if train_seed is None else f", training seed {train_seed}"))
         if isinstance(row, Row):
-            model, train_seconds = build_row_model(row, base, out, args.max_steps, console)
+            model, train_seconds = build_row_model(row, base, out, args.max_steps, console, train_seed)
         else:
             model, train_seconds = build_ptq_row_model(row, base, out, args, console)
         for setting in settings:
@@ -198,23 +232,107 @@ def main() -> None:
             key = f"{setting.solver}@{setting.steps}@cfg{setting.guidance_scale:g}"
             if row.policy is None:
                 fp_final[key] = samples
-            deviation = float((samples - fp_final[key]).pow(2).mean().sqrt()) if key in fp_final else None
-            results.append({"row": row.name, "solver": setting.solver, "steps": setting.steps,
-                            "guidance_scale": setting.guidance_scale,
+            save_samples(out, row.key, train_seed, key, samples, labels)
+            deviation = rms(samples, fp_final.get(key))
+            # the direct test of "dual acceleration": the distance to FP's DPM-Solver-2 samples from
+            # the same x_T (for the FP row under DPM-Solver-1: the gap a student has to close)
+            to_fp2 = rms(samples, fp_final.get(f"dpm2@{setting.steps}@cfg{setting.guidance_scale:g}"))
+            results.append({"row": row.name, "train_seed": train_seed, "solver": setting.solver,
+                            "steps": setting.steps, "guidance_scale": setting.guidance_scale,
                             **q.as_dict(),
-                            "final_deviation": deviation, "train_seconds": train_seconds,
-                            "sample_seconds": time.perf_counter() - t0})
+                            "final_deviation": deviation, "distance_to_fp_dpm2": to_fp2,
+                            "train_seconds": train_seconds,
+                            "sample_seconds": time.perf_counter() - t0, "x_T_seed": args.seed,
+                            "command": command, "commit": commit})
             console.print(f"  {key:14s} FD {q.fd:7.3f}  acc {q.class_accuracy:6.1%}  pixel FD "
                           f"{q.pixel_fd:6.3f}  P/R {q.precision:.2f}/{q.recall:.2f} pix "
                           f"{q.pixel_precision:.2f}/{q.pixel_recall:.2f}  dev "
-                          f"{deviation if deviation is not None else float('nan'):.4f}")
+                          f"{deviation if deviation is not None else float('nan'):.4f}  to FP DPM-2 "
+                          f"{to_fp2 if to_fp2 is not None else float('nan'):.4f}")
+        if row.policy is None:  # FP's DPM-Solver-1 cells ran before its DPM-Solver-2 samples existed
+            backfill_fp_distances(results, fp_final)
         # after every row: a later row that fails loses only itself (rerun: trained rows resume)
-        write_outputs(out, results, args, guidance, commit, time.perf_counter() - t_start, final=row is rows[-1])
+        write_outputs(out, results, args, guidance, commit, time.perf_counter() - t_start,
+                      final=i == len(runs) - 1)
+
+
+def backfill_fp_distances(results: list[dict[str, Any]], fp_final: dict[str, torch.Tensor]) -> None:
+    """The FP row's distance to its own DPM-Solver-2 samples (the gap a DPM-Solver-1 student closes)."""
+    for r in results:
+        if r["row"] == "FP" and r["distance_to_fp_dpm2"] is None:
+            key = f"{r['solver']}@{r['steps']}@cfg{r['guidance_scale']:g}"
+            r["distance_to_fp_dpm2"] = rms(fp_final[key], fp_final.get(f"dpm2@{r['steps']}@cfg{r['guidance_scale']:g}"))
+
+
+def is_trained(row: Any) -> bool:
+    """Rows whose result depends on a training seed (FP and naive PTQ rows do not train)."""
+    return isinstance(row, Row) and row.policy is not None and row.alignment is not None
+
+
+def rms(a: torch.Tensor, b: torch.Tensor | None) -> float | None:
+    """RMS distance between two sample sets from the same x_T (``None`` without a reference)."""
+    return None if b is None else float((a - b).pow(2).mean().sqrt())
+
+
+def samples_path(out: Path, row_key: str, train_seed: int | None, cell: str) -> Path:
+    """Where a cell's samples are kept (``benchmarks/quality_intervals.py`` bootstraps them)."""
+    seed = "untrained" if train_seed is None else f"seed{train_seed}"
+    return out / "samples" / row_key / seed / (cell.replace("@", "_") + ".safetensors")
+
+
+def save_samples(out: Path, row_key: str, train_seed: int | None, cell: str, samples: torch.Tensor,
+                 labels: torch.Tensor) -> None:
+    from safetensors.torch import save_file
+
+    path = samples_path(out, row_key, train_seed, cell)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"samples": samples.float().contiguous(), "labels": labels.contiguous()}, str(path))
+
+
+#: per-sample-set figures of a cell; with several training seeds each becomes their mean (and interval)
+METRICS = ("fd", "class_accuracy", "precision", "recall", "pixel_fd", "pixel_precision", "pixel_recall",
+           "final_deviation", "distance_to_fp_dpm2")
+
+
+def cell_key(r: dict[str, Any]) -> tuple:
+    return r["row"], r["solver"], r["steps"], r.get("guidance_scale")
+
+
+def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One cell per (row, solver, steps, CFG): each metric's mean over the training seeds and, with
+    two or more seeds, ``<metric>_interval`` (95 % t interval and one-new-seed prediction interval)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault(cell_key(r), []).append(r)
+    cells = []
+    for rs in groups.values():
+        cell = {k: v for k, v in rs[0].items() if k not in METRICS and k != "train_seed"}
+        cell["train_seeds"] = [r.get("train_seed") for r in rs]
+        for m in METRICS:
+            values = [r.get(m) for r in rs]
+            if any(v is None for v in values):
+                cell[m] = None
+                continue
+            finite = all(math.isfinite(v) for v in values)
+            interval = seed_interval(values) if finite else None
+            cell[m] = interval.mean if interval else float("nan")
+            if interval is not None and interval.n > 1:
+                cell[f"{m}_interval"] = interval.as_dict()
+        cells.append(cell)
+    return cells
+
+
+def plus_minus(cell: dict[str, Any], metric: str, fmt: str = ".3f") -> str:
+    """``mean`` or ``mean ± half-width`` of the 95 % interval over training seeds."""
+    iv = cell.get(f"{metric}_interval")
+    text = format(cell[metric], fmt)
+    return text if not iv else f"{text} ± {format((iv['hi'] - iv['lo']) / 2, fmt)}"
 
 
 def markdown_table(results: list[dict[str, Any]], cell_of=None) -> str:
     """One line per (row, solver[, CFG]); a column per step count; cells ``FD / accuracy / deviation``
-    (or ``cell_of(result)``)."""
+    (or ``cell_of(cell)``), means over training seeds ``± half`` their 95 % interval."""
+    results = aggregate(results)
     steps = sorted({r["steps"] for r in results})
     scales = sorted({r.get("guidance_scale") for r in results}, key=lambda g: (g is None, g))
     by_cfg = len(scales) > 1
@@ -223,8 +341,8 @@ def markdown_table(results: list[dict[str, Any]], cell_of=None) -> str:
     cell = {(r["row"], r["solver"], r["steps"], r.get("guidance_scale")): r for r in results}
 
     def default_cell(r: dict[str, Any]) -> str:
-        dev = "" if r["final_deviation"] in (None, 0.0) else f" / {r['final_deviation']:.3f}"
-        return f"{r['fd']:.3f} / {r['class_accuracy']:.1%}{dev}"
+        dev = "" if r["final_deviation"] in (None, 0.0) else f" / {plus_minus(r, 'final_deviation')}"
+        return f"{plus_minus(r, 'fd')} / {r['class_accuracy']:.1%}{dev}"
 
     cell_of = cell_of or default_cell
     for name in dict.fromkeys(r["row"] for r in results):
@@ -241,16 +359,25 @@ def markdown_table(results: list[dict[str, Any]], cell_of=None) -> str:
 
 def spaces_cell(r: dict[str, Any]) -> str:
     """Pixel FD / precision, recall in classifier space / in pixel space."""
-    if "pixel_fd" not in r:
+    if r.get("pixel_fd") is None:
         return ""
     return (f"{r['pixel_fd']:.3f} / {r['precision']:.2f}, {r['recall']:.2f} / "
             f"{r['pixel_precision']:.2f}, {r['pixel_recall']:.2f}")
+
+
+def distance_cell(r: dict[str, Any]) -> str:
+    """RMS distance of the final samples to FP's under the same solver / to FP's DPM-Solver-2 samples."""
+    if r.get("distance_to_fp_dpm2") is None:
+        return ""
+    same = "-" if r.get("final_deviation") is None else plus_minus(r, "final_deviation", ".4f")
+    return f"{same} / {plus_minus(r, 'distance_to_fp_dpm2', '.4f')}"
 
 
 def headline(results: list[dict[str, Any]]) -> str:
     """Student FD with DPM-Solver-1 at 10 steps over FP FD with DPM-Solver-2 at 10 steps, per W4A4
     row, CFG scale and feature space (classifier ``fd``, pixel ``pixel_fd``); then the PTQ rows'."""
     parts = []
+    results = aggregate(results)
     for g in sorted({r.get("guidance_scale") for r in results}, key=lambda g: (g is None, g)):
         for metric, label in (("fd", "fd_ratio"), ("pixel_fd", "pixel_fd_ratio")):
             fd = {(r["row"], r["solver"], r["steps"]): r.get(metric) for r in results
@@ -291,7 +418,7 @@ def merge_payloads(paths: list[Path]) -> dict[str, Any]:
     cells: dict[tuple, dict[str, Any]] = {}
     for payload in payloads:
         for r in payload["results"]:
-            cells.setdefault((r["row"], r["solver"], r["steps"], r.get("guidance_scale")), r)
+            cells.setdefault((r.get("train_seed"), *cell_key(r)), r)
     return {**payloads[0], "results": list(cells.values()), "seconds": max(p["seconds"] for p in payloads),
             "merged_from": [str(p) for p in paths]}
 
@@ -311,15 +438,22 @@ def write_outputs(out: Path, results: list[dict[str, Any]], args: argparse.Names
     payload = {"commit": commit, "samples": args.samples, "max_steps": args.max_steps,
                "rows": list(dict.fromkeys(r["row"] for r in results)),
                "torch_threads": torch.get_num_threads(),
-               "guidance_scale": guidance, "seconds": seconds, "results": results,
+               "guidance_scale": guidance, "seconds": seconds,
+               "train_seeds": sorted({r["train_seed"] for r in results if r.get("train_seed") is not None}),
+               "x_T_seed": getattr(args, "seed", 0), "results": results, "cells": aggregate(results),
                "ptq": {"iters": args.ptq_iters, "act_iters": args.ptq_act_iters, "samples": args.ptq_samples}}
+    seeds = sorted({r["train_seed"] for r in results if r.get("train_seed") is not None})
     md = (f"Cells: FD / class accuracy / final-step RMS deviation from FP (same solver and steps); "
+          f"trained rows: mean over training seeds {seeds} ± half their 95 % t interval (untrained rows: "
+          f"one run); every row sampled from the same x_T (seed {getattr(args, 'seed', 0)}); "
           f"{args.samples} class-balanced samples, CFG {guidance:g}, {args.max_steps} training steps per "
           f"trained row, PTQ rows {args.ptq_iters} + {args.ptq_act_iters} iterations per block on "
           f"{args.ptq_samples} pairs, commit {commit}, {seconds / 60:.1f} min on this machine.\n\n"
           + markdown_table(results) + "\n\nSecond feature space: pixel-space FD / k-NN precision, recall "
           "(k = 3) in the classifier's feature space / in pixel space.\n\n"
-          + markdown_table(results, spaces_cell) + "\n")
+          + markdown_table(results, spaces_cell) + "\n\nThe direct trajectory test: RMS distance of the final "
+          "samples to FP's under the same solver / to FP's DPM-Solver-2 samples (same steps, same x_T).\n\n"
+          + markdown_table(results, distance_cell) + "\n")
     results_dir = Path(__file__).resolve().parent / "results"
     for folder in (out, results_dir):
         folder.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,204 @@
+"""Paired confidence intervals for the differences the README states, from a quality_digits run.
+
+``quality_digits.py`` keeps every cell's samples (``<out>/samples/<row>/<seed>/<cell>.safetensors``)
+and writes each cell's mean and 95 % interval over training seeds. This script takes the stated
+comparisons (row A under one solver against row B under one solver, at each step count and CFG
+scale both have) and bootstraps each difference over the shared x_T (paired) and the training
+seeds (:func:`saq_lightning.metrics.intervals.paired_bootstrap_difference`), for the digits FD, the
+pixel-space FD and the RMS distance to FP's DPM-Solver-2 samples. A difference whose interval
+contains 0 is a tie.
+
+    python benchmarks/quality_intervals.py runs/q25/quality_digits_seeds.json --samples_dir runs/q25a runs/q25b
+
+Writes ``<name>_intervals.json`` + ``.md`` next to the results (and to ``benchmarks/results/``) and
+ends with one summary line (wins and ties per comparison at 10 steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from saq_lightning.metrics.feature_stats import FeatureStats, feature_stats, frechet_distance
+from saq_lightning.metrics.intervals import PairedDifference, paired_bootstrap_difference
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``a`` minus ``b``: (row, solver) each; ``claim`` is the README's reading when A is lower."""
+
+    claim: str
+    a: tuple[str, str]
+    b: tuple[str, str]
+
+
+MOTA, MIXSTEP = "W4A4 mixed-order", "W4A4 mixed-order + mixstep"
+COMPARISONS = [
+    Comparison("MOTA student (DPM-1) beats FP DPM-1", (MOTA, "dpm1"), ("FP", "dpm1")),
+    Comparison("MOTA student (DPM-1) matches FP DPM-2 (dual acceleration)", (MOTA, "dpm1"), ("FP", "dpm2")),
+    Comparison("MOTA beats naive W4A4 (DPM-1)", (MOTA, "dpm1"), ("W4A4 naive", "dpm1")),
+    Comparison("MOTA beats same-input (DPM-1)", (MOTA, "dpm1"), ("W4A4 same-input (cos, 2nd-order points)", "dpm1")),
+    Comparison("MOTA beats faithful EfficientDM (DPM-1)", (MOTA, "dpm1"), ("W4A4 EfficientDM (DDIM points, MSE)", "dpm1")),
+    Comparison("mixstep beats a fixed 10-step grid (DPM-1)", (MIXSTEP, "dpm1"), (MOTA, "dpm1")),
+    Comparison("solver-aware DPM-2 student matches FP DPM-2", ("W4A4 solver-aware DPM-2", "dpm2"), ("FP", "dpm2")),
+    Comparison("solver-aware DPM-2 beats naive W4A4 (DPM-2)", ("W4A4 solver-aware DPM-2", "dpm2"), ("W4A4 naive", "dpm2")),
+    Comparison("W4A8 MOTA (DPM-1) matches FP DPM-2", ("W4A8 mixed-order", "dpm1"), ("FP", "dpm2")),
+    Comparison("W4A8 MOTA beats W4A8 naive (DPM-1)", ("W4A8 mixed-order", "dpm1"), ("W4A8 naive", "dpm1")),
+]
+#: figures bootstrapped per comparison: name -> (needs the classifier, the statistic of a sample set)
+FIGURES = ("fd", "pixel_fd", "distance_to_fp_dpm2")
+
+
+def row_key(name: str) -> str:
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def load_cell(dirs: list[Path], row: str, seed: int | None, cell: str) -> torch.Tensor:
+    """The samples ``quality_digits.py`` kept for (row, seed, cell), from the first folder holding them."""
+    from safetensors.torch import load_file
+
+    name = ("untrained" if seed is None else f"seed{seed}")
+    for d in dirs:
+        path = d / "samples" / row_key(row) / name / (cell.replace("@", "_") + ".safetensors")
+        if path.is_file():
+            return load_file(str(path))["samples"]
+    raise FileNotFoundError(f"no samples of row {row!r}, {name}, cell {cell} under {[str(d) for d in dirs]}"
+                            " (run quality_digits.py with this commit: it keeps every cell's samples)")
+
+
+class RowFigures:
+    """Per-seed features of one (row, cell) and the set statistics the bootstrap calls."""
+
+    def __init__(self, samples: list[torch.Tensor], classifier: Any, fp2: torch.Tensor | None):
+        from saq_lightning.metrics.digits_spaces import classifier_features, pixel_features
+
+        self.pixels = [pixel_features(s).numpy() for s in samples]
+        self.features = [classifier_features(classifier, s).numpy() for s in samples]
+        self.sq_to_fp2 = (None if fp2 is None else
+                          [(s - fp2).pow(2).flatten(1).mean(1).double().numpy() for s in samples])
+
+    def statistic(self, figure: str, reference: dict[str, FeatureStats]) -> Callable[[int, np.ndarray], float]:
+        if figure == "fd":
+            return lambda k, idx: frechet_distance(feature_stats(self.features[k][idx]), reference["fd"])
+        if figure == "pixel_fd":
+            return lambda k, idx: frechet_distance(feature_stats(self.pixels[k][idx]), reference["pixel_fd"])
+        if self.sq_to_fp2 is None:
+            raise ValueError("no FP DPM-Solver-2 samples for the distance")
+        return lambda k, idx: float(np.sqrt(self.sq_to_fp2[k][idx].mean()))
+
+
+def seeds_of(results: list[dict[str, Any]], row: str) -> list[int | None]:
+    return sorted({r.get("train_seed") for r in results if r["row"] == row}, key=lambda s: -1 if s is None else s)
+
+
+def compare_all(payload: dict[str, Any], dirs: list[Path], draws: int) -> list[dict[str, Any]]:
+    from saq_lightning.data.digits import digits_split
+    from saq_lightning.metrics.digits_classifier import load_digits_classifier
+    from saq_lightning.metrics.digits_spaces import classifier_features, pixel_features
+
+    classifier, _ = load_digits_classifier()
+    real, _ = digits_split("all")
+    reference = {"fd": feature_stats(classifier_features(classifier, real).numpy()),
+                 "pixel_fd": feature_stats(pixel_features(real).numpy())}
+    results = payload["results"]
+    have = {(r["row"], r["solver"], r["steps"], r.get("guidance_scale")) for r in results}
+    out = []
+    for comp in COMPARISONS:
+        for steps in sorted({r["steps"] for r in results}):
+            for g in sorted({r.get("guidance_scale") for r in results}):
+                if (*comp.a, steps, g) not in have or (*comp.b, steps, g) not in have:
+                    continue
+                fp2 = load_cell(dirs, "FP", None, f"dpm2@{steps}@cfg{g:g}") if ("FP", "dpm2", steps, g) in have else None
+                sides = []
+                for row, solver in (comp.a, comp.b):
+                    seeds = seeds_of(results, row)
+                    cell = f"{solver}@{steps}@cfg{g:g}"
+                    sides.append((RowFigures([load_cell(dirs, row, s, cell) for s in seeds], classifier, fp2),
+                                  len(seeds)))
+                n = sides[0][0].pixels[0].shape[0]
+                entry = {"claim": comp.claim, "a": list(comp.a), "b": list(comp.b), "steps": steps,
+                         "guidance_scale": g}
+                for figure in FIGURES:
+                    if figure == "distance_to_fp_dpm2" and (fp2 is None or comp.b == ("FP", "dpm2")):
+                        continue  # FP DPM-2's distance to itself is 0 by construction: no comparison
+                    diff = paired_bootstrap_difference(sides[0][0].statistic(figure, reference), sides[0][1],
+                                                       sides[1][0].statistic(figure, reference), sides[1][1],
+                                                       n, draws=draws, seed=0)
+                    entry[figure] = diff.as_dict()
+                out.append(entry)
+    return out
+
+
+def verdict(d: dict[str, Any]) -> str:
+    """``A lower`` / ``B lower`` / ``tie`` from the interval of A - B (every figure here: lower is better)."""
+    if d["lo"] <= 0.0 <= d["hi"]:
+        return "tie"
+    return "A lower" if d["hi"] < 0 else "B lower"
+
+
+def markdown(entries: list[dict[str, Any]], header: str) -> str:
+    lines = [header, "",
+             "| claim | steps | CFG | FD: A - B [95 %] | pixel FD: A - B [95 %] | distance to FP DPM-2: A - B [95 %] |",
+             "|---|---:|---:|---|---|---|"]
+
+    def cell(e: dict[str, Any], figure: str) -> str:
+        d = e.get(figure)
+        if d is None:
+            return "-"
+        return f"{d['estimate']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] {verdict(d)}"
+
+    for e in entries:
+        lines.append(f"| {e['claim']} | {e['steps']} | {e['guidance_scale']:g} | {cell(e, 'fd')} | "
+                     f"{cell(e, 'pixel_fd')} | {cell(e, 'distance_to_fp_dpm2')} |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_line(entries: list[dict[str, Any]]) -> str:
+    parts = []
+    for e in entries:
+        if e["steps"] == 10 and "fd" in e:
+            parts.append(f"cfg{e['guidance_scale']:g} {row_key(e['claim'])[:40]}: {verdict(e['fd'])}")
+    return "paired FD verdicts at 10 steps: " + "; ".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path, help="a (merged) quality_digits JSON")
+    parser.add_argument("--samples_dir", type=Path, nargs="+", required=True,
+                        help="the --out folders of the quality_digits runs (their samples/ folders)")
+    parser.add_argument("--draws", type=int, default=1000)
+    parser.add_argument("--out", type=Path, default=None, help="folder (default: beside the results)")
+    args = parser.parse_args()
+    payload = json.loads(args.results.read_text())
+    t0 = time.perf_counter()
+    entries = compare_all(payload, args.samples_dir, args.draws)
+    seeds = payload.get("train_seeds", [])
+    header = (f"Paired bootstrap ({args.draws} draws) over the shared x_T and the training seeds {seeds} of "
+              f"{args.results.name} (commit {payload['commit']}, {payload['samples']} samples per cell). "
+              "A - B < 0: A is lower (better). `tie`: the 95 % interval contains 0.")
+    stem = args.results.stem + "_intervals"
+    doc = {"source": str(args.results), "commit": payload["commit"], "draws": args.draws, "train_seeds": seeds,
+           "seconds": time.perf_counter() - t0, "comparisons": entries}
+    for folder in {args.out or args.results.parent, Path(__file__).resolve().parent / "results"}:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
+        (folder / f"{stem}.md").write_text(markdown(entries, header))
+    print(markdown(entries, header), flush=True)
+    print(summary_line(entries))
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["COMPARISONS", "PairedDifference", "main"]

@@ -1,0 +1,175 @@
+"""Error bars of the quality tables: intervals over training seeds and paired bootstrap differences
+(``saq_lightning/metrics/intervals.py``, ``benchmarks/quality_digits.py``'s cells and
+``benchmarks/quality_intervals.py``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from saq_lightning.metrics.intervals import paired_bootstrap_difference, seed_interval
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+@pytest.fixture(scope="module")
+def quality():
+    yield _load("quality_digits")
+    sys.modules.pop("quality_digits", None)
+
+
+@pytest.fixture(scope="module")
+def intervals_script():
+    yield _load("quality_intervals")
+    sys.modules.pop("quality_intervals", None)
+
+
+def test_seed_interval_is_students_t_with_n_minus_1_degrees_of_freedom():
+    from scipy.stats import t
+
+    iv = seed_interval([1.0, 2.0, 3.0])
+    lo, hi = t.interval(0.95, 2, loc=2.0, scale=1.0 / math.sqrt(3))  # sd 1 over sqrt(n)
+    assert (iv.mean, iv.sd, iv.n) == (2.0, 1.0, 3)
+    assert iv.lo == pytest.approx(lo, abs=1e-12) and iv.hi == pytest.approx(hi, abs=1e-12)
+
+
+def test_seed_prediction_interval_for_one_new_seed_is_wider_by_sqrt_n_plus_1():
+    iv = seed_interval([0.30, 0.34, 0.35])
+    half, pred_half = (iv.hi - iv.lo) / 2, (iv.pred_hi - iv.pred_lo) / 2
+    assert pred_half / half == pytest.approx(math.sqrt(3 + 1), rel=1e-12)
+
+
+def test_one_seed_has_no_interval():
+    iv = seed_interval([0.4])
+    assert iv.mean == 0.4 and iv.n == 1 and math.isnan(iv.lo) and math.isnan(iv.pred_hi)
+
+
+def test_non_finite_seed_values_are_refused():
+    with pytest.raises(ValueError, match="non-finite"):
+        seed_interval([0.3, float("nan")])
+
+
+def _mean_stat(values: list[np.ndarray]):
+    return lambda k, idx: float(values[k][idx].mean())
+
+
+def test_identical_rows_differ_by_exactly_zero_and_are_a_tie():
+    x = np.random.default_rng(0).normal(size=100)
+    d = paired_bootstrap_difference(_mean_stat([x]), 1, _mean_stat([x.copy()]), 1, 100, draws=200)
+    assert (d.estimate, d.lo, d.hi) == (0.0, 0.0, 0.0) and d.tie
+
+
+def test_pairing_over_shared_x_T_removes_the_noise_both_rows_share():
+    # per-x_T values with sd 1 shared by both rows; A is B + 0.05 on every x_T: paired, the difference
+    # is exactly 0.05 in every draw, although unpaired means of 100 values have sd 0.1 each
+    x = np.random.default_rng(1).normal(size=100)
+    d = paired_bootstrap_difference(_mean_stat([x + 0.05]), 1, _mean_stat([x]), 1, 100, draws=300)
+    assert d.lo == pytest.approx(0.05, abs=1e-12) and d.hi == pytest.approx(0.05, abs=1e-12)
+    assert not d.tie
+
+
+def test_training_seed_spread_widens_the_difference_interval_into_a_tie():
+    x = np.random.default_rng(2).normal(size=100)
+    one_seed = paired_bootstrap_difference(_mean_stat([x + 0.05]), 1, _mean_stat([x]), 1, 100, draws=400)
+    # three training seeds of A, offsets -0.3 / +0.05 / +0.4 around the same mean shift
+    seeds = [x - 0.3, x + 0.05, x + 0.4]
+    three = paired_bootstrap_difference(_mean_stat(seeds), 3, _mean_stat([x]), 1, 100, draws=400)
+    assert three.estimate == pytest.approx(one_seed.estimate, abs=1e-12)
+    assert not one_seed.tie and three.tie
+    assert three.hi - three.lo > 0.3
+
+
+def test_one_seed_bootstrap_agrees_with_scipys_paired_percentile_bootstrap():
+    from scipy.stats import bootstrap
+
+    rng = np.random.default_rng(3)
+    b = rng.normal(size=200)
+    a = b + rng.normal(0.1, 0.5, size=200)
+    ours = paired_bootstrap_difference(_mean_stat([a]), 1, _mean_stat([b]), 1, 200, draws=4000, seed=1)
+    ref = bootstrap((a, b), lambda u, v, axis=-1: u.mean(axis) - v.mean(axis), paired=True, vectorized=True,
+                    n_resamples=4000, method="percentile", random_state=2).confidence_interval
+    # two independent Monte Carlo estimates of the same percentiles: agree to ~0.01 (interval ~0.14 wide)
+    assert ours.lo == pytest.approx(ref.low, abs=0.012) and ours.hi == pytest.approx(ref.high, abs=0.012)
+
+
+def _result(row, seed, solver, fd, dev=None):
+    return {"row": row, "train_seed": seed, "solver": solver, "steps": 10, "guidance_scale": 2.0, "fd": fd,
+            "class_accuracy": 1.0, "final_deviation": dev, "distance_to_fp_dpm2": 0.1}
+
+
+def test_quality_cells_average_the_training_seeds_and_carry_their_interval(quality):
+    results = [_result("FP", None, "dpm1", 0.9), _result("M", 0, "dpm1", 0.30, 0.1),
+               _result("M", 1, "dpm1", 0.34, 0.1), _result("M", 2, "dpm1", 0.35, 0.1)]
+    cells = {c["row"]: c for c in quality.aggregate(results)}
+    assert cells["M"]["fd"] == pytest.approx(0.33, abs=1e-12) and cells["M"]["train_seeds"] == [0, 1, 2]
+    assert cells["M"]["fd_interval"]["lo"] == pytest.approx(seed_interval([0.30, 0.34, 0.35]).lo, abs=1e-12)
+    assert "fd_interval" not in cells["FP"]  # one run: no interval
+    line = next(ln for ln in quality.markdown_table(results).splitlines() if ln.startswith("| M "))
+    half = (cells["M"]["fd_interval"]["hi"] - cells["M"]["fd_interval"]["lo"]) / 2
+    assert f"0.330 ± {half:.3f}" in line
+
+
+def test_merge_keeps_every_training_seed_of_a_row(quality, tmp_path):
+    import json
+
+    payload = {"commit": "c", "samples": 10, "max_steps": 5, "guidance_scale": 2.0, "ptq": {}, "seconds": 1.0}
+    for k in (0, 1):
+        (tmp_path / f"p{k}.json").write_text(json.dumps({**payload, "results": [
+            _result("FP", None, "dpm1", 0.9), _result("M", k, "dpm1", 0.3 + k / 10)]}))
+    merged = quality.merge_payloads([tmp_path / "p0.json", tmp_path / "p1.json"])
+    assert sorted((r["row"], r["train_seed"]) for r in merged["results"]) == [("FP", None), ("M", 0), ("M", 1)]
+
+
+def test_bootstrapped_fd_on_all_samples_is_the_tables_torchmetrics_fd(quality, intervals_script, tmp_path):
+    from saq_lightning.data.digits import digits_split
+    from saq_lightning.metrics.digits_classifier import load_digits_classifier
+    from saq_lightning.metrics.digits_quality import digits_fd
+    from saq_lightning.metrics.digits_spaces import classifier_features, pixel_features
+    from saq_lightning.metrics.feature_stats import feature_stats
+
+    classifier, _ = load_digits_classifier()
+    real, _ = digits_split("all")
+    samples = (real[:60] + 0.3 * torch.randn(60, 1, 8, 8, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+    ref = {"fd": feature_stats(classifier_features(classifier, real).numpy()),
+           "pixel_fd": feature_stats(pixel_features(real).numpy())}
+    fig = intervals_script.RowFigures([samples], classifier, None)
+    ours = fig.statistic("fd", ref)(0, np.arange(60))
+    assert ours == pytest.approx(digits_fd(classifier, samples, real), rel=1e-6)
+
+
+def test_interval_script_compares_rows_from_their_kept_samples(quality, intervals_script, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(40, 1, 8, 8, generator=g) * 2 - 1
+    labels = torch.arange(40) % 10
+    cell = "dpm1@10@cfg2"
+    quality.save_samples(tmp_path, "fp", None, cell, base, labels)
+    quality.save_samples(tmp_path, "fp", None, "dpm2@10@cfg2", base, labels)
+    for k in (0, 1):  # the "student" is FP itself at every seed: every difference is 0
+        quality.save_samples(tmp_path, "w4a4_mixed_order", k, cell, base, labels)
+    results = [_result("FP", None, "dpm1", 0.9), _result("FP", None, "dpm2", 0.4)]
+    results += [_result("W4A4 mixed-order", k, "dpm1", 0.5) for k in (0, 1)]
+    entries = intervals_script.compare_all({"results": results}, [tmp_path], draws=20)
+    claims = {e["claim"]: e for e in entries}
+    first = claims["MOTA student (DPM-1) beats FP DPM-1"]
+    assert first["fd"]["estimate"] == pytest.approx(0.0, abs=1e-9) and first["fd"]["tie"]
+    assert first["distance_to_fp_dpm2"]["estimate"] == pytest.approx(0.0, abs=1e-9)
+    assert "distance_to_fp_dpm2" not in claims["MOTA student (DPM-1) matches FP DPM-2 (dual acceleration)"]
+    assert intervals_script.verdict(first["fd"]) == "tie"
