@@ -65,8 +65,13 @@ def load_tensors(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool 
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         unsafe = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line), "")
-        if not unsafe:  # not a pickle at all: say what torch met, not its advice to unpickle freely
+        if not unsafe:  # torch met no GLOBAL: say what it met, not its advice to unpickle freely
             detail = next((line.strip() for line in str(err).splitlines() if "Unsupported" in line), "")
+            if _starts_like_a_pickle(path):
+                raise UnsafeFileError(
+                    f"{path}: refused: a raw Python pickle stream, not a PyTorch tensor file ({detail or _first_line(err)}); "
+                    "unpickling it could run code, so it was not unpickled; only load files you trust with other "
+                    "tools") from err
             raise UnreadableFileError(
                 f"{path}: not a readable PyTorch file ({detail or _first_line(err)})") from err
         raise UnsafeFileError(
@@ -78,6 +83,17 @@ def load_tensors(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool 
         raise UnreadableFileError(
             f"{path}: not a readable PyTorch file (empty, cut short or another format: "
             f"{type(err).__name__}: {_first_line(err)})") from err
+
+
+def _starts_like_a_pickle(path: str | os.PathLike) -> bool:
+    """A pickle stream of protocol 2 or later starts with the PROTO opcode ``0x80`` and its version
+    (a PyTorch file is a zip archive, ``PK``)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return False
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
 def _first_line(err: BaseException) -> str:

@@ -138,3 +138,26 @@ def test_a_payload_in_ptq_resume_state_never_runs(ptq_stopped, tmp_path, capsys,
                      "--max_blocks", "1"], capsys)
     assert code == 2 and "refused" in one_line_error(err, target)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_a_raw_pickle_stream_is_refused_as_unsafe_and_never_runs(tmp_path, protocol):
+    import pickle
+
+    from saq_lightning.files import load_tensors
+
+    marker, path = tmp_path / "ran", tmp_path / "weights.pt"
+    path.write_bytes(pickle.dumps(Payload(marker), protocol=protocol))  # not torch.save: a bare pickle
+    with pytest.raises(UnsafeFileError, match=r"weights\.pt: refused"):
+        load_tensors(path)
+    assert not marker.exists()
+
+
+def test_a_text_file_is_unreadable_not_unsafe(tmp_path):
+    from saq_lightning.files import UnreadableFileError, load_tensors
+
+    path = tmp_path / "notes.pt"
+    path.write_text("not a checkpoint\n")
+    with pytest.raises(UnreadableFileError, match=r"notes\.pt: not a readable PyTorch file") as info:
+        load_tensors(path)
+    assert not isinstance(info.value, UnsafeFileError)
