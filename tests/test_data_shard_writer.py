@@ -148,3 +148,13 @@ def test_record_without_required_field_is_an_error(tmp_path):
 
     with pytest.raises(ValueError, match=r"missing field\(s\) \['t'\]"):
         write(tmp_path, no_time)
+
+
+def test_a_shards_path_that_is_a_file_is_refused_naming_it_and_the_file_is_kept(tmp_path):
+    from saq_lightning.data.errors import ManifestError
+
+    existing = tmp_path / "model.ckpt"
+    existing.write_bytes(b"someone's checkpoint")
+    with pytest.raises(ManifestError, match=r"model\.ckpt: is a file, but trajectory shards are written to a folder"):
+        write(existing)
+    assert existing.read_bytes() == b"someone's checkpoint"

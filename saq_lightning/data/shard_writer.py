@@ -278,6 +278,9 @@ def write_trajectory_shards(
     if verify_existing not in ("sha256", "size"):
         raise ValueError(f"verify_existing must be 'sha256' or 'size', got {verify_existing!r}")
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ManifestError(f"{folder}: is a file, but trajectory shards are written to a folder "
+                            "(data.shards names the folder); give a new or existing folder")
     folder.mkdir(parents=True, exist_ok=True)
     layout = Layout(dict(meta), num_trajectories, trajectories_per_shard, storage_dtype)
     batch = rollout_batch_size or trajectories_per_shard
