@@ -173,3 +173,18 @@ def test_interval_script_compares_rows_from_their_kept_samples(quality, interval
     assert first["distance_to_fp_dpm2"]["estimate"] == pytest.approx(0.0, abs=1e-9)
     assert "distance_to_fp_dpm2" not in claims["MOTA student (DPM-1) matches FP DPM-2 (dual acceleration)"]
     assert intervals_script.verdict(first["fd"]) == "tie"
+
+
+def test_a_statistic_biased_up_by_resampling_keeps_the_interval_around_the_estimate():
+    # a statistic that grows with the number of repeated indices (as an FD of a resample does): the
+    # draws all sit above the estimate, and a percentile interval would exclude the estimate itself
+    x = np.random.default_rng(4).normal(size=200)
+
+    def biased(values):
+        return lambda k, idx: float(values[idx].mean()) + (len(idx) - len(np.unique(idx))) / len(idx)
+
+    d = paired_bootstrap_difference(biased(x + 0.02), 1, lambda k, idx: 0.0, 1, 200, draws=500)
+    assert d.lo < d.estimate < d.hi
+    assert d.resampling_shift == pytest.approx(0.368, abs=0.02)  # (1 - 1/e) of n distinct: ~36.8 % repeats
+    # the noise is the mean's: sd 1/sqrt(200) -> half-width ~1.96 * 0.0707 (+ the repeats' own spread)
+    assert (d.hi - d.lo) / 2 == pytest.approx(0.139, abs=0.03)
