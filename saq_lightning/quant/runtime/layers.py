@@ -21,7 +21,10 @@ Arithmetics (``arithmetic``):
 * ``emulated``: the same integers multiplied in float64 (a stated fallback for devices without
   an int8 GEMM; exact).
 * ``weight_only`` (W4A16 / W8A16): ``y = op(x, (q_w - z_w) * s_w) + bias`` with float
-  activations (the weight is dequantized per call, per layer).
+  activations (the weight is dequantized per call, per layer: memory first, slower than fp32).
+* ``dequantized``: the same product with the weight dequantized ONCE (when the layer is set
+  up) and held in fp32: what a CPU runs where its int8 GEMM loses to float on this layer's
+  shapes (4 bytes per weight instead of 0.5/1; the report states both).
 * ``fake``: fake-quantized input and dequantized weight in float (what the student computes);
   used where the int8 path has no kernel (grouped or dilated convs), and stated.
 
@@ -50,7 +53,7 @@ from .kernels import (
     unpack_int4,
 )
 
-ARITHMETICS = ("int8", "emulated", "weight_only", "fake")
+ARITHMETICS = ("int8", "emulated", "dequantized", "weight_only", "fake")
 KERNELS = ("torch", "triton")
 
 #: Largest element count one Triton launch addresses (its offsets are int32).
@@ -98,14 +101,31 @@ class RuntimeLayer(nn.Module):
             off = _int8_offset(self.w_bits, self.w_qmin) or 0
             self.register_buffer("qweight", (codes - off).to(torch.int8))
             self._w_off = off
+        self.register_buffer("gemm_weight", None, persistent=False)
+        self.register_buffer("float_weight", None, persistent=False)
+        self._requested_kernel = kernel
+        self.set_arithmetic(arithmetic)
+
+    def set_arithmetic(self, arithmetic: str) -> None:
+        """Switch what this layer computes, building the weight copy that arithmetic needs (the
+        int8 GEMM layout, or the weight dequantized once) and dropping the other, so that a
+        layer never holds both. The load-time per-layer choice (:mod:`.selection`) uses it."""
+        if arithmetic not in ARITHMETICS:
+            raise ValueError(f"unknown arithmetic {arithmetic!r}; expected one of {ARITHMETICS}")
         self.arithmetic = arithmetic
         if arithmetic == "int8" and self.conv is not None and (
             self.conv["groups"] != 1 or any(d != 1 for d in self.conv["dilation"])
         ):
             self.arithmetic = "fake"
             self.note = "no int8 kernel for grouped/dilated conv: fake-quant float"
-        self.kernel = kernel if self.arithmetic == "int8" else ""
-        self.register_buffer("gemm_weight", self._layout_gemm_weight(), persistent=False)
+        self.kernel = self._requested_kernel if self.arithmetic == "int8" else ""
+        device = self.qweight.device
+        self.gemm_weight = None
+        self.float_weight = None
+        gemm = self._layout_gemm_weight()
+        self.gemm_weight = None if gemm is None else gemm.to(device)
+        if self.arithmetic == "dequantized":
+            self.float_weight = self.dequantized_weight(torch.float32)
 
     def _layout_gemm_weight(self) -> Tensor | None:
         """8-bit codes on the ``torch`` kernel: the GEMM's ``[N(+1), K]`` int8 weight, built once
@@ -135,7 +155,12 @@ class RuntimeLayer(nn.Module):
     def weight_bytes(self) -> int:
         """Bytes of the weight as held in memory (codes + scales + zero points + the GEMM layout)."""
         return (storage_bytes(self.qweight) + storage_bytes(self.w_scale) + storage_bytes(self.w_zero)
-                + storage_bytes(self.gemm_weight))
+                + storage_bytes(self.gemm_weight) + storage_bytes(self.float_weight))
+
+    @property
+    def packed_bytes(self) -> int:
+        """Bytes of the stored codes, scales and zero points alone (what ``weight_only`` holds)."""
+        return storage_bytes(self.qweight) + storage_bytes(self.w_scale) + storage_bytes(self.w_zero)
 
     def codes(self) -> Tensor:
         """Integer weight codes ``[N, ...]`` (int16)."""
@@ -208,6 +233,9 @@ class RuntimeLayer(nn.Module):
             return self._triton(x, raw=False)
         if self.arithmetic in ("int8", "emulated"):
             return self._forward_int(x)
+        if self.arithmetic == "dequantized":
+            w = self.float_weight if self.float_weight.dtype == x.dtype else self.float_weight.to(x.dtype)
+            return self._float_op(x, w, None if self.bias is None else self.bias.to(x.dtype))
         if self.arithmetic == "weight_only":
             w = self.dequantized_weight(x.dtype)
             return self._float_op(x, w, None if self.bias is None else self.bias.to(x.dtype))
