@@ -254,9 +254,9 @@ def _memory_line(student: QuantizedUNet) -> str | None:
     held = sum(storage_bytes(m.float_weight) for m in rows)
     packed = sum(m.packed_bytes for m in rows)
     return (f"float layers hold their weights dequantized once: {held / 2**20:.2f} MiB fp32 where the packed codes "
-            f"take {packed / 2**20:.2f} MiB ({len(rows)} layers), and take float activations (A16: their outputs "
-            "differ from the int8 student's by its activation quantization); arithmetic='weight_only' keeps the "
-            "weights packed (dequantized per call: slower)")
+            f"take {packed / 2**20:.2f} MiB ({len(rows)} layers); their inputs are fake-quantized as in the student, "
+            "so they compute what int8 computes up to fp32 rounding; arithmetic='weight_only' keeps the weights "
+            "packed (dequantized per call, float activations: slower)")
 
 
 def build_report(student: QuantizedUNet, device: str, requested: str, notes: list[str],

@@ -8,7 +8,7 @@ from typing import Any
 DESCRIPTIONS = {
     "int8": "int8 x int8 -> int32 GEMM (kernel named per layer)",
     "emulated": "integer codes multiplied in float64 (fallback: no int8 GEMM on this device)",
-    "dequantized": "weights dequantized once at load (fp32 in memory), float activations",
+    "dequantized": "weights dequantized once at load (fp32 in memory), fake-quantized activations in float",
     "weight_only": "packed weights dequantized per call, float activations (memory first, slower)",
     "fake": "fake-quant float (dequantized weight, fake-quantized input)",
     "fp": "full precision (not quantized by the policy)",
