@@ -176,15 +176,20 @@ def build_pt2e(fp: torch.nn.Module, device: torch.device) -> tuple[torch.nn.Modu
     return PT2EUNet(converted, compiled, keys, fp.config), info
 
 
+W4_MODELS = ("fake_w4a4", "rt_w4a16", "rt_w4a4_int8")
+
+
 def build_models(kind: str, device: torch.device, tmp: Path, gpu: bool, probe_repeats: int = 2,
-                 pt2e: bool = True) -> tuple[dict[str, torch.nn.Module], dict]:
-    """The models of the module docstring (FP first, students built on it and sharing its tensors)."""
+                 pt2e: bool = True, only: list[str] | None = None) -> tuple[dict[str, torch.nn.Module], dict]:
+    """The models of the module docstring (FP first, students built on it and sharing its tensors);
+    ``only``: the W4 models are built only if one of them is named (``--ldm-models``)."""
     fp = make_unet(kind).to(device)
     models: dict[str, torch.nn.Module] = {"fp32": fp}
     info: dict[str, Any] = {"params": sum(p.numel() for p in fp.parameters())}
     calib = make_call(fp, 2, device, torch.float32)
     probe = ProbeConfig(repeats=probe_repeats)
-    for policy in ("w4a4", "w8a8"):
+    w4 = only is None or any(m in only for m in W4_MODELS)
+    for policy in ("w4a4", "w8a8") if w4 else ("w8a8",):
         student, _ = quantize_model(fp, policy, warn=False)
         calibrate(student, [calib], act_method="minmax", weight_method="minmax")
         info[f"{policy}_quantized_fp32_bytes"] = quantized_layer_fp32_bytes(student)
@@ -201,10 +206,10 @@ def build_models(kind: str, device: torch.device, tmp: Path, gpu: bool, probe_re
             info["report_w8a8"] = models["rt_w8a8"].runtime_report.summary()
             info["notes_w8a8"] = models["rt_w8a8"].runtime_report.notes
             info["layers_w8a8"] = [asdict(r) for r in models["rt_w8a8"].runtime_report.layers]
-            if not gpu:
+            if not gpu and (only is None or "rt_w8a8_allint8" in only):
                 models["rt_w8a8_allint8"] = load_runtime(folder, device=device, model=skeleton(fp),
                                                          int8_kernel="torch")
-    if not gpu and pt2e:
+    if not gpu and pt2e and (only is None or "pt2e_int8" in only):
         compiled, info["pt2e"] = build_pt2e(fp, device)
         if compiled is not None:
             models["pt2e_int8"] = compiled
@@ -299,7 +304,8 @@ def build_all(args: argparse.Namespace, device: torch.device, gpu: bool, res: di
     tmp = tempfile.mkdtemp(prefix="lowbit-")
     for kind in args.unets:
         t0 = time.perf_counter()
-        models, info = build_models(kind, device, Path(tmp), gpu, args.probe_repeats, pt2e=res is not None)
+        only = args.ldm_models if kind == "ldm4" else None
+        models, info = build_models(kind, device, Path(tmp), gpu, args.probe_repeats, pt2e=res is not None, only=only)
         print(f"{kind}: {info['params'] / 1e6:.1f}M params, built in {time.perf_counter() - t0:.0f} s; "
               f"{info['report_w4a4']}", flush=True)
         built[kind] = models
@@ -342,6 +348,8 @@ def summarise(res: dict[str, Any]) -> dict[str, Any]:
     over every model and batch measured)."""
     ldm = res["models"]["ldm4"]
     by = ldm["bytes"]
+    if "rt_w4a4_int8" not in by:  # --ldm-models without the W4 rows: the CPU goal ratios only
+        return cpu_ratios(res)
     out: dict[str, Any] = {
         "weight_bytes_ratio_w4": by["rt_w4a4_int8"]["total"] / by["fp32"]["total"],
         "weight_bytes_ratio_w4_quantized_layers": by["rt_w4a4_int8"]["quantized"] / ldm["w4a4_quantized_fp32_bytes"],
@@ -415,6 +423,8 @@ def main() -> None:
     ap.add_argument("--unets", default="digits,ldm4", help="which UNets (the summary needs ldm4)")
     ap.add_argument("--compile-batches", default=None,
                     help="CUDA: batches that also time bf16 torch.compile (default: every batch)")
+    ap.add_argument("--ldm-models", default=None, help="CPU: build only these LDM-4 rows (fp32 always), e.g. "
+                    "rt_w8a8,rt_w8a8_allint8,pt2e_int8 for the CPU goals within 20 minutes on a loaded machine")
     ap.add_argument("--memory-unets", default="digits,ldm4", help="CPU: which UNets get the peak-memory pass "
                     "(a fresh process that builds them again)")
     ap.add_argument("--probe-repeats", type=int, default=2, help="timed calls per layer and path of the "
@@ -426,6 +436,7 @@ def main() -> None:
     args.repeats = args.repeats or (10 if gpu else 3)
     args.unets = args.unets.split(",")
     args.memory_unets = args.memory_unets.split(",")
+    args.ldm_models = args.ldm_models.split(",") if args.ldm_models else None
     args.digits_batches = [int(b) for b in args.digits_batches.split(",")]
     args.ldm_batches = [int(b) for b in (args.ldm_batches or ("1,8,32" if gpu else "1")).split(",")]
     if args.threads:
@@ -439,14 +450,15 @@ def main() -> None:
     t0 = time.perf_counter()
     res = run(args)
     res["summary"] = summarise(res) if "ldm4" in res["models"] else cpu_ratios(res)
+    res["ldm_models"] = args.ldm_models
     res["seconds"] = time.perf_counter() - t0
     print_table(res)
     s = res["summary"]
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"lowbit_inference_{res['device'].split(':')[0]}.json"
-    if "ldm4" not in res["models"]:
+    if "weight_bytes_ratio_w4" not in s:  # no ldm4 run, or one without its W4 rows
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(res, indent=1))
-        print(f"wrote {out}\nno ldm4 run: " + " ".join(f"{k}={v:.2f}" for k, v in s.items() if v is not None))
+        print(f"wrote {out}\n" + " ".join(f"{k}={v:.2f}" for k, v in s.items() if v is not None))
         return
     print(f"\nLDM-4 W4 weights: {s['weight_bytes_ratio_w4']:.3f} of fp32 (whole model), "
           f"{s['weight_bytes_ratio_w4_quantized_layers']:.3f} (quantized layers only); "
