@@ -307,7 +307,7 @@ def build_all(args: argparse.Namespace, device: torch.device, gpu: bool, res: di
         only = args.ldm_models if kind == "ldm4" else None
         models, info = build_models(kind, device, Path(tmp), gpu, args.probe_repeats, pt2e=res is not None, only=only)
         print(f"{kind}: {info['params'] / 1e6:.1f}M params, built in {time.perf_counter() - t0:.0f} s; "
-              f"{info['report_w4a4']}", flush=True)
+              f"{info.get('report_w4a4', info['report_w8a8'])}", flush=True)
         built[kind] = models
         if res is not None:
             res["models"][kind] = {**info, "bytes": {n: model_bytes(n, m) for n, m in models.items()}, "batches": {}}
