@@ -7,7 +7,15 @@ Models (each on the digits UNet and on an LDM-4-size UNet with random weights, t
 * ``fake_w4a4``: the calibrated W4A4 fake-quant student (what training runs);
 * ``rt_w4a16``: the W4A4 export in the runtime, weight-only (packed int4, float activations);
 * ``rt_w4a4_int8``: the W4A4 export in the runtime, int8 arithmetic (4-bit codes in int8 GEMMs);
-* ``rt_w8a8``: the W8A8 export in the runtime, int8 arithmetic (``torch._int_mm``).
+* ``rt_w8a8``: the W8A8 export in the runtime, ``arithmetic="int8"`` as a user gets it: on a CPU
+  each layer runs ``torch._int_mm`` or float (weights dequantized once), whichever its load-time
+  measurement found faster (``--probe-repeats``);
+* ``rt_w8a8_allint8``: the same with ``int8_kernel="torch"`` (int8 on every layer: the figure
+  before the per-layer choice);
+* ``pt2e_int8`` (CPU, batch 1 only): PyTorch's own x86 int8 path on the FP UNet: torchao's PT2E
+  (``torch.export`` + ``X86InductorQuantizer`` W8A8, static per-tensor activations calibrated on
+  one batch) and ``torch.compile`` with freezing (oneDNN int8 kernels). Needs ``torchao``
+  (``pip install -e .[bench]``); where it cannot run, the JSON records the error.
 
 Students are calibrated (min/max) on the timed batch's timestep; weights are random (LDM-4) or
 the shipped digits teacher, so only speed and memory mean something here, not quality.
@@ -19,7 +27,8 @@ call; timings run without that setting, since every large allocation then costs 
 model and its VNNI/AMX flags are recorded with them.
 
     .venv/bin/python benchmarks/lowbit_inference.py [--device cpu|cuda] [--threads 2] [--repeats 3]
-        [--digits-batches 1,8,32] [--ldm-batches 1] [--out ...json]
+        [--digits-batches 1,8,32] [--ldm-batches 1] [--memory-unets digits,ldm4] [--probe-repeats 2]
+        [--out ...json]
 
 ``--device cuda`` runs :mod:`lowbit_inference_gpu` instead (LDM-4 and SD-size UNets, bf16 eager and
 compiled against the W8A8/W4A8 Triton runtimes, per-layer table; see that module).
@@ -32,6 +41,7 @@ int8_speedup_vs_bf16_gpu=...``.
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import platform
@@ -41,6 +51,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +66,12 @@ from quant_overhead import PeakMemory, _lower_mmap_threshold, tensor_bytes, time
 from saq_lightning.models import ModelSpec, build_model
 from saq_lightning.models.specs import load_model_spec
 from saq_lightning.quant import calibrate, export_student, quantize_model
-from saq_lightning.quant.runtime import load_runtime, weight_bytes
+from saq_lightning.quant.runtime import ProbeConfig, load_runtime, weight_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMESTEP = 500
+#: models that run at batch 1 only (a compiled export has static shapes)
+BATCH1_ONLY = ("pt2e_int8",)
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
 
 
@@ -100,13 +113,83 @@ def quantized_layer_fp32_bytes(student) -> int:
     return sum(4 * layer.base.weight.numel() for _, layer in student.quant_layers())
 
 
-def build_models(kind: str, device: torch.device, tmp: Path, gpu: bool) -> tuple[dict[str, torch.nn.Module], dict]:
-    """The models of the module docstring (FP first, students built on it and sharing its tensors)."""
+class _Sample:
+    def __init__(self, sample: torch.Tensor) -> None:
+        self.sample = sample
+
+
+class PT2EUNet(torch.nn.Module):
+    """A PT2E-quantized, compiled UNet called like the others (``m(**call).sample``)."""
+
+    def __init__(self, converted: torch.nn.Module, compiled: Callable, keys: tuple[str, ...], config: Any) -> None:
+        super().__init__()
+        self.converted, self._compiled, self.keys, self.config = converted, compiled, keys, config
+
+    def forward(self, sample, timestep, **kw):
+        return _Sample(self._compiled(sample, timestep.float(), *(kw[k] for k in self.keys[2:])))
+
+
+class _Positional(torch.nn.Module):
+    """The UNet with positional tensor inputs and a tensor output, as ``torch.export`` wants it."""
+
+    def __init__(self, unet: torch.nn.Module, keys: tuple[str, ...]) -> None:
+        super().__init__()
+        self.unet, self.keys = unet, keys
+
+    def forward(self, *args):
+        return self.unet(**dict(zip(self.keys, args, strict=True))).sample
+
+
+def build_pt2e(fp: torch.nn.Module, device: torch.device) -> tuple[torch.nn.Module | None, dict[str, Any]]:
+    """PT2E + X86InductorQuantizer (W8A8) + ``torch.compile`` (freezing) of ``fp`` at batch 1,
+    calibrated on one random batch-1 call; ``(None, {"error": ...})`` where it cannot run."""
+    info: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    try:
+        import torch._inductor.config as inductor_config
+        import torchao
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        info["torchao"] = torchao.__version__
+        call = make_call(fp, 1, device, torch.float32)
+        call["timestep"] = call["timestep"].float()  # a Long input reaches a histogram observer otherwise
+        keys = tuple(call)
+        args = tuple(call[k] for k in keys)
+        wrapped = _Positional(copy.deepcopy(fp), keys).eval()
+        exported = torch.export.export(wrapped, args).module()
+        quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+        prepared = prepare_pt2e(exported, quantizer)
+        with torch.no_grad():
+            prepared(*args)
+        converted = convert_pt2e(prepared)
+        inductor_config.freezing = True  # int8 weights prepacked for oneDNN, as the PT2E tutorial does
+        compiled = torch.compile(converted)
+        with torch.no_grad():
+            compiled(*args)
+    except Exception as e:  # noqa: BLE001 - recorded in the JSON: the row says why it is missing
+        info["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        print(f"  pt2e_int8 not measured: {info['error']}", flush=True)
+        return None, info
+    info["build_s"] = time.perf_counter() - t0
+    print(f"  pt2e_int8: exported, quantized and compiled in {info['build_s']:.0f} s", flush=True)
+    return PT2EUNet(converted, compiled, keys, fp.config), info
+
+
+W4_MODELS = ("fake_w4a4", "rt_w4a16", "rt_w4a4_int8")
+
+
+def build_models(kind: str, device: torch.device, tmp: Path, gpu: bool, probe_repeats: int = 2,
+                 pt2e: bool = True, only: list[str] | None = None) -> tuple[dict[str, torch.nn.Module], dict]:
+    """The models of the module docstring (FP first, students built on it and sharing its tensors);
+    ``only``: the W4 models are built only if one of them is named (``--ldm-models``)."""
     fp = make_unet(kind).to(device)
     models: dict[str, torch.nn.Module] = {"fp32": fp}
     info: dict[str, Any] = {"params": sum(p.numel() for p in fp.parameters())}
     calib = make_call(fp, 2, device, torch.float32)
-    for policy in ("w4a4", "w8a8"):
+    probe = ProbeConfig(repeats=probe_repeats)
+    w4 = only is None or any(m in only for m in W4_MODELS)
+    for policy in ("w4a4", "w8a8") if w4 else ("w8a8",):
         student, _ = quantize_model(fp, policy, warn=False)
         calibrate(student, [calib], act_method="minmax", weight_method="minmax")
         info[f"{policy}_quantized_fp32_bytes"] = quantized_layer_fp32_bytes(student)
@@ -114,12 +197,22 @@ def build_models(kind: str, device: torch.device, tmp: Path, gpu: bool) -> tuple
         if policy == "w4a4":
             models["fake_w4a4"] = student
             models["rt_w4a16"] = load_runtime(folder, arithmetic="weight_only", device=device, model=skeleton(fp))
-            models["rt_w4a4_int8"] = load_runtime(folder, device=device, model=skeleton(fp))
+            models["rt_w4a4_int8"] = load_runtime(folder, device=device, model=skeleton(fp), probe=probe)
             info["report_w4a4"] = models["rt_w4a4_int8"].runtime_report.summary()
+            info["notes_w4a4"] = models["rt_w4a4_int8"].runtime_report.notes
         else:
             del student
-            models["rt_w8a8"] = load_runtime(folder, device=device, model=skeleton(fp))
+            models["rt_w8a8"] = load_runtime(folder, device=device, model=skeleton(fp), probe=probe)
             info["report_w8a8"] = models["rt_w8a8"].runtime_report.summary()
+            info["notes_w8a8"] = models["rt_w8a8"].runtime_report.notes
+            info["layers_w8a8"] = [asdict(r) for r in models["rt_w8a8"].runtime_report.layers]
+            if not gpu and (only is None or "rt_w8a8_allint8" in only):
+                models["rt_w8a8_allint8"] = load_runtime(folder, device=device, model=skeleton(fp),
+                                                         int8_kernel="torch")
+    if not gpu and pt2e and (only is None or "pt2e_int8" in only):
+        compiled, info["pt2e"] = build_pt2e(fp, device)
+        if compiled is not None:
+            models["pt2e_int8"] = compiled
     if gpu:
         models["bf16"] = make_unet(kind).to(device, torch.bfloat16)
         models["rt_w8a8_bf16"] = load_runtime(tmp / f"{kind}_w8a8", device=device, dtype=torch.bfloat16,
@@ -130,8 +223,6 @@ def build_models(kind: str, device: torch.device, tmp: Path, gpu: bool) -> tuple
 def skeleton(fp: torch.nn.Module) -> torch.nn.Module:
     """A copy of the FP UNet for the loader to fill (faster than a fresh random init of 274M
     parameters; every tensor is replaced or dropped by the export's)."""
-    import copy
-
     return copy.deepcopy(fp).cpu()
 
 
@@ -144,6 +235,8 @@ def model_bytes(name: str, model: torch.nn.Module) -> dict[str, int]:
 def _calls(models: dict[str, torch.nn.Module], batch: int, device: torch.device) -> dict[str, Callable[[], Any]]:
     calls = {}
     for name, m in models.items():
+        if name in BATCH1_ONLY and batch != 1:
+            continue
         dtype = torch.bfloat16 if name.endswith("bf16") else torch.float32
         args = make_call(m, batch, device, dtype)
         calls[name] = (lambda m=m, args=args: m(**args).sample)
@@ -195,7 +288,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             res["models"][kind]["batches"][str(b)] = latencies(models, b, device, args.repeats)
     del built
     gc.collect()
-    rises = memory_rises(args, device, batches)
+    mem_unets = [k for k in args.unets if k in args.memory_unets]
+    rises = memory_rises(argparse.Namespace(**{**vars(args), "unets": mem_unets}), device, batches) if mem_unets else {}
     for kind, per_batch in rises.items():
         entry = res["models"][kind]
         for b, per_model in per_batch.items():
@@ -210,9 +304,10 @@ def build_all(args: argparse.Namespace, device: torch.device, gpu: bool, res: di
     tmp = tempfile.mkdtemp(prefix="lowbit-")
     for kind in args.unets:
         t0 = time.perf_counter()
-        models, info = build_models(kind, device, Path(tmp), gpu)
+        only = args.ldm_models if kind == "ldm4" else None
+        models, info = build_models(kind, device, Path(tmp), gpu, args.probe_repeats, pt2e=res is not None, only=only)
         print(f"{kind}: {info['params'] / 1e6:.1f}M params, built in {time.perf_counter() - t0:.0f} s; "
-              f"{info['report_w4a4']}", flush=True)
+              f"{info.get('report_w4a4', info['report_w8a8'])}", flush=True)
         built[kind] = models
         if res is not None:
             res["models"][kind] = {**info, "bytes": {n: model_bytes(n, m) for n, m in models.items()}, "batches": {}}
@@ -230,6 +325,7 @@ def memory_rises(args: argparse.Namespace, device: torch.device, batches: dict) 
         built = build_all(args, device, True)
         return {k: {str(b): call_memory_rise(built[k], b, device) for b in batches[k]} for k in built}
     cmd = [sys.executable, __file__, "--memory-worker", "--device", args.device, "--unets", ",".join(args.unets),
+           "--probe-repeats", str(args.probe_repeats),
            "--digits-batches", ",".join(map(str, batches["digits"])), "--ldm-batches", ",".join(map(str, batches["ldm4"]))]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
@@ -252,6 +348,8 @@ def summarise(res: dict[str, Any]) -> dict[str, Any]:
     over every model and batch measured)."""
     ldm = res["models"]["ldm4"]
     by = ldm["bytes"]
+    if "rt_w4a4_int8" not in by:  # --ldm-models without the W4 rows: the CPU goal ratios only
+        return cpu_ratios(res)
     out: dict[str, Any] = {
         "weight_bytes_ratio_w4": by["rt_w4a4_int8"]["total"] / by["fp32"]["total"],
         "weight_bytes_ratio_w4_quantized_layers": by["rt_w4a4_int8"]["quantized"] / ldm["w4a4_quantized_fp32_bytes"],
@@ -266,6 +364,25 @@ def summarise(res: dict[str, Any]) -> dict[str, Any]:
     pairs = [v["fake_w4a4"]["median_s"] / min(v["rt_w8a8"]["median_s"], v["rt_w4a4_int8"]["median_s"])
              for m in res["models"].values() for v in m["batches"].values()]
     out["min_int_speedup_vs_fakequant_any_model_batch"] = min(pairs)
+    out.update(cpu_ratios(res))
+    return out
+
+
+def cpu_ratios(res: dict[str, Any]) -> dict[str, Any]:
+    """The CPU goals: W8A8 runtime (per-layer choice) vs fp32 eager and vs PT2E, per UNet at
+    batch 1 (ratio > 1: the runtime is faster), and its slowest ratio to fp32 over every batch."""
+    out: dict[str, Any] = {}
+    for kind, m in res["models"].items():
+        for b, v in m["batches"].items():
+            t = {k: r["median_s"] for k, r in v.items()}
+            out[f"{kind}_b{b}_w8a8_vs_fp32"] = t["fp32"] / t["rt_w8a8"]
+            if "rt_w8a8_allint8" in t:
+                out[f"{kind}_b{b}_allint8_vs_fp32"] = t["fp32"] / t["rt_w8a8_allint8"]
+            if "pt2e_int8" in t:
+                out[f"{kind}_b{b}_pt2e_vs_fp32"] = t["fp32"] / t["pt2e_int8"]
+                out[f"{kind}_b{b}_w8a8_vs_pt2e"] = t["pt2e_int8"] / t["rt_w8a8"]
+    ratios = [v for k, v in out.items() if k.endswith("_w8a8_vs_fp32")]
+    out["min_w8a8_vs_fp32_any_model_batch"] = min(ratios) if ratios else None
     return out
 
 
@@ -283,9 +400,15 @@ def print_table(res: dict[str, Any]) -> None:
         for n in names:
             row = f"{n:14s}{m['bytes'][n]['total'] * mib:14.1f}"
             for b in m["batches"]:
-                r = m["batches"][b][n]
-                row += f"{r['median_s'] * 1e3:12.1f}{r['peak_bytes'] * mib:12.1f}"
+                r = m["batches"][b].get(n)
+                ms = f"{r['median_s'] * 1e3:12.1f}" if r else f"{'-':>12s}"
+                peak = f"{r['peak_bytes'] * mib:12.1f}" if r and "peak_bytes" in r else f"{'-':>12s}"
+                row += ms + peak
             print(row)
+        if "error" in m.get("pt2e", {}):
+            print(f"pt2e_int8 not measured: {m['pt2e']['error']}")
+        for line in m.get("notes_w8a8", [])[1:]:
+            print(f"rt_w8a8: {line}")
     if not res["gpu_measured"]:
         print("\nbf16 and GPU int8: not measured on GPU (run with --device cuda)")
 
@@ -300,12 +423,20 @@ def main() -> None:
     ap.add_argument("--unets", default="digits,ldm4", help="which UNets (the summary needs ldm4)")
     ap.add_argument("--compile-batches", default=None,
                     help="CUDA: batches that also time bf16 torch.compile (default: every batch)")
+    ap.add_argument("--ldm-models", default=None, help="CPU: build only these LDM-4 rows (fp32 always), e.g. "
+                    "rt_w8a8,rt_w8a8_allint8,pt2e_int8 for the CPU goals within 20 minutes on a loaded machine")
+    ap.add_argument("--memory-unets", default="digits,ldm4", help="CPU: which UNets get the peak-memory pass "
+                    "(a fresh process that builds them again)")
+    ap.add_argument("--probe-repeats", type=int, default=2, help="timed calls per layer and path of the "
+                    "runtime's load-time int8/float choice")
     ap.add_argument("--memory-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help="default benchmarks/results/lowbit_inference_<device>.json")
     args = ap.parse_args()
     gpu = args.device.startswith("cuda")
     args.repeats = args.repeats or (10 if gpu else 3)
     args.unets = args.unets.split(",")
+    args.memory_unets = args.memory_unets.split(",")
+    args.ldm_models = args.ldm_models.split(",") if args.ldm_models else None
     args.digits_batches = [int(b) for b in args.digits_batches.split(",")]
     args.ldm_batches = [int(b) for b in (args.ldm_batches or ("1,8,32" if gpu else "1")).split(",")]
     if args.threads:
@@ -318,26 +449,31 @@ def main() -> None:
         return
     t0 = time.perf_counter()
     res = run(args)
-    res["summary"] = summarise(res) if "ldm4" in res["models"] else None
+    res["summary"] = summarise(res) if "ldm4" in res["models"] else cpu_ratios(res)
+    res["ldm_models"] = args.ldm_models
     res["seconds"] = time.perf_counter() - t0
     print_table(res)
     s = res["summary"]
-    if s is None:
-        print("no ldm4 run: no summary")
+    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"lowbit_inference_{res['device'].split(':')[0]}.json"
+    if "weight_bytes_ratio_w4" not in s:  # no ldm4 run, or one without its W4 rows
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=1))
+        print(f"wrote {out}\n" + " ".join(f"{k}={v:.2f}" for k, v in s.items() if v is not None))
         return
     print(f"\nLDM-4 W4 weights: {s['weight_bytes_ratio_w4']:.3f} of fp32 (whole model), "
           f"{s['weight_bytes_ratio_w4_quantized_layers']:.3f} (quantized layers only); "
           f"W4A4 int8 vs fake W4A4 {s['int8_w4a4_speedup_vs_fakequant_w4a4']:.2f}x, W8A8 int8 vs fp32 "
           f"{s['int8_speedup_vs_fp32']:.2f}x at batch {s['largest_ldm_batch']}; slowest case int vs fake "
           f"{s['min_int_speedup_vs_fakequant_any_model_batch']:.2f}x; {res['seconds']:.0f} s")
-    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"lowbit_inference_{res['device'].split(':')[0]}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     print(f"wrote {out}")
     gpu_ratio = s["int8_speedup_vs_bf16_gpu"]
+    cpu = " ".join(f"{k}={v:.2f}" for k, v in s.items() if k.endswith(("_vs_fp32", "_vs_pt2e")) and "_b1_" in k)
     print(f"weight_bytes_ratio_w4={s['weight_bytes_ratio_w4']:.3f} "
           f"int8_speedup_vs_fakequant={s['int8_speedup_vs_fakequant']:.2f} "
-          f"int8_speedup_vs_bf16_gpu={'n/a' if gpu_ratio is None else f'{gpu_ratio:.2f}'}")
+          f"int8_speedup_vs_bf16_gpu={'n/a' if gpu_ratio is None else f'{gpu_ratio:.2f}'} {cpu} "
+          f"min_w8a8_vs_fp32_any_model_batch={s['min_w8a8_vs_fp32_any_model_batch']:.2f}")
 
 
 def main_gpu(args: argparse.Namespace) -> None:

@@ -17,8 +17,7 @@ from quant_helpers import calibrated_cond_student, cond_batch, perturb_lora
 from runtime_helpers import capture_inputs, layers_of, reference_accumulator
 
 from saq_lightning.quant import export_student
-from saq_lightning.quant.runtime import RuntimeLayer, load_runtime
-from saq_lightning.quant.runtime import loader as runtime_loader
+from saq_lightning.quant.runtime import ProbeConfig, RuntimeLayer, load_runtime
 from saq_lightning.quant.runtime.kernels import pack_int4
 from saq_lightning.quant.runtime.loader import choose_int8_kernel
 from saq_lightning.quant.runtime.triton_conv import conv2d_int8
@@ -235,23 +234,22 @@ def test_triton_on_a_cpu_without_the_interpreter_is_refused(monkeypatch, cond_w4
         load_runtime(cond_w4a8_export, int8_kernel="triton")
 
 
-def test_auto_on_a_cpu_names_the_measured_kernel_and_the_cpu_flags(cond_w4a8_export):
+def test_auto_on_a_cpu_names_the_per_layer_kernel_choice_and_the_cpu_flags(cond_w4a8_export):
     report = load_runtime(cond_w4a8_export).runtime_report
     line = report.notes[0]
-    assert "torch._int_mm" in line and "ms vs fp32" in line and "CPU flags:" in line
+    assert "torch._int_mm where it beats float per layer" in line and "CPU flags:" in line
+    assert report.notes[1].startswith("per-layer choice measured on this CPU at load")
     assert all(r.kernel.startswith("torch._int_mm") for r in report.layers if r.arithmetic == "int8")
 
 
-def test_a_cpu_where_int8_is_slower_than_fp32_falls_back_to_weight_only_stated(monkeypatch, cond_w4a8_export):
+def test_a_cpu_where_int8_is_slower_than_fp32_falls_back_to_float_stated(cond_w4a8_export):
     """What a processor without VNNI measures (ATen's generic int8 GEMM, 10-40x slower than fp32)."""
-    monkeypatch.setattr(runtime_loader, "int8_gemm_speedup", lambda device: (30.0, 1.5))
-    kernel, arithmetic, line = choose_int8_kernel(torch.device("cpu"), "auto")
-    assert (kernel, arithmetic) == ("torch", "weight_only")
-    assert line.startswith("fallback: torch._int_mm 30.00 ms vs fp32 1.50 ms") and "weight-only" in line
-    rt = load_runtime(cond_w4a8_export)
-    report = rt.runtime_report
-    assert {r.arithmetic for r in report.fallbacks()} == {"weight_only"}
-    assert all("slower than fp32" in r.note for r in report.fallbacks())
+    kernel, arithmetic, _ = choose_int8_kernel(torch.device("cpu"), "auto")
+    assert (kernel, arithmetic) == ("torch", "int8")  # decided per layer after loading
+    probe = ProbeConfig(layer_timer=lambda layer, x: 30.0 if layer.arithmetic == "int8" else 1.5)
+    report = load_runtime(cond_w4a8_export, probe=probe).runtime_report
+    assert {r.arithmetic for r in report.fallbacks()} == {"dequantized"}
+    assert all("int8 30.000 ms, float 1.500 ms; float faster" in r.note for r in report.fallbacks())
     assert load_runtime(cond_w4a8_export, int8_kernel="torch").runtime_report.fallbacks() == []
 
 

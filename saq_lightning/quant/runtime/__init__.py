@@ -13,9 +13,11 @@ from .layers import RuntimeLayer
 from .loader import load_runtime, read_config
 from .memory import weight_bytes
 from .report import LayerArithmetic, RuntimeReport
+from .selection import ProbeConfig
 
 __all__ = [
     "LayerArithmetic",
+    "ProbeConfig",
     "RuntimeLayer",
     "RuntimeReport",
     "int8_gemm",

@@ -67,39 +67,6 @@ def probe_int8_gemm(device_str: str) -> str | None:
     return None
 
 
-#: The GEMM the CPU speed probe times: a 3x3 conv with 128 channels on a 16x32 tile (M, K, N).
-PROBE_SHAPE = (512, 1152, 128)
-
-
-@cache
-def int8_gemm_speedup(device_str: str, repeats: int = 7) -> tuple[float, float]:
-    """``(int8 ms, fp32 ms)``: medians of ``torch._int_mm`` and the fp32 matmul at
-    :data:`PROBE_SHAPE` on ``device_str``, measured once per process.
-
-    Why measured: ATen's CPU ``_int_mm`` is several times faster than fp32 on a processor with
-    VNNI/AMX and 10-40x slower without them (its generic integer GEMM), and a CPU's flags do not
-    say which backend the installed torch build uses."""
-    import time
-
-    device = torch.device(device_str)
-    m, k, n = PROBE_SHAPE
-    g = torch.Generator().manual_seed(0)
-    a = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=g).to(device)
-    w = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=g).to(device)
-    af, wf = a.float(), w.float()
-
-    def median_ms(fn) -> float:
-        fn()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return sorted(times)[len(times) // 2] * 1e3
-
-    return median_ms(lambda: int8_gemm(a, w)), median_ms(lambda: af @ wf.t())
-
-
 def cpu_int8_flags() -> str:
     """The CPU's integer dot-product flags (VNNI/AMX), as one phrase for the report."""
     try:

@@ -21,7 +21,11 @@ Arithmetics (``arithmetic``):
 * ``emulated``: the same integers multiplied in float64 (a stated fallback for devices without
   an int8 GEMM; exact).
 * ``weight_only`` (W4A16 / W8A16): ``y = op(x, (q_w - z_w) * s_w) + bias`` with float
-  activations (the weight is dequantized per call, per layer).
+  activations (the weight is dequantized per call, per layer: memory first, slower than fp32).
+* ``dequantized``: the ``fake`` computation (fake-quantized input, so the result is the
+  student's) with the weight dequantized ONCE (when the layer is set up) and held in fp32:
+  what a CPU runs where its int8 GEMM loses to float on this layer's shapes (4 bytes per
+  weight instead of 0.5/1; the report states both).
 * ``fake``: fake-quantized input and dequantized weight in float (what the student computes);
   used where the int8 path has no kernel (grouped or dilated convs), and stated.
 
@@ -50,7 +54,7 @@ from .kernels import (
     unpack_int4,
 )
 
-ARITHMETICS = ("int8", "emulated", "weight_only", "fake")
+ARITHMETICS = ("int8", "emulated", "dequantized", "weight_only", "fake")
 KERNELS = ("torch", "triton")
 
 #: Largest element count one Triton launch addresses (its offsets are int32).
@@ -98,14 +102,31 @@ class RuntimeLayer(nn.Module):
             off = _int8_offset(self.w_bits, self.w_qmin) or 0
             self.register_buffer("qweight", (codes - off).to(torch.int8))
             self._w_off = off
+        self.register_buffer("gemm_weight", None, persistent=False)
+        self.register_buffer("float_weight", None, persistent=False)
+        self._requested_kernel = kernel
+        self.set_arithmetic(arithmetic)
+
+    def set_arithmetic(self, arithmetic: str) -> None:
+        """Switch what this layer computes, building the weight copy that arithmetic needs (the
+        int8 GEMM layout, or the weight dequantized once) and dropping the other, so that a
+        layer never holds both. The load-time per-layer choice (:mod:`.selection`) uses it."""
+        if arithmetic not in ARITHMETICS:
+            raise ValueError(f"unknown arithmetic {arithmetic!r}; expected one of {ARITHMETICS}")
         self.arithmetic = arithmetic
         if arithmetic == "int8" and self.conv is not None and (
             self.conv["groups"] != 1 or any(d != 1 for d in self.conv["dilation"])
         ):
             self.arithmetic = "fake"
             self.note = "no int8 kernel for grouped/dilated conv: fake-quant float"
-        self.kernel = kernel if self.arithmetic == "int8" else ""
-        self.register_buffer("gemm_weight", self._layout_gemm_weight(), persistent=False)
+        self.kernel = self._requested_kernel if self.arithmetic == "int8" else ""
+        device = self.qweight.device
+        self.gemm_weight = None
+        self.float_weight = None
+        gemm = self._layout_gemm_weight()
+        self.gemm_weight = None if gemm is None else gemm.to(device)
+        if self.arithmetic == "dequantized":
+            self.float_weight = self.dequantized_weight(torch.float32)
 
     def _layout_gemm_weight(self) -> Tensor | None:
         """8-bit codes on the ``torch`` kernel: the GEMM's ``[N(+1), K]`` int8 weight, built once
@@ -135,7 +156,12 @@ class RuntimeLayer(nn.Module):
     def weight_bytes(self) -> int:
         """Bytes of the weight as held in memory (codes + scales + zero points + the GEMM layout)."""
         return (storage_bytes(self.qweight) + storage_bytes(self.w_scale) + storage_bytes(self.w_zero)
-                + storage_bytes(self.gemm_weight))
+                + storage_bytes(self.gemm_weight) + storage_bytes(self.float_weight))
+
+    @property
+    def packed_bytes(self) -> int:
+        """Bytes of the stored codes, scales and zero points alone (what ``weight_only`` holds)."""
+        return storage_bytes(self.qweight) + storage_bytes(self.w_scale) + storage_bytes(self.w_zero)
 
     def codes(self) -> Tensor:
         """Integer weight codes ``[N, ...]`` (int16)."""
@@ -177,11 +203,22 @@ class RuntimeLayer(nn.Module):
         return dequantize(self.codes(), self.w_scale.view(view), self.w_zero.view(view)).to(dtype)
 
     # -- activations ----------------------------------------------------------------------------
+    def _act_tables(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(step, zero point, qmin - z, qmax - z)`` per bucket, fp32: the student's tables,
+        fixed in a runtime, so computed once per device instead of per call (on small layers
+        the per-call table arithmetic was a visible part of the call)."""
+        cached = self.__dict__.get("_act_cache")
+        if cached is None or cached[0].device != device:
+            s, z = self.a_quant.effective()
+            s, z = s.detach().float().to(device), z.detach().float().to(device)
+            cached = self.__dict__["_act_cache"] = (s, z, self.a_quant.qmin - z, self.a_quant.qmax - z)
+        return cached
+
     def _act_params(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Per-sample ``(step, integer zero point)`` ``[B']`` (``B'`` = 1 or the batch), fp32."""
         idx, _ = self.a_quant.bucket_for(x)
-        s, z = self.a_quant.effective()
-        return s.detach()[idx], z.detach()[idx]
+        s, z, _, _ = self._act_tables(x.device)
+        return s[idx], z[idx]
 
     def _act_codes(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(A int8, s [B'], da [B'] int32 or None)`` with ``q_x - z_x = A + da``; for a conv,
@@ -189,13 +226,14 @@ class RuntimeLayer(nn.Module):
 
         ``q_x - z_x = clamp(round(x / s), qmin - z, qmax - z)``: the same integers as
         ``clamp(round(x / s) + z, qmin, qmax) - z`` (the student's codes), in fewer passes."""
-        s, z = self._act_params(x)
+        idx, _ = self.a_quant.bucket_for(x)
+        s_all, z_all, lo, hi = self._act_tables(x.device)
+        s, z = s_all[idx], z_all[idx]
         if self.conv is not None:
             x = x.permute(0, 2, 3, 1)
         view = (-1,) + (1,) * (x.ndim - 1)
         aq = self.a_quant
-        zv = z.view(view)
-        centred = torch.div(x.float(), s.view(view)).round_().clamp_(aq.qmin - zv, aq.qmax - zv)
+        centred = torch.div(x.float(), s.view(view)).round_().clamp_(lo[idx].view(view), hi[idx].view(view))
         off = _int8_offset(aq.bits, aq.qmin)
         if off is None:
             return centred.to(torch.int8).contiguous(), s, None
@@ -208,6 +246,8 @@ class RuntimeLayer(nn.Module):
             return self._triton(x, raw=False)
         if self.arithmetic in ("int8", "emulated"):
             return self._forward_int(x)
+        if self.arithmetic == "dequantized":
+            return self._forward_dequantized(x)
         if self.arithmetic == "weight_only":
             w = self.dequantized_weight(x.dtype)
             return self._float_op(x, w, None if self.bias is None else self.bias.to(x.dtype))
@@ -218,6 +258,19 @@ class RuntimeLayer(nn.Module):
             return F.linear(x, w, b)
         c = self.conv
         return F.conv2d(x, w, b, c["stride"], c["padding"], c["dilation"], c["groups"])
+
+    def _forward_dequantized(self, x: Tensor) -> Tensor:
+        """The student's float computation with the weight dequantized once: the input
+        fake-quantized with the bucket's step (``clamp(round(x/s), qmin - z, qmax - z) * s``, the
+        same values as dequantizing the student's codes), so that a layer the CPU runs in float
+        computes what the int8 path computes, up to fp32 summation order."""
+        idx, _ = self.a_quant.bucket_for(x)
+        s, _, lo, hi = self._act_tables(x.device)
+        view = (-1,) + (1,) * (x.ndim - 1)
+        sv = s[idx].view(view)
+        xq = torch.div(x.float(), sv).round_().clamp_(lo[idx].view(view), hi[idx].view(view)).mul_(sv)
+        y = self._float_op(xq, self.float_weight, self.bias)
+        return y.to(x.dtype)
 
     def _forward_fake(self, x: Tensor) -> Tensor:
         s, z = self._act_params(x)

@@ -24,9 +24,10 @@ from torch import nn
 from ..attention import QuantAttnProcessor
 from ..export import CONFIG, FORMAT, ExportMismatchError, load_exported, read_manifest
 from ..model import QuantizedUNet
-from .kernels import PROBE_SHAPE, cpu_int8_flags, int8_gemm_speedup, probe_int8_gemm
+from .kernels import cpu_int8_flags, probe_int8_gemm, storage_bytes
 from .layers import ARITHMETICS, RuntimeLayer
 from .report import LayerArithmetic, RuntimeReport
+from .selection import ProbeConfig, Selection, choose_per_layer
 from .triton_conv import triton_unavailable
 
 #: what ``arithmetic=`` accepts; "int4" is refused with an explanation (no such kernel exists).
@@ -111,6 +112,7 @@ def load_runtime(
     model: nn.Module | None = None,
     allow_fallback: bool = False,
     int8_kernel: str = "auto",
+    probe: ProbeConfig | None = None,
 ) -> QuantizedUNet:
     """Load an export as a low-bit runtime.
 
@@ -125,10 +127,13 @@ def load_runtime(
         model: FP module of the export's architecture to build on (default: built from the config).
         allow_fallback: if the device has no int8 GEMM, multiply the integer codes in float64
             (exact, slow) instead of raising.
-        int8_kernel: for ``arithmetic="int8"``: ``auto`` (Triton on CUDA; on a CPU
-            ``torch._int_mm`` if a load-time probe finds it faster than fp32, else the
-            weight-only path, stated), ``torch`` (``torch._int_mm`` wherever it runs) or ``triton``
-            (CUDA, or the CPU under ``TRITON_INTERPRET=1``).
+        int8_kernel: for ``arithmetic="int8"``: ``auto`` (Triton on CUDA; on a CPU, per layer,
+            ``torch._int_mm`` where it is faster than float on the layer's own input, else the
+            weight dequantized once: measured at load, see :mod:`.selection`), ``torch``
+            (``torch._int_mm`` on every layer wherever it runs) or ``triton`` (CUDA, or the CPU
+            under ``TRITON_INTERPRET=1``).
+        probe: how the CPU per-layer choice measures (example input, batch, repeats, timers) or
+            which earlier choice it reuses; default :class:`~.selection.ProbeConfig()`.
     """
     folder = Path(path)
     if arithmetic == "int4":
@@ -146,13 +151,12 @@ def load_runtime(
     config = read_config(folder)
     manifest = read_manifest(folder)
     check_export(folder, manifest, config)
-    chosen, kernel, layer_note = arithmetic, "torch", ""
+    chosen, kernel = arithmetic, "torch"
     notes: list[str] = []
     if arithmetic == "int8":
         kernel, chosen, line = choose_int8_kernel(device, int8_kernel)
         notes += [line] if line else []
-        if chosen != "int8":
-            layer_note = "int8 GEMM slower than fp32 on this CPU (load-time probe)"
+    per_layer = chosen == "int8" and kernel == "torch" and device.type == "cpu" and int8_kernel == "auto"
     if chosen == "int8" and kernel == "torch":
         reason = probe_int8_gemm(str(device))
         if reason is not None:
@@ -163,7 +167,7 @@ def load_runtime(
                     f"others, but {reason}; pass allow_fallback=True for exact float64 emulation, or use "
                     "arithmetic='weight_only'"
                 )
-            chosen = "emulated"
+            chosen, per_layer = "emulated", False
             notes.append(f"fallback: {reason}; integer codes multiplied in float64")
     try:
         student = load_exported(folder, model=model, device="cpu", manifest=manifest)
@@ -172,21 +176,24 @@ def load_runtime(
             raise
         raise ExportMismatchError(f"{folder}: {e}") from e
     if arithmetic != "fake":
-        _swap_layers(student, chosen, kernel, layer_note)
+        _swap_layers(student, chosen, kernel)
     student.to(device)
     if dtype is not None:
         _cast_float_parts(student, dtype)
-    student.runtime_report = build_report(student, str(device), arithmetic, notes)
-    return student.eval()
+    student.eval()
+    selection = choose_per_layer(student, probe or ProbeConfig(), device) if per_layer else None
+    student.runtime_report = build_report(student, str(device), arithmetic, notes, selection)
+    return student
 
 
 def choose_int8_kernel(device: torch.device, requested: str) -> tuple[str, str, str]:
     """``(kernel, arithmetic, report line)`` for ``arithmetic="int8"`` on ``device``.
 
-    ``auto``: Triton on CUDA (``torch._int_mm`` if Triton is missing, stated); on a CPU,
-    ``torch._int_mm`` only where it beats the fp32 matmul at :data:`.kernels.PROBE_SHAPE` (timed
-    once per process: ATen's int8 GEMM is fast with VNNI/AMX and 10-40x slower than fp32 without),
-    else the weight-only path, so that ``int8`` never silently runs slower than float."""
+    ``auto``: Triton on CUDA (``torch._int_mm`` if Triton is missing, stated); on a CPU
+    ``torch._int_mm``, then decided per layer against float by measurement at load
+    (:func:`.selection.choose_per_layer`: ATen's int8 GEMM is fast with VNNI/AMX on large shapes,
+    slower than fp32 on small ones and 10-40x slower without VNNI), so that ``int8`` never
+    silently runs slower than float."""
     reason = triton_unavailable(device)
     if requested == "triton":
         if reason is not None:
@@ -200,25 +207,16 @@ def choose_int8_kernel(device: torch.device, requested: str) -> tuple[str, str, 
         return "torch", "int8", f"fallback: {reason}; int8 kernels: torch._int_mm"
     if probe_int8_gemm(str(device)) is not None:
         return "torch", "int8", ""  # no int8 GEMM at all: the caller raises or emulates, stated
-    t_int8, t_fp32 = int8_gemm_speedup(str(device))
-    shape = "x".join(map(str, PROBE_SHAPE))
-    measured = f"torch._int_mm {t_int8:.2f} ms vs fp32 {t_fp32:.2f} ms at {shape} ({cpu_int8_flags()})"
-    if t_int8 >= t_fp32:
-        return "torch", "weight_only", (
-            f"fallback: {measured}: no integer GEMM beats float on this processor, so weight-only "
-            "(packed weights, float arithmetic); int8_kernel='torch' forces int8"
-        )
-    return "torch", "int8", f"int8 kernels: {measured}, {t_fp32 / t_int8:.1f}x faster than fp32"
+    return "torch", "int8", (f"int8 kernels: torch._int_mm where it beats float per layer ({cpu_int8_flags()}); "
+                             "int8_kernel='torch' forces int8 everywhere")
 
 
-def _swap_layers(student: QuantizedUNet, arithmetic: str, kernel: str = "torch", note: str = "") -> None:
+def _swap_layers(student: QuantizedUNet, arithmetic: str, kernel: str = "torch") -> None:
     assert arithmetic in ARITHMETICS
     for name, layer in list(student.quant_layers()):
         parent_name, _, child = name.rpartition(".")
         parent = student.unet.get_submodule(parent_name) if parent_name else student.unet
-        runtime = RuntimeLayer(layer, arithmetic, kernel)
-        runtime.note = runtime.note or note
-        setattr(parent, child, runtime)
+        setattr(parent, child, RuntimeLayer(layer, arithmetic, kernel))
 
 
 def _cast_float_parts(student: QuantizedUNet, dtype: torch.dtype) -> None:
@@ -239,8 +237,36 @@ def _cast_float_parts(student: QuantizedUNet, dtype: torch.dtype) -> None:
                 m._buffers[key] = b.to(dtype)
 
 
-def build_report(student: QuantizedUNet, device: str, requested: str, notes: list[str]) -> RuntimeReport:
+def _choice_note(c, all_float: bool) -> str:
+    if c.input_shape == ():
+        return "chosen by choices= (not measured)"
+    how = f"measured at input {list(c.input_shape)}: int8 {c.int8_ms:.3f} ms, float {c.float_ms:.3f} ms"
+    if all_float and c.chosen == "int8":
+        return how + "; int8 faster here, but the whole mix was slower than all-float"
+    return how + ("" if c.chosen == "int8" else "; float faster: weights dequantized once")
+
+
+def _memory_line(student: QuantizedUNet) -> str | None:
+    """Bytes the once-dequantized layers hold against their packed codes (the price of speed)."""
+    rows = [m for m in student.unet.modules() if isinstance(m, RuntimeLayer) and m.arithmetic == "dequantized"]
+    if not rows:
+        return None
+    held = sum(storage_bytes(m.float_weight) for m in rows)
+    packed = sum(m.packed_bytes for m in rows)
+    return (f"float layers hold their weights dequantized once: {held / 2**20:.2f} MiB fp32 where the packed codes "
+            f"take {packed / 2**20:.2f} MiB ({len(rows)} layers); their inputs are fake-quantized as in the student, "
+            "so they compute what int8 computes up to fp32 rounding; arithmetic='weight_only' keeps the weights "
+            "packed (dequantized per call, float activations: slower)")
+
+
+def build_report(student: QuantizedUNet, device: str, requested: str, notes: list[str],
+                 selection: Selection | None = None) -> RuntimeReport:
     report = RuntimeReport(device=device, requested=requested, notes=list(notes))
+    if selection is not None:
+        report.notes += selection.lines()
+    if (line := _memory_line(student)) is not None:
+        report.notes.append(line)
+    choices = {} if selection is None else selection.layers
     if requested != "fake" and student.policy.quantize_attention_matmuls:
         report.notes.append("attention matmuls (q k^T, probs v) stay fake-quant float: no integer kernel for them")
     for name, m in student.unet.named_modules():
@@ -249,8 +275,14 @@ def build_report(student: QuantizedUNet, device: str, requested: str, notes: lis
             note = m.note
             if not note and m.arithmetic in ("int8", "emulated") and min(m.w_bits, m.a_quant.bits) < 8:
                 note = f"{min(m.w_bits, m.a_quant.bits)}-bit codes in int8 kernels: no 4-bit arithmetic kernel"
-            report.layers.append(LayerArithmetic(name, kind, f"w{m.w_bits}a{m.a_quant.bits}", m.packing,
-                                                 m.arithmetic, note, m.kernel_name()))
+            c = choices.get(name)
+            if c is not None:
+                note = _choice_note(c, selection.all_float)
+            storage = m.packing if m.arithmetic != "dequantized" else f"{m.packing}+fp32"
+            report.layers.append(LayerArithmetic(name, kind, f"w{m.w_bits}a{m.a_quant.bits}", storage,
+                                                 m.arithmetic, note, m.kernel_name(),
+                                                 None if c is None or not c.input_shape else c.int8_ms,
+                                                 None if c is None or not c.input_shape else c.float_ms))
         elif hasattr(m, "w_quant") and getattr(m, "integer", False):  # arithmetic="fake"
             w, a = m.w_quant.bits, m.a_quant.bits
             report.layers.append(LayerArithmetic(name, type(m.base).__name__, f"w{w}a{a}",

@@ -8,7 +8,8 @@ from typing import Any
 DESCRIPTIONS = {
     "int8": "int8 x int8 -> int32 GEMM (kernel named per layer)",
     "emulated": "integer codes multiplied in float64 (fallback: no int8 GEMM on this device)",
-    "weight_only": "weights dequantized per call, float activations",
+    "dequantized": "weights dequantized once at load (fp32 in memory), fake-quantized activations in float",
+    "weight_only": "packed weights dequantized per call, float activations (memory first, slower)",
     "fake": "fake-quant float (dequantized weight, fake-quantized input)",
     "fp": "full precision (not quantized by the policy)",
 }
@@ -23,6 +24,8 @@ class LayerArithmetic:
     arithmetic: str  # a key of DESCRIPTIONS
     note: str = ""
     kernel: str = ""  # what computes the integer product (int8 arithmetic only)
+    int8_ms: float | None = None  # load-time measurement of both paths (CPU per-layer choice)
+    float_ms: float | None = None
 
 
 @dataclass
@@ -43,6 +46,13 @@ class RuntimeReport:
     def fallbacks(self) -> list[LayerArithmetic]:
         """Layers that do not run the requested arithmetic (FP layers of the policy excluded)."""
         return [r for r in self.layers if r.arithmetic not in (self.requested, "fp")]
+
+    def choices(self) -> dict[str, str]:
+        """``{layer: "int8" | "dequantized"}`` of the layers the per-layer choice decided, to
+        reuse with ``load_runtime(..., probe=ProbeConfig(choices=...))`` (nothing re-measured)."""
+        if self.requested != "int8":
+            return {}
+        return {r.name: r.arithmetic for r in self.layers if r.arithmetic in ("int8", "dequantized")}
 
     def summary(self) -> str:
         counts = ", ".join(f"{k}: {v}" for k, v in sorted(self.counts().items()))
