@@ -40,14 +40,28 @@ def check_runtime_name(runtime: str) -> str | None:
 
 
 def export_runtime(folder: str | Path, arithmetic: str, device: torch.device | str) -> QuantizedUNet:
-    """The runtime UNet of an export folder (its report logged: one summary line, one per fallback)."""
+    """The runtime UNet of an export folder (its report logged: one summary line, one line per kind
+    of fallback with its layer count; ``unet.runtime_report`` has every layer)."""
     from saq_lightning.quant.runtime import load_runtime
 
     unet = load_runtime(folder, arithmetic=arithmetic, device=device)
     log.info("%s", unet.runtime_report.summary())
-    for row in unet.runtime_report.fallbacks():
-        log.warning("runtime fallback: %s %s runs %s (%s)", row.name, row.bits, row.arithmetic, row.note)
+    for line in fallback_lines(unet.runtime_report.fallbacks()):
+        log.warning("%s", line)
     return unet
+
+
+def fallback_lines(rows: list) -> list[str]:
+    """One line per fallback arithmetic: how many layers, the first few names, one note."""
+    by_kind: dict[str, list] = {}
+    for row in rows:
+        by_kind.setdefault(row.arithmetic, []).append(row)
+    lines = []
+    for arithmetic, group in by_kind.items():
+        names = ", ".join(r.name for r in group[:3]) + (f" and {len(group) - 3} more" if len(group) > 3 else "")
+        note = next((r.note for r in group if r.note), "")
+        lines.append(f"runtime fallback: {len(group)} layer(s) run {arithmetic} ({names})" + (f": {note}" if note else ""))
+    return lines
 
 
 def student_runtime(unet: nn.Module, arithmetic: str, device: torch.device | str, label: str) -> QuantizedUNet:
