@@ -31,7 +31,7 @@ is not in it).
 
     python benchmarks/recipe_ablation_digits.py --study balance --out runs/ablation_balance
     python benchmarks/recipe_ablation_digits.py --study cfg --out runs/ablation_cfg
-    python benchmarks/recipe_ablation_digits.py --study balance --size 16 --teacher_steps 1500 \
+    python benchmarks/recipe_ablation_digits.py --study balance --size 16 --teacher_steps 1200 \
         --max_steps 200 --solvers dpm1 dpm2                      # ablation_balance_digits16.*
 
 Writes ``<name>.json`` + ``<name>.md`` to ``--out`` and ``--results`` (``benchmarks/results/``) and
