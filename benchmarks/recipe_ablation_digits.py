@@ -219,6 +219,8 @@ def main() -> None:
     parser.add_argument("--teacher_steps", type=int, default=None,
                         help="optimizer steps of the --size teacher (trained once into <teacher_root>/digits<size>_teacher)")
     parser.add_argument("--teacher_root", type=Path, default=Path("runs"))
+    parser.add_argument("--row_order", type=int, nargs="+", default=None,
+                        help="the study rows to train, by index, in this order (default: all, as listed)")
     parser.add_argument("--name", default=None,
                         help="results file stem (default ablation_<study>_digits, + <size> when not 8)")
     parser.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results",
@@ -240,7 +242,8 @@ def main() -> None:
     t_start = time.perf_counter()
     results: list[dict[str, Any]] = []
     fp_final: dict[tuple, torch.Tensor] = {}
-    rows = [Row("FP"), *study_rows(args.study, args.size)]
+    study = study_rows(args.study, args.size)
+    rows = [Row("FP"), *(study if args.row_order is None else [study[i] for i in args.row_order])]
     last = rows[-1]
     for row in rows:
         console.rule(row.name)
