@@ -36,8 +36,8 @@ def teacher_recipe(steps: int) -> dict[str, Any]:
     the run.
     """
     return {"lr": TEACHER_LR, "cfg_dropout": TEACHER_CFG_DROPOUT,
-            "warmup_steps": min(RECIPE_WARMUP, steps // 12),
-            "ema_decay": min(RECIPE_EMA, 1 - (1 - RECIPE_EMA) * RECIPE_STEPS / steps)}
+            "warmup_steps": max(1, min(RECIPE_WARMUP, steps // 12)),
+            "ema_decay": max(0.0, min(RECIPE_EMA, 1 - (1 - RECIPE_EMA) * RECIPE_STEPS / steps))}  # 0: no EMA
 
 
 def teacher_dir(size: int, root: Path = Path("runs")) -> Path:
