@@ -40,6 +40,36 @@ def test_balance_rows_are_the_default_and_the_authors_balance_at_digits_and_ldm4
     assert [r.init["guidance_alignment"] for r in bench.study_rows("cfg")] == ["combined", "branches"]
 
 
+def test_balance_rows_at_16x16_use_the_authors_balance_at_d256(bench):
+    rows = bench.study_rows("balance", size=16)
+    assert [r.init["loss"]["w_cos"] for r in rows] == pytest.approx([1.0, 100 / 256, 100 / 12288])
+    assert [r.name for r in rows][1] == "W4A4 w_cos 100/256 (author at D=256)"
+
+
+def test_size_16_points_the_student_config_at_a_16x16_teacher_trained_once(bench, tmp_path):
+    from saq_lightning.commands.run_config import load_run_parts
+
+    base = ROOT / "configs" / "digits_w4a4.yaml"
+    config, teacher = bench.sized_base(base, 16, 2, tmp_path / "out", tmp_path / "teachers")
+    assert teacher["steps"] == 2 and Path(teacher["weights"]).is_file()
+    parts = load_run_parts(["--config", str(config)])
+    assert tuple(parts.setup.teacher.sample_shape) == (1, 16, 16)
+    # everything but the teacher is the 8x8 study's config (same student, phases, loss, optimizer)
+    import yaml
+
+    ours, theirs = yaml.safe_load(config.read_text()), yaml.safe_load(base.read_text())
+    assert ours["model"]["init_args"].pop("teacher") != theirs["model"]["init_args"].pop("teacher")
+    assert ours == theirs
+    # a teacher trained for another step count is refused, not silently reused
+    with pytest.raises(ValueError, match="trained for 2 steps, not --teacher_steps 3"):
+        bench.sized_base(base, 16, 3, tmp_path / "out", tmp_path / "teachers")
+
+
+def test_size_16_without_teacher_steps_exits_with_a_message(bench, tmp_path):
+    with pytest.raises(SystemExit, match="--size 16 needs --teacher_steps"):
+        bench.sized_base(ROOT / "configs" / "digits_w4a4.yaml", 16, None, tmp_path)
+
+
 def test_the_smallest_cfg_study_trains_both_rows_and_writes_json_table_and_summary(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     args = [sys.executable, str(SCRIPT), "--study", "cfg", "--out", str(tmp_path / "out"),

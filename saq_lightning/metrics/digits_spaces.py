@@ -19,7 +19,7 @@ from .precision_recall import precision_recall
 
 
 def pixel_features(images: Tensor) -> Tensor:
-    """``[N, 64]`` float64 pixel vectors of ``[N, 1, 8, 8]`` images in ``[-1, 1]``."""
+    """``[N, C*H*W]`` float64 pixel vectors of ``[N, C, H, W]`` images in ``[-1, 1]`` (any size)."""
     return images.detach().reshape(images.shape[0], -1).to("cpu", torch.float64)
 
 
