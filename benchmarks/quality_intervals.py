@@ -139,6 +139,31 @@ def compare_all(payload: dict[str, Any], dirs: list[Path], draws: int) -> list[d
     return out
 
 
+def rerun_check(results: list[dict[str, Any]], rerun: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each cell of an independent rerun (trained rows at training seeds the table did not use)
+    against the table's prediction interval for one new seed, per figure."""
+    from saq_lightning.metrics.intervals import seed_interval
+
+    out = []
+    for r in rerun:
+        if r.get("train_seed") is None:
+            continue
+        same = [x for x in results if (x["row"], x["solver"], x["steps"], x.get("guidance_scale"))
+                == (r["row"], r["solver"], r["steps"], r.get("guidance_scale")) and x.get("train_seed") is not None]
+        if r["train_seed"] in {x["train_seed"] for x in same} or len(same) < 2:
+            continue
+        for figure in ("fd", "pixel_fd", "class_accuracy", "distance_to_fp_dpm2"):
+            if r.get(figure) is None:
+                continue
+            iv = seed_interval([x[figure] for x in same])
+            out.append({"row": r["row"], "solver": r["solver"], "steps": r["steps"],
+                        "guidance_scale": r.get("guidance_scale"), "figure": figure, "seed": r["train_seed"],
+                        "value": r[figure], "table_seeds": [x["train_seed"] for x in same],
+                        "pred_lo": iv.pred_lo, "pred_hi": iv.pred_hi,
+                        "inside": iv.pred_lo <= r[figure] <= iv.pred_hi})
+    return out
+
+
 def verdict(d: dict[str, Any]) -> str:
     """``A lower`` / ``B lower`` / ``tie`` from the interval of A - B (every figure here: lower is better)."""
     if d["lo"] <= 0.0 <= d["hi"]:
@@ -178,23 +203,47 @@ def main() -> None:
                         help="the --out folders of the quality_digits runs (their samples/ folders)")
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=None, help="folder (default: beside the results)")
+    parser.add_argument("--rerun", type=Path, default=None, metavar="JSON",
+                        help="an independent rerun at other training seeds, checked against the prediction "
+                             "intervals for one new seed")
     args = parser.parse_args()
     payload = json.loads(args.results.read_text())
     t0 = time.perf_counter()
     entries = compare_all(payload, args.samples_dir, args.draws)
+    rerun = rerun_check(payload["results"], json.loads(args.rerun.read_text())["results"]) if args.rerun else []
     seeds = payload.get("train_seeds", [])
     header = (f"Paired bootstrap ({args.draws} draws) over the shared x_T and the training seeds {seeds} of "
               f"{args.results.name} (commit {payload['commit']}, {payload['samples']} samples per cell). "
               "A - B < 0: A is lower (better). `tie`: the 95 % interval contains 0.")
     stem = args.results.stem + "_intervals"
     doc = {"source": str(args.results), "commit": payload["commit"], "draws": args.draws, "train_seeds": seeds,
-           "seconds": time.perf_counter() - t0, "comparisons": entries}
+           "seconds": time.perf_counter() - t0, "comparisons": entries,
+           "rerun": {"source": str(args.rerun) if args.rerun else None, "cells": rerun,
+                     "inside": sum(c["inside"] for c in rerun), "total": len(rerun)}}
     for folder in {args.out or args.results.parent, Path(__file__).resolve().parent / "results"}:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
         (folder / f"{stem}.md").write_text(markdown(entries, header))
-    print(markdown(entries, header), flush=True)
-    print(summary_line(entries))
+    text = markdown(entries, header) + rerun_markdown(rerun)
+    for folder in {args.out or args.results.parent, Path(__file__).resolve().parent / "results"}:
+        (folder / f"{stem}.md").write_text(text)
+    print(text, flush=True)
+    print(summary_line(entries) + (f"; rerun inside the one-new-seed interval: {sum(c['inside'] for c in rerun)}"
+                                   f"/{len(rerun)}" if rerun else ""))
+
+
+def rerun_markdown(cells: list[dict[str, Any]]) -> str:
+    if not cells:
+        return ""
+    inside = sum(c["inside"] for c in cells)
+    lines = ["", (f"Independent rerun: {inside} of {len(cells)} cells inside the table's 95 % prediction "
+                  "interval for one new training seed."), "",
+             "| row | solver | steps | CFG | figure | seed | value | interval | inside |", "|---|---|---:|---:|---|---:|---:|---|---|"]
+    for c in cells:
+        lines.append(f"| {c['row']} | {c['solver']} | {c['steps']} | {c['guidance_scale']:g} | {c['figure']} | "
+                     f"{c['seed']} | {c['value']:.3f} | [{c['pred_lo']:.3f}, {c['pred_hi']:.3f}] | "
+                     f"{'yes' if c['inside'] else 'NO'} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -188,3 +188,15 @@ def test_a_statistic_biased_up_by_resampling_keeps_the_interval_around_the_estim
     assert d.resampling_shift == pytest.approx(0.368, abs=0.02)  # (1 - 1/e) of n distinct: ~36.8 % repeats
     # the noise is the mean's: sd 1/sqrt(200) -> half-width ~1.96 * 0.0707 (+ the repeats' own spread)
     assert (d.hi - d.lo) / 2 == pytest.approx(0.139, abs=0.03)
+
+
+def test_a_rerun_seed_is_checked_against_the_one_new_seed_prediction_interval(intervals_script):
+    table = [_result("M", k, "dpm1", fd) for k, fd in enumerate([0.30, 0.34, 0.35])]
+    rerun = [_result("M", 3, "dpm1", 0.36), _result("FP", None, "dpm1", 0.9)]
+    iv = seed_interval([0.30, 0.34, 0.35])
+    cells = [c for c in intervals_script.rerun_check(table, rerun) if c["figure"] == "fd"]
+    assert cells == [{"row": "M", "solver": "dpm1", "steps": 10, "guidance_scale": 2.0, "figure": "fd", "seed": 3,
+                      "value": 0.36, "table_seeds": [0, 1, 2], "pred_lo": iv.pred_lo, "pred_hi": iv.pred_hi,
+                      "inside": True}]
+    far = intervals_script.rerun_check(table, [_result("M", 3, "dpm1", iv.pred_hi + 0.01)])
+    assert not next(c for c in far if c["figure"] == "fd")["inside"]
