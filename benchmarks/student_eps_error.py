@@ -13,7 +13,7 @@ which differs from eps by design, most at small t. This is the diagnostic behind
 reading of the quality table: a student trained on a fixed grid gains on it and loses between its
 points, where a 2nd/3rd-order solver evaluates it.
 
-    python benchmarks/student_eps_error.py --run runs/quality_digits [--solver dpm2 --steps 10]
+    python benchmarks/student_eps_error.py --run runs/quality_digits [more folders] [--solver dpm2 --steps 10]
 
 Writes ``student_eps_error.json`` to ``benchmarks/results/``; the last line is
 ``eps_error grid: naive=... | mid: naive=...``.
@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 import yaml
+from quality_digits import source_commit
 
 from saq_lightning.commands.run_config import load_run_parts
 from saq_lightning.metrics.digits_eval import class_balanced_inputs
@@ -38,23 +39,32 @@ from saq_lightning.sampling import Trajectory, make_solver, sample, time_grid
 from saq_lightning.sampling.predictor import select_batch
 from saq_lightning.students import load_student
 
-TRAINED = {"same_input": "w4a4_same_input", "mixed_order": "w4a4_mixed_order",
-           "mixstep": "w4a4_mixed_order_mixstep"}
+#: student name -> row folder (row key) of ``quality_digits.py``; both the row names of commit 14b2612
+#: and today's are looked up
+TRAINED = {"same_input": ("w4a4_same_input", "w4a4_same_input_cos_2nd_order_points"),
+           "mixed_order": ("w4a4_mixed_order",), "mixstep": ("w4a4_mixed_order_mixstep",),
+           "solver_aware_dpm2": ("w4a4_solver_aware_dpm_2",)}
 
 
-def load_students(run: Path) -> tuple[DiffusionModel, dict[str, DiffusionModel], float]:
-    """The FP teacher, the naive (calibrated) W4A4 student and the trained W4A4 students of ``run``."""
-    config = run / "w4a4_naive" / "digits_w4a4.yaml"
-    if not config.is_file():
-        raise FileNotFoundError(f"{config} not found: point --run at a finished benchmarks/quality_digits.py output")
+def load_students(runs: list[Path]) -> tuple[DiffusionModel, dict[str, DiffusionModel], float]:
+    """The FP teacher, the naive (calibrated) W4A4 student and the trained W4A4 students (training
+    seed 0) found in ``runs`` (output folders of ``quality_digits.py``; the first with each row);
+    a row none of them trained is left out with one printed line."""
+    config = next((r / "w4a4_naive" / "digits_w4a4.yaml" for r in runs
+                   if (r / "w4a4_naive" / "digits_w4a4.yaml").is_file()), None)
+    if config is None:
+        raise FileNotFoundError(f"no w4a4_naive/digits_w4a4.yaml under {[str(r) for r in runs]}: point --run at "
+                                "finished benchmarks/quality_digits.py outputs")
     guidance = float(yaml.safe_load(config.read_text())["model"]["init_args"].get("guidance_scale", 1.0))
     module = load_run_parts(["--config", str(config)]).setup
     module.calibrate_student()
     students = {"naive": module.student_model.eval()}
-    for name, folder in TRAINED.items():
-        checkpoint = run / folder / "run" / "checkpoints" / "last.ckpt"
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f"{checkpoint} not found: the quality run did not train row {folder!r}")
+    for name, folders in TRAINED.items():
+        found = [r / f / "run" / "checkpoints" / "last.ckpt" for r in runs for f in folders]
+        checkpoint = next((c for c in found if c.is_file()), None)
+        if checkpoint is None:
+            print(f"note: no trained row {folders[0]!r} in {[str(r) for r in runs]}: left out")
+            continue
         students[name] = load_student(checkpoint).eval()
     return module.teacher.eval(), students, guidance
 
@@ -74,12 +84,14 @@ def fp_evaluations(teacher: DiffusionModel, solver: str, steps: int, scale: floa
 @torch.no_grad()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", default="runs/quality_digits")
+    parser.add_argument("--run", nargs="+", type=Path, default=[Path("runs/quality_digits")],
+                        help="quality_digits.py output folder(s) (rows run by separate processes)")
     parser.add_argument("--solver", default="dpm2")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--name", default="student_eps_error", help="results file stem")
     args = parser.parse_args()
-    teacher, students, scale = load_students(Path(args.run))
+    teacher, students, scale = load_students(args.run)
     trajectory, cond = fp_evaluations(teacher, args.solver, args.steps, scale, args.samples)
     predictors = {n: guided_predictor(m, scale) for n, m in students.items()}
     rows = []
@@ -94,9 +106,9 @@ def main() -> None:
         print(f"{rows[-1]['t']:8.4f} {rows[-1]['point']:>6s} " + " ".join(f"{v:12.4f}" for v in errors.values()))
     means = {kind: {n: statistics.mean(r["relative_error"][n] for r in rows if r["point"] == kind) for n in students}
              for kind in ("grid", "mid") if any(r["point"] == kind for r in rows)}
-    payload = {"run": args.run, "solver": args.solver, "steps": args.steps, "samples": args.samples,
+    payload = {"run": [str(r) for r in args.run], "commit": source_commit(), "solver": args.solver, "steps": args.steps, "samples": args.samples,
                "guidance_scale": scale, "rows": rows, "mean_relative_error": means}
-    out = Path(__file__).resolve().parent / "results" / "student_eps_error.json"
+    out = Path(__file__).resolve().parent / "results" / f"{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {out}")
