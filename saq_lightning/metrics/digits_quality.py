@@ -70,10 +70,20 @@ class DigitsQuality:
 def digits_quality(
     classifier: DigitsClassifier, samples: Tensor, labels: Tensor, reference: Tensor
 ) -> DigitsQuality:
+    return quality_in_spaces(classifier, samples, labels, reference, samples, reference)
+
+
+def quality_in_spaces(
+    classifier: DigitsClassifier, samples: Tensor, labels: Tensor, reference: Tensor,
+    pixel_samples: Tensor, pixel_reference: Tensor,
+) -> DigitsQuality:
+    """The classifier-space figures of ``samples`` (8x8) against ``reference`` and the pixel-space
+    figures of ``pixel_samples`` against ``pixel_reference`` (the same images, or the same images at
+    another size)."""
     from .digits_spaces import classifier_features, pixel_features, space_scores
 
     feat = space_scores(classifier_features(classifier, samples), classifier_features(classifier, reference))
-    pix = space_scores(pixel_features(samples), pixel_features(reference))
+    pix = space_scores(pixel_features(pixel_samples), pixel_features(pixel_reference))
     return DigitsQuality(
         fd=digits_fd(classifier, samples, reference),
         class_accuracy=class_accuracy(classifier, samples, labels),

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from saq_lightning.data.digits import DIGITS_SHAPE, load_digits_tensors
 from saq_lightning.metrics.digits_classifier import DigitsClassifier
-from saq_lightning.metrics.digits_quality import DigitsQuality, class_accuracy, digits_fd
+from saq_lightning.metrics.digits_quality import DigitsQuality, quality_in_spaces
 
 NATIVE = DIGITS_SHAPE[-1]
 
@@ -43,20 +43,11 @@ def resized_digits_quality(
 
     ``reference``: real images at the samples' size (``resized_references(size)[0]``).
     """
-    from .digits_spaces import classifier_features, pixel_features, space_scores
-
     if samples.shape[1:] != reference.shape[1:]:
         raise ValueError(f"samples {tuple(samples.shape[1:])} and reference {tuple(reference.shape[1:])} "
                          "must have the same image shape")
     pooled, pooled_ref = pool_to_native(samples.float().cpu()), pool_to_native(reference.float().cpu())
-    feat = space_scores(classifier_features(classifier, pooled), classifier_features(classifier, pooled_ref))
-    pix = space_scores(pixel_features(samples), pixel_features(reference))
-    return DigitsQuality(
-        fd=digits_fd(classifier, pooled, pooled_ref),
-        class_accuracy=class_accuracy(classifier, pooled, labels),
-        precision=feat["precision"], recall=feat["recall"],
-        pixel_fd=pix["fd"], pixel_precision=pix["precision"], pixel_recall=pix["recall"],
-    )
+    return quality_in_spaces(classifier, pooled, labels, pooled_ref, samples, reference)
 
 
 __all__ = ["pool_to_native", "resized_digits_quality", "resized_references"]
