@@ -26,9 +26,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from quality_digits import Row, samples_path
 
 from saq_lightning.metrics.feature_stats import FeatureStats, feature_stats, frechet_distance
-from saq_lightning.metrics.intervals import PairedDifference, paired_bootstrap_difference
+from saq_lightning.metrics.intervals import paired_bootstrap_difference
 
 
 @dataclass(frozen=True)
@@ -53,27 +54,21 @@ COMPARISONS = [
     Comparison("W4A8 MOTA (DPM-1) matches FP DPM-2", ("W4A8 mixed-order", "dpm1"), ("FP", "dpm2")),
     Comparison("W4A8 MOTA beats W4A8 naive (DPM-1)", ("W4A8 mixed-order", "dpm1"), ("W4A8 naive", "dpm1")),
 ]
-#: figures bootstrapped per comparison: name -> (needs the classifier, the statistic of a sample set)
+#: figures bootstrapped per comparison (all: lower is better)
 FIGURES = ("fd", "pixel_fd", "distance_to_fp_dpm2")
-
-
-def row_key(name: str) -> str:
-    import re
-
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
 def load_cell(dirs: list[Path], row: str, seed: int | None, cell: str) -> torch.Tensor:
     """The samples ``quality_digits.py`` kept for (row, seed, cell), from the first folder holding them."""
     from safetensors.torch import load_file
 
-    name = ("untrained" if seed is None else f"seed{seed}")
     for d in dirs:
-        path = d / "samples" / row_key(row) / name / (cell.replace("@", "_") + ".safetensors")
+        path = samples_path(d, Row(row).key, seed, cell)
         if path.is_file():
             return load_file(str(path))["samples"]
-    raise FileNotFoundError(f"no samples of row {row!r}, {name}, cell {cell} under {[str(d) for d in dirs]}"
-                            " (run quality_digits.py with this commit: it keeps every cell's samples)")
+    raise FileNotFoundError(f"no samples of row {row!r}, training seed {seed}, cell {cell} under "
+                            f"{[str(d) for d in dirs]} (run quality_digits.py with this commit: it keeps every "
+                            "cell's samples)")
 
 
 class RowFigures:
@@ -192,7 +187,7 @@ def summary_line(entries: list[dict[str, Any]]) -> str:
     parts = []
     for e in entries:
         if e["steps"] == 10 and "fd" in e:
-            parts.append(f"cfg{e['guidance_scale']:g} {row_key(e['claim'])[:40]}: {verdict(e['fd'])}")
+            parts.append(f"cfg{e['guidance_scale']:g} {Row(e['claim']).key[:40]}: {verdict(e['fd'])}")
     return "paired FD verdicts at 10 steps: " + "; ".join(parts)
 
 
@@ -220,12 +215,10 @@ def main() -> None:
            "seconds": time.perf_counter() - t0, "comparisons": entries,
            "rerun": {"source": str(args.rerun) if args.rerun else None, "cells": rerun,
                      "inside": sum(c["inside"] for c in rerun), "total": len(rerun)}}
+    text = markdown(entries, header) + rerun_markdown(rerun)
     for folder in {args.out or args.results.parent, Path(__file__).resolve().parent / "results"}:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
-        (folder / f"{stem}.md").write_text(markdown(entries, header))
-    text = markdown(entries, header) + rerun_markdown(rerun)
-    for folder in {args.out or args.results.parent, Path(__file__).resolve().parent / "results"}:
         (folder / f"{stem}.md").write_text(text)
     print(text, flush=True)
     print(summary_line(entries) + (f"; rerun inside the one-new-seed interval: {sum(c['inside'] for c in rerun)}"
@@ -249,5 +242,3 @@ def rerun_markdown(cells: list[dict[str, Any]]) -> str:
 if __name__ == "__main__":
     main()
 
-
-__all__ = ["COMPARISONS", "PairedDifference", "main"]
