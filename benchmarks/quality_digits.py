@@ -224,7 +224,7 @@ def main() -> None:
         if isinstance(row, Row):
             model, train_seconds = build_row_model(row, base, out, args.max_steps, console, train_seed)
         else:
-            model, train_seconds = build_ptq_row_model(row, base, out, args, console)
+            model, train_seconds = build_ptq_row_model(row, base, out, args, console, train_seed)
         for setting in settings:
             t0 = time.perf_counter()
             samples, labels = sample_class_balanced(model, args.samples, setting, args.seed)
@@ -265,8 +265,11 @@ def backfill_fp_distances(results: list[dict[str, Any]], fp_final: dict[str, tor
 
 
 def is_trained(row: Any) -> bool:
-    """Rows whose result depends on a training seed (FP and naive PTQ rows do not train)."""
-    return isinstance(row, Row) and row.policy is not None and row.alignment is not None
+    """Rows whose result depends on a training seed: trained rows, and PTQ rows through their
+    reconstruction seed (FP and the naive rows, calibrated only, do not)."""
+    if isinstance(row, Row):
+        return row.policy is not None and row.alignment is not None
+    return not row.naive
 
 
 def rms(a: torch.Tensor, b: torch.Tensor | None) -> float | None:

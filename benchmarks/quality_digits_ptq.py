@@ -61,29 +61,36 @@ def _rows() -> list[PTQRow]:
 PTQ_ROWS = _rows()
 
 
-def _ptq_args(row: PTQRow, out: Path, args: Any) -> list[str]:
+def ptq_folder(out: Path, row: PTQRow, seed: int | None) -> Path:
+    """``<out>/ptq_<policy>_<tag>`` for reconstruction seed 0 (and the naive rows), ``..._seed<k>`` else."""
     tag = "naive" if row.naive else f"{row.objective}_{row.pair_roles}"
     if row.points != "grid":
         tag = f"{row.objective}_{row.points}"
+    return out / (f"ptq_{row.policy}_{tag}" + (f"_seed{seed}" if seed else ""))
+
+
+def _ptq_args(row: PTQRow, out: Path, args: Any, seed: int | None = None) -> list[str]:
+    """``seed``: ``ptq.seed``, which draws the calibration pairs and each block's minibatches (the
+    reconstruction's counterpart of a training seed; the L_p calibration it starts from is shared)."""
     iters, act_iters = (0, 0) if row.naive else (args.ptq_iters, args.ptq_act_iters)
     cli = ["--config", str(PTQ_CONFIG), "--model.init_args.policy", row.policy,
-           "--data.init_args.shards", str(out / "ptq_pairs"), "--ptq.output", str(out / f"ptq_{row.policy}_{tag}"),
+           "--data.init_args.shards", str(out / "ptq_pairs"), "--ptq.output", str(ptq_folder(out, row, seed)),
            "--ptq.objective", row.objective, "--ptq.pair_roles", row.pair_roles,
            "--ptq.same_input_points", row.points,
            "--ptq.iters", str(iters), "--ptq.act_iters", str(act_iters),
-           "--ptq.num_samples", str(args.ptq_samples)]
+           "--ptq.num_samples", str(args.ptq_samples), "--ptq.seed", str(seed or 0)]
     if args.ptq_calibration_samples is not None:  # the initial L_p calibration (all PTQ rows alike)
         cli += ["--model.init_args.calibration.num_samples", str(args.ptq_calibration_samples),
                 "--model.init_args.calibration.steps", str(args.ptq_calibration_steps)]
     return cli
 
 
-def ptq_student(row: PTQRow, out: Path, args: Any) -> tuple[Path, float]:
+def ptq_student(row: PTQRow, out: Path, args: Any, seed: int | None = None) -> tuple[Path, float]:
     """Run (or resume / reuse) the row's ``ptq``; returns its student checkpoint and seconds."""
     from saq_lightning.commands.generate import generate
     from saq_lightning.commands.ptq import ptq
 
-    cli = _ptq_args(row, out, args)
+    cli = _ptq_args(row, out, args, seed)
     generate(cli[:6] + ["--progress", "false"])  # keeps finished shards: made once for all rows
     _share_calibration(out, row.policy, Path(cli[7]))
     t0 = time.perf_counter()
@@ -107,23 +114,28 @@ def _share_calibration(out: Path, policy: str, target: Path) -> None:
         return
 
 
-def build_ptq_row_model(row: PTQRow, base: Path, out: Path, args: Any, console: Any):
-    """The row's student as a DiffusionModel (eval mode) and the seconds it took to make."""
+def build_ptq_row_model(row: PTQRow, base: Path, out: Path, args: Any, console: Any, seed: int | None = None):
+    """The row's student as a DiffusionModel (eval mode) and the seconds it took to make.
+
+    ``seed``: the reconstruction seed (``ptq.seed``); SA-QLoRA starts from the SA-PTQ student of the
+    same seed and trains with it as its training seed."""
     from saq_lightning.commands.demo import train
     from saq_lightning.students import load_student
 
-    ckpt, seconds = ptq_student(row, out, args)
+    ckpt, seconds = ptq_student(row, out, args, seed)
     if not row.qlora:
         return load_student(ckpt).eval(), seconds
-    from quality_digits import Row, row_config  # the trained rows' recipe
+    from quality_digits import Row, row_config, row_folder  # the trained rows' recipe
 
     # the phases the SA-PTQ student was calibrated on: init_from refuses other timestep-bucket grids
-    config = row_config(base, out / row.key, Row(row.name, row.policy, "mixed_order", ptq_phases()), args.max_steps)
+    recipe = Row(row.name, row.policy, "mixed_order", ptq_phases())
+    folder = row_folder(out, recipe, seed)
+    config = row_config(base, folder, recipe, args.max_steps, seed, shards_root=out)
     cfg = yaml.safe_load(config.read_text())
     cfg["model"]["init_args"]["init_from"] = str(ckpt.resolve())
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     t0 = time.perf_counter()
-    checkpoint = train(config, out / row.key, retrain=False, console=console)
+    checkpoint = train(config, folder, retrain=False, console=console)
     return load_student(checkpoint).eval(), seconds + time.perf_counter() - t0
 
 

@@ -85,6 +85,38 @@ def test_ptq_headline_names_are_rows_of_quality_digits_ptq(bench):
         assert {f"{policy} {row}" for row in bench.PTQ_HEADLINE} <= names
 
 
+@pytest.fixture(scope="module")
+def ptq_bench(bench):
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import quality_digits_ptq
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return quality_digits_ptq
+
+
+def test_reconstructed_ptq_rows_take_seeds_and_the_naive_ones_do_not(bench, ptq_bench):
+    rows = {r.name: r for r in ptq_bench.PTQ_ROWS}
+    assert bench.is_trained(rows["W4A4 BRECQ"]) and bench.is_trained(rows["W4A4 SA-QLoRA from SA-PTQ"])
+    assert not bench.is_trained(rows["W4A4 PTQ naive"])
+
+
+def test_a_ptq_seed_is_the_reconstruction_seed_in_a_folder_of_its_own_and_seed_0_keeps_the_old_one(ptq_bench,
+                                                                                                      tmp_path):
+    from types import SimpleNamespace
+
+    row = next(r for r in ptq_bench.PTQ_ROWS if r.name == "W4A4 SA-PTQ (fp second-order)")
+    args = SimpleNamespace(ptq_iters=3000, ptq_act_iters=1000, ptq_samples=1024, ptq_calibration_samples=None)
+
+    def option(cli: list[str], name: str) -> str:
+        return cli[cli.index(name) + 1]
+
+    seed0, seed2 = ptq_bench._ptq_args(row, tmp_path, args, 0), ptq_bench._ptq_args(row, tmp_path, args, 2)
+    assert option(seed0, "--ptq.output") == str(tmp_path / "ptq_w4a4_mixed_order_fp_second_order")
+    assert option(seed2, "--ptq.output") == str(tmp_path / "ptq_w4a4_mixed_order_fp_second_order_seed2")
+    assert (option(seed0, "--ptq.seed"), option(seed2, "--ptq.seed")) == ("0", "2")
+
+
 def _payload(tmp_path, name: str, results: list[dict], commit: str = "abc1234", seconds: float = 10.0) -> Path:
     import json
 
