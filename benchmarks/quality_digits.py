@@ -63,6 +63,8 @@ SOLVER_AWARE_DPM2 = [{"student_steps": 10, "student_order": 2, "teacher_order": 
 # EfficientDM: the FP teacher's DDIM (first-order) trajectory, aligned at the same input, MSE only
 DDIM_10 = [{"student_steps": 10, "student_order": 1, "teacher_order": 1}]
 MSE_ONLY = {"loss": {"w_mse": 1.0, "w_cos": 0.0}}
+# the solver-aware student's eps at the grid point held to the teacher's (loss.grid_anchor, equal weight)
+GRID_ANCHOR = {"loss": {"grid_anchor": 1.0}}
 SOLVER_AWARE_123 = [{"student_steps": 10, "student_order": k, "teacher_order": max(k, 2)}
                     for k in (1, 2, 3)]
 
@@ -95,6 +97,7 @@ ROWS = [
     Row("W4A4 default recipe", "w4a4", "mixed_order", None, "configs/digits_w4a4.yaml"),
     Row("W4A4 author recipe", "w4a4", "mixed_order", None, "configs/digits_w4a4_author.yaml"),
     Row("W4A4 solver-aware DPM-2", "w4a4", "mixed_order", SOLVER_AWARE_DPM2),
+    Row("W4A4 solver-aware DPM-2, grid anchor", "w4a4", "mixed_order", SOLVER_AWARE_DPM2, init=GRID_ANCHOR),
     Row("W4A4 solver-aware orders 1-3", "w4a4", "mixed_order", SOLVER_AWARE_123),
 ]
 HEADLINE = {"W4A4 naive": "naive", "W4A4 same-input": "same_input",  # the row's name before 2026-12-07
@@ -130,7 +133,7 @@ def row_config(base: Path, out: Path, row: Row, max_steps: int, train_seed: int 
         cfg["mixstep"]["phases"] = row.phases
     # rows with the same phases (and teacher settings) share one trajectory folder (generate keeps
     # finished shards)
-    shared = {"mixstep": MIXSTEP, "fixed10": FIXED_10, "ddim10": DDIM_10}
+    shared = {"mixstep": MIXSTEP, "fixed10": FIXED_10, "ddim10": DDIM_10, "solver_aware_dpm2": SOLVER_AWARE_DPM2}
     tag = next((k for k, v in shared.items() if v == row.phases), row.key)
     if "guidance_scale" in row.init:
         tag += f"_cfg{row.init['guidance_scale']:g}"

@@ -110,3 +110,24 @@ def test_the_authors_sum_reduction_weighs_the_cosine_100_over_d_against_a_mean_m
     assert LossSettings().balance_line(12_288) is None  # the default form is the same at every D
     with pytest.raises(ValueError, match="loss.mse_normalization must be"):
         LossSettings(mse_normalization="energy")
+
+
+@pytest.mark.parametrize(("mse_reduction", "cos_reduction"), [("mean", "mean"), ("sum", "sum"), ("sum", "mean")])
+def test_added_terms_reduce_to_the_sum_of_both_losses_with_a_per_row_weight(mse_reduction, cos_reduction):
+    """``add_terms(a, b, w)`` under any reduction is ``a``'s loss plus ``b``'s with row ``i``'s MSE
+    and ``1 - cos`` weighted ``w_i`` (the grid anchor adds its term on the rows stepped at order >= 2
+    only), reduced alike."""
+    from saq_lightning.alignment.mota import add_terms, reduce_mota
+
+    g = torch.Generator().manual_seed(5)
+    pred, other, target = (torch.randn(6, 1, 8, 8, generator=g) for _ in range(3))
+    a, b = mota_terms(pred, target, 1.0, 2.0), mota_terms(other, target, 1.0, 2.0)
+    weight = torch.tensor([0.0, 0.0, 0.5, 0.5, 0.5, 0.0])
+    got, per_row = reduce_mota(add_terms(a, b, weight), 64, 1.0, 2.0, mse_reduction, cos_reduction)
+    plain, plain_rows = reduce_mota(a, 64, 1.0, 2.0, mse_reduction, cos_reduction)
+    mse, cos = weight * b.mse, weight * (1.0 - b.cos)
+    extra = (1.0 * (mse.sum() * 64 if mse_reduction == "sum" else mse.mean())
+             + 2.0 * (cos.sum() if cos_reduction == "sum" else cos.mean()))
+    torch.testing.assert_close(got, plain + extra, rtol=1e-6, atol=1e-6)
+    assert torch.equal(per_row[weight == 0], plain_rows[weight == 0])
+    torch.testing.assert_close(add_terms(a, b, weight).loss, a.loss + weight * b.loss, rtol=1e-6, atol=1e-7)

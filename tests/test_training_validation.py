@@ -74,7 +74,7 @@ def test_validation_scores_the_solver_aware_students_own_k_step_direction(tmp_pa
     from test_training_solver_aware import all_records
 
     from saq_lightning.alignment.mota import mota_terms
-    from saq_lightning.alignment.student_step import student_effective_direction
+    from saq_lightning.alignment.student_step import student_step
     from saq_lightning.data import MixStepPhase, MixStepSchedule
 
     spec = save_tiny_teacher(tmp_path / "teacher")
@@ -90,8 +90,8 @@ def test_validation_scores_the_solver_aware_students_own_k_step_direction(tmp_pa
         logged = module.validation_step(batch, 0)
         points = module.training_points(batch)
         target = module.alignment_targets(points)
-        own = student_effective_direction(module.flow, module.flow.predictor(module.student_model),
-                                          module.phases, points)
+        own = student_step(module.flow, module.flow.predictor(module.student_model), module.phases,
+                           points).eps_eff
         first = module.student_direction(points.x_s, points.s, points.cond)
     expected = mota_terms(own, target).loss.mean()
     first_order = mota_terms(first, target).loss.mean()

@@ -56,6 +56,14 @@ def mota_terms(pred: Tensor, target: Tensor, w_mse: float = 1.0, w_cos: float = 
     return MotaTerms(w_mse * mse + w_cos * (1.0 - cos), mse, cos)
 
 
+def add_terms(terms: MotaTerms, extra: MotaTerms, weight: Tensor | float) -> MotaTerms:
+    """Per row, ``terms + weight * extra`` (``weight`` a scalar or ``[B]``): the loss, the MSE and
+    ``1 - cos`` add, so that :func:`reduce_mota`, linear in both, reduces the sum of the two losses
+    under either reduction. The ``cos`` field of the result is ``1 -`` the summed cosine term."""
+    return MotaTerms(terms.loss + weight * extra.loss, terms.mse + weight * extra.mse,
+                     terms.cos - weight * (1.0 - extra.cos))
+
+
 def mota_loss(
     pred: Tensor, target: Tensor, w_mse: float = 1.0, w_cos: float = 1.0
 ) -> tuple[Tensor, Tensor, Tensor]:

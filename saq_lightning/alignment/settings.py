@@ -28,6 +28,16 @@ class LossSettings:
     digits, 0.008 on LDM-4). :meth:`per_element_cos_weight` gives that figure; ``fit`` prints it
     for a ``sum`` reduction. ``mse_normalization: target_energy`` divides each sample's MSE by its
     target's mean energy (relative MSE), so that the balance also ignores the target's scale.
+
+    ``grid_anchor``: in solver-aware phases (student order >= 2), also this weight times the same
+    loss between the student's and the teacher's directions at the grid point, ``eps(x_s, s)``:
+    the first evaluation of both steps. A singlestep DPM-Solver-2 step uses it only to place its
+    intermediate point, so the step's loss alone leaves it nearly free, and with intermediate
+    points in activation buckets of their own such a student fails under DPM-Solver-1 and 3
+    (README, "Solver-aware students"). Anchored, it keeps the same-input direction there (its
+    intermediate point then sits where the teacher's does). The MOTA target there instead would
+    contradict the step's own loss (measured on the Gaussian problem: DPM-Solver-2 error 0.12 ->
+    0.51). Costs one teacher evaluation per batch. ``0``: the step alone.
     """
 
     w_mse: float = 1.0
@@ -35,6 +45,7 @@ class LossSettings:
     mse_reduction: Literal["mean", "sum"] = "mean"
     cos_reduction: Literal["mean", "sum"] = "mean"
     mse_normalization: Literal["none", "target_energy"] = "none"
+    grid_anchor: float = 0.0
 
     def __post_init__(self) -> None:
         if self.w_mse < 0 or self.w_cos < 0 or self.w_mse + self.w_cos == 0:
@@ -43,6 +54,8 @@ class LossSettings:
         for name in ("mse_reduction", "cos_reduction"):
             if getattr(self, name) not in ("mean", "sum"):
                 raise ValueError(f"loss.{name} must be 'mean' or 'sum', got {getattr(self, name)!r}")
+        if not self.grid_anchor >= 0:
+            raise ValueError(f"loss.grid_anchor must be >= 0, got {self.grid_anchor}")
         if self.mse_normalization not in ("none", "target_energy"):
             raise ValueError(f"loss.mse_normalization must be 'none' or 'target_energy', got "
                              f"{self.mse_normalization!r}")

@@ -49,7 +49,7 @@ from .checkpointing import (
 )
 from .conditions import ConditionSource, noise_for
 from .init_from import check_init_bucket_map, load_init_from
-from .mota import MotaTerms, mota_terms
+from .mota import MotaTerms, add_terms, mota_terms
 from .settings import (
     CalibrationSettings,
     GenerationSettings,
@@ -57,7 +57,7 @@ from .settings import (
     OptimizerSettings,
     TeacherSettings,
 )
-from .student_step import student_effective_direction
+from .student_step import student_step
 from .teacher_flow import PointHistory, TeacherFlow, TrainingPoints, history_points
 from .trajectory_meta import GENERATOR, solver_step_meta
 
@@ -377,15 +377,20 @@ class SAQSetup(nn.Module):
             first_order = flow.predictor(self.student_model)
         with torch.no_grad():
             target = self.alignment_targets(points, flow)
+        w = self.loss_settings
+        relative = w.mse_normalization == "target_energy"
         if self.phases is None:
             pred = first_order(points.x_s, points.s, points.cond)
-        else:  # the student's own step of its phase's solver and order (order 1: the same)
-            pred = student_effective_direction(flow, flow.predictor(self.student_model),
-                                               self.phases, points, first_order)
-        w = self.loss_settings
-        terms = mota_terms(pred, target, w.w_mse, w.w_cos,
-                           relative=w.mse_normalization == "target_energy")
-        return terms, points, int(pred[0].numel())
+            return mota_terms(pred, target, w.w_mse, w.w_cos, relative), points, int(pred[0].numel())
+        # the student's own step of its phase's solver and order (order 1: its eps at x_s)
+        step = student_step(flow, flow.predictor(self.student_model), self.phases, points, first_order)
+        terms = mota_terms(step.eps_eff, target, w.w_mse, w.w_cos, relative)
+        if w.grid_anchor > 0 and bool(step.higher.any()):
+            with torch.no_grad():  # the teacher's first evaluation of its own step
+                first = flow.predictor()(points.x_s, points.s, points.cond)
+            anchor = mota_terms(step.eps_grid, first, w.w_mse, w.w_cos, relative)
+            terms = add_terms(terms, anchor, w.grid_anchor * step.higher.to(anchor.loss.dtype))
+        return terms, points, int(step.eps_eff[0].numel())
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()

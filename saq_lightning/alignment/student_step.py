@@ -11,8 +11,9 @@ and ``lower_order_final``). Its effective direction is what the loss compares wi
 * multistep DPM-Solver(++)-kM / PLMS: one evaluation at ``x_s`` plus the student's evaluations at
   the ``k - 1`` previous grid states of the teacher's trajectory (differentiable too), combined
   by the solver's formula (PLMS's first step: its pseudo improved Euler step, 2 evaluations);
-* order 1 (DPM-Solver-1 = DDIM, PLMS-1): ``eps(x_s, s)`` itself, all order-1 rows of the batch
-  in one evaluation -- today's MOTA, exactly (same loss, same gradients).
+* order 1 (DPM-Solver-1 = DDIM, PLMS-1): ``eps(x_s, s)`` itself -- today's MOTA, exactly (same
+  loss, same gradients). ``eps(x_s, s)`` of every row is one evaluation of the whole batch, which
+  the higher-order steps reuse as their first.
 
 Rows of higher orders are stepped per phase (their solvers may differ) and put back in order.
 """
@@ -20,7 +21,7 @@ Rows of higher orders are stepped per phase (their solvers may differ) and put b
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -46,47 +47,48 @@ def student_orders(flow: TeacherFlow, phases: Sequence[MixStepPhase], phase_inde
     return out
 
 
-def student_effective_direction(
+class StudentStep(NamedTuple):
+    """The student's step at a batch of points: ``eps_eff`` of its own step (what the loss compares
+    with the teacher's) and its first-order direction ``eps(x_s, s)`` (the same tensor for order-1
+    rows; for higher orders the first evaluation of the step, which only places its later ones)."""
+
+    eps_eff: Tensor
+    eps_grid: Tensor
+    higher: Tensor  #: ``[B]`` bool, the rows the student steps at order >= 2
+
+
+def student_step(
     flow: TeacherFlow,
     student: NoisePredictor,
     phases: Sequence[MixStepPhase],
     points: TrainingPoints,
     first_order: Callable[[Tensor, Tensor, Any], Tensor] | None = None,
-) -> Tensor:
-    """``eps_eff`` of the student's own step at every point of a batch (with gradients).
+) -> StudentStep:
+    """The student's own step at every point of a batch (with gradients).
 
-    ``first_order(x_s, s, cond)`` evaluates the order-1 rows (default: ``student``); the module
-    passes its ``student_direction``, so that order 1 is today's MOTA call itself."""
+    ``first_order(x_s, s, cond)`` evaluates ``eps(x_s, s)`` of every row, in one call (default:
+    ``student``); the module passes its ``student_direction``, so that order 1 is today's MOTA
+    call itself. Higher-order rows reuse that evaluation and add their solver's others."""
     first_order = first_order or student
     x_s, s, t, cond = points.x_s, points.s, points.t, points.cond
+    eps_grid = first_order(x_s, s, cond)
     phase_index = points.phase.to(x_s.device)
     step = torch.zeros_like(phase_index) if points.step is None else points.step.to(x_s.device)
     orders = student_orders(flow, phases, phase_index, step)
+    higher = orders > 1
+    if not bool(higher.any()):
+        return StudentStep(eps_grid, eps_grid, higher)
     history = points.history or PointHistory.none(x_s)
     b = x_s.shape[0]
-    # order-1 rows of every phase and solver: the student's eps at x_s (what every solver's
-    # first-order step uses), one evaluation of all of them together -- MOTA exactly
-    groups: list[tuple[int | None, Tensor | None]] = []
-    first = orders == 1
-    if bool(first.all()):
-        return first_order(x_s, s, cond)
-    if bool(first.any()):
-        groups.append((None, torch.nonzero(first).flatten()))
-    for p in torch.unique(phase_index[~first]).tolist():
-        groups.append((int(p), torch.nonzero((phase_index == p) & ~first).flatten()))
-    out = None
-    for p, rows in groups:
-        xr, sr, cr = x_s[rows], s[rows], select_batch(cond, rows, b)
-        if p is None:
-            eps = first_order(xr, sr, cr)
-        else:
-            eps = eps_eff_at_points(student, flow.student_solver(phases[p]), xr, sr, t[rows],
-                                    orders[rows], cr, **history.rows(rows)._asdict())
-        if len(groups) == 1:
-            return eps
-        out = torch.zeros_like(x_s, dtype=eps.dtype) if out is None else out
-        out = out.index_copy(0, rows, eps)
-    return out
+    eps_eff = eps_grid
+    for p in torch.unique(phase_index[higher]).tolist():
+        rows = torch.nonzero((phase_index == p) & higher).flatten()
+        eps = eps_eff_at_points(student, flow.student_solver(phases[p]), x_s[rows], s[rows], t[rows],
+                                orders[rows], select_batch(cond, rows, b), eps_s=eps_grid[rows],
+                                **history.rows(rows)._asdict())
+        eps_eff = eps_eff.index_copy(0, rows, eps.to(eps_eff.dtype))
+    return StudentStep(eps_eff, eps_grid, higher)
+
 
 def check_phase_solvers(flow: TeacherFlow, phases: Sequence[MixStepPhase],
                         record_fields: dict[str, Any] | None = None, source: str = "") -> None:

@@ -38,6 +38,7 @@ def eps_eff_at_points(
     history_x: Tensor | None = None,
     history_t: Tensor | None = None,
     available: Tensor | None = None,
+    eps_s: Tensor | None = None,
 ) -> Tensor:
     """``eps_eff`` ``[B, ...]`` of one ``solver`` step ``s -> t`` of per-row ``order`` at every row.
 
@@ -52,11 +53,12 @@ def eps_eff_at_points(
         history_t: ``[B, H]`` their times.
         available: ``[B]`` how many of the ``H`` entries are real (the rest may hold anything);
             default all ``H``.
+        eps_s: ``[B, ...]`` the model's prediction at ``(x_s, s)`` if already known (one call fewer).
     """
     b = x_s.shape[0]
     order = order.to(device=x_s.device, dtype=torch.long).reshape(b)
     if not solver.history_size:
-        return step_with_direction(model, x_s, s, t, solver, order=order, cond=cond).eps_eff
+        return step_with_direction(model, x_s, s, t, solver, order=order, cond=cond, eps_s=eps_s).eps_eff
     h = 0 if history_x is None else int(history_x.shape[1])
     avail = (torch.full((b,), h, dtype=torch.long, device=x_s.device) if available is None
              else available.to(device=x_s.device, dtype=torch.long).reshape(b).clamp(0, h))
@@ -83,8 +85,9 @@ def eps_eff_at_points(
             ht = history_t[:, j] if whole else history_t[rows, j]
             hx = hx.to(x_s.dtype)
             history.append(Evaluation(hx, ht, model(hx, ht.to(s.dtype), cr)))
+        er = eps_s if whole or eps_s is None else eps_s[rows]
         eps = step_with_direction(model, xr, sr, tr, solver, order=k, cond=cr,
-                                  history=tuple(history)).eps_eff
+                                  history=tuple(history), eps_s=er).eps_eff
         if whole:
             return eps
         out = torch.zeros_like(x_s, dtype=eps.dtype) if out is None else out
