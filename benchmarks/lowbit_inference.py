@@ -8,10 +8,12 @@ Models (each on the digits UNet and on an LDM-4-size UNet with random weights, t
 * ``rt_w4a16``: the W4A4 export in the runtime, weight-only (packed int4, float activations);
 * ``rt_w4a4_int8``: the W4A4 export in the runtime, int8 arithmetic (4-bit codes in int8 GEMMs);
 * ``rt_w8a8``: the W8A8 export in the runtime, ``arithmetic="int8"`` as a user gets it: on a CPU
-  each layer runs ``torch._int_mm`` or float (weights dequantized once), whichever its load-time
-  measurement found faster (``--probe-repeats``);
-* ``rt_w8a8_allint8``: the same with ``int8_kernel="torch"`` (int8 on every layer: the figure
-  before the per-layer choice);
+  each layer runs int8 (oneDNN's conv/linear where they are exact on this processor, else
+  ``torch._int_mm``) or float (weights dequantized once), whichever its load-time measurement
+  found faster (``--probe-repeats``);
+* ``rt_w8a8_onednn``: the same with ``int8_kernel="onednn"`` (oneDNN on every layer it takes);
+* ``rt_w8a8_allint8``: the same with ``int8_kernel="torch"`` (``torch._int_mm`` on every layer: the
+  figure before the oneDNN kernels and the per-layer choice);
 * ``pt2e_int8`` (CPU, batch 1 only): PyTorch's own x86 int8 path on the FP UNet: torchao's PT2E
   (``torch.export`` + ``X86InductorQuantizer`` W8A8, static per-tensor activations calibrated on
   one batch) and ``torch.compile`` with freezing (oneDNN int8 kernels). Needs ``torchao``
@@ -67,6 +69,7 @@ from saq_lightning.models import ModelSpec, build_model
 from saq_lightning.models.specs import load_model_spec
 from saq_lightning.quant import calibrate, export_student, quantize_model
 from saq_lightning.quant.runtime import ProbeConfig, load_runtime, weight_bytes
+from saq_lightning.quant.runtime.onednn import onednn_unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMESTEP = 500
@@ -206,9 +209,9 @@ def build_models(kind: str, device: torch.device, tmp: Path, gpu: bool, probe_re
             info["report_w8a8"] = models["rt_w8a8"].runtime_report.summary()
             info["notes_w8a8"] = models["rt_w8a8"].runtime_report.notes
             info["layers_w8a8"] = [asdict(r) for r in models["rt_w8a8"].runtime_report.layers]
-            if not gpu and (only is None or "rt_w8a8_allint8" in only):
-                models["rt_w8a8_allint8"] = load_runtime(folder, device=device, model=skeleton(fp),
-                                                         int8_kernel="torch")
+            for name, kernel in (("rt_w8a8_onednn", "onednn"), ("rt_w8a8_allint8", "torch")):
+                if not gpu and (only is None or name in only) and (kernel != "onednn" or onednn_unavailable() is None):
+                    models[name] = load_runtime(folder, device=device, model=skeleton(fp), int8_kernel=kernel)
     if not gpu and pt2e and (only is None or "pt2e_int8" in only):
         compiled, info["pt2e"] = build_pt2e(fp, device)
         if compiled is not None:
@@ -378,6 +381,8 @@ def cpu_ratios(res: dict[str, Any]) -> dict[str, Any]:
             out[f"{kind}_b{b}_w8a8_vs_fp32"] = t["fp32"] / t["rt_w8a8"]
             if "rt_w8a8_allint8" in t:
                 out[f"{kind}_b{b}_allint8_vs_fp32"] = t["fp32"] / t["rt_w8a8_allint8"]
+            if "rt_w8a8_onednn" in t:
+                out[f"{kind}_b{b}_onednn_vs_fp32"] = t["fp32"] / t["rt_w8a8_onednn"]
             if "pt2e_int8" in t:
                 out[f"{kind}_b{b}_pt2e_vs_fp32"] = t["fp32"] / t["pt2e_int8"]
                 out[f"{kind}_b{b}_w8a8_vs_pt2e"] = t["pt2e_int8"] / t["rt_w8a8"]
@@ -424,7 +429,7 @@ def main() -> None:
     ap.add_argument("--compile-batches", default=None,
                     help="CUDA: batches that also time bf16 torch.compile (default: every batch)")
     ap.add_argument("--ldm-models", default=None, help="CPU: build only these LDM-4 rows (fp32 always), e.g. "
-                    "rt_w8a8,rt_w8a8_allint8,pt2e_int8 for the CPU goals within 20 minutes on a loaded machine")
+                    "rt_w8a8,rt_w8a8_onednn,rt_w8a8_allint8,pt2e_int8 for the CPU goals within 20 minutes on a loaded machine")
     ap.add_argument("--memory-unets", default="digits,ldm4", help="CPU: which UNets get the peak-memory pass "
                     "(a fresh process that builds them again)")
     ap.add_argument("--probe-repeats", type=int, default=2, help="timed calls per layer and path of the "

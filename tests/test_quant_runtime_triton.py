@@ -20,6 +20,7 @@ from saq_lightning.quant import export_student
 from saq_lightning.quant.runtime import ProbeConfig, RuntimeLayer, load_runtime
 from saq_lightning.quant.runtime.kernels import pack_int4
 from saq_lightning.quant.runtime.loader import choose_int8_kernel
+from saq_lightning.quant.runtime.onednn import onednn_unavailable
 from saq_lightning.quant.runtime.triton_conv import conv2d_int8
 from saq_lightning.quant.runtime.triton_gemm import linear_int8
 
@@ -235,17 +236,20 @@ def test_triton_on_a_cpu_without_the_interpreter_is_refused(monkeypatch, cond_w4
 
 
 def test_auto_on_a_cpu_names_the_per_layer_kernel_choice_and_the_cpu_flags(cond_w4a8_export):
+    onednn = onednn_unavailable() is None  # (tests/test_quant_runtime_onednn.py: both cases)
     report = load_runtime(cond_w4a8_export).runtime_report
     line = report.notes[0]
-    assert "torch._int_mm where it beats float per layer" in line and "CPU flags:" in line
+    phrase = "oneDNN qconv/qlinear where they beat float" if onednn else "torch._int_mm where it beats float"
+    assert phrase in line and "CPU flags:" in line
     assert report.notes[1].startswith("per-layer choice measured on this CPU at load")
-    assert all(r.kernel.startswith("torch._int_mm") for r in report.layers if r.arithmetic == "int8")
+    prefix = "onednn" if onednn else "torch._int_mm"
+    assert all(r.kernel.startswith(prefix) for r in report.layers if r.arithmetic == "int8")
 
 
 def test_a_cpu_where_int8_is_slower_than_fp32_falls_back_to_float_stated(cond_w4a8_export):
     """What a processor without VNNI measures (ATen's generic int8 GEMM, 10-40x slower than fp32)."""
     kernel, arithmetic, _ = choose_int8_kernel(torch.device("cpu"), "auto")
-    assert (kernel, arithmetic) == ("torch", "int8")  # decided per layer after loading
+    assert kernel in ("onednn", "torch") and arithmetic == "int8"  # decided per layer after loading
     probe = ProbeConfig(layer_timer=lambda layer, x: 30.0 if layer.arithmetic == "int8" else 1.5)
     report = load_runtime(cond_w4a8_export, probe=probe).runtime_report
     assert {r.arithmetic for r in report.fallbacks()} == {"dequantized"}

@@ -18,6 +18,10 @@ Arithmetics (``arithmetic``):
     corrections ``dw * rowsum(A) + da * colsum(W) + K da dw`` are added in int32.
   - ``triton``: the implicit-GEMM kernel of :mod:`.triton_conv` (no im2col; the weight read as
     stored, W4 unpacked in the kernel; corrections, scales, bias and the output cast fused).
+  - ``onednn`` (x86 CPUs): oneDNN's int8 conv / linear (:mod:`.onednn`, what PyTorch's PT2E path
+    runs) on the centred weight prepacked once, ``uint8`` codes ``q_x - qmin`` with the bucket's
+    scale and zero point per call, epilogue fused. 1 byte per weight in oneDNN's layout; a layer
+    whose 8-bit weight codes minus their zero point leave int8 uses ``torch`` (stated).
 * ``emulated``: the same integers multiplied in float64 (a stated fallback for devices without
   an int8 GEMM; exact).
 * ``weight_only`` (W4A16 / W8A16): ``y = op(x, (q_w - z_w) * s_w) + bias`` with float
@@ -37,6 +41,7 @@ one fp32 product of the exact sum), so outputs agree to fp32 rounding of the acc
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +60,7 @@ from .kernels import (
 )
 
 ARITHMETICS = ("int8", "emulated", "dequantized", "weight_only", "fake")
-KERNELS = ("torch", "triton")
+KERNELS = ("torch", "triton", "onednn")
 
 #: Largest element count one Triton launch addresses (its offsets are int32).
 _TRITON_MAX_NUMEL = 2**31 - 1
@@ -120,6 +125,9 @@ class RuntimeLayer(nn.Module):
             self.arithmetic = "fake"
             self.note = "no int8 kernel for grouped/dilated conv: fake-quant float"
         self.kernel = self._requested_kernel if self.arithmetic == "int8" else ""
+        self.__dict__["_onednn_weight"] = None
+        if self.kernel == "onednn":
+            self._prepack_onednn()
         device = self.qweight.device
         self.gemm_weight = None
         self.float_weight = None
@@ -133,7 +141,7 @@ class RuntimeLayer(nn.Module):
         here instead of re-laid out every call; with ``dw``, one extra row of ones so that the
         same GEMM also yields ``rowsum(A)`` (no second pass over the activations). 1 byte per
         weight, counted in :attr:`weight_bytes`; 4-bit codes get no copy (they stay packed)."""
-        if self.arithmetic not in ("int8", "emulated") or self.kernel == "triton" or self.packing != "int8":
+        if self.arithmetic not in ("int8", "emulated") or self.kernel in ("triton", "onednn") or self.packing != "int8":
             return None
         w, dw = self.int8_weight()
         if dw is not None:
@@ -148,15 +156,19 @@ class RuntimeLayer(nn.Module):
             k = self.weight_shape[2:] if self.conv is not None else ()
             return "torch._int_mm" + (" (im2col)" if k and k != (1, 1) else "")
         shape = "x".join(map(str, self.weight_shape[2:])) if self.conv is not None else ""
+        if self.kernel == "onednn":
+            return f"onednn qconv {shape} s{self.conv['stride'][0]}" if self.conv is not None else "onednn qlinear"
         name = f"triton igemm {shape} s{self.conv['stride'][0]}" if self.conv is not None else "triton gemm"
         return name + (", int4 unpacked in kernel" if self.packing == "int4x2" else "")
 
     # -- weights --------------------------------------------------------------------------------
     @property
     def weight_bytes(self) -> int:
-        """Bytes of the weight as held in memory (codes + scales + zero points + the GEMM layout)."""
+        """Bytes of the weight as held in memory (codes + scales + zero points + the GEMM layout;
+        oneDNN's prepacked copy counted at 1 byte per weight, its padding not seen)."""
+        onednn = 0 if self.__dict__.get("_onednn_weight") is None else math.prod(self.weight_shape)
         return (storage_bytes(self.qweight) + storage_bytes(self.w_scale) + storage_bytes(self.w_zero)
-                + storage_bytes(self.gemm_weight) + storage_bytes(self.float_weight))
+                + storage_bytes(self.gemm_weight) + storage_bytes(self.float_weight) + onednn)
 
     @property
     def packed_bytes(self) -> int:
@@ -244,6 +256,8 @@ class RuntimeLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self._use_triton(x):
             return self._triton(x, raw=False)
+        if self.kernel == "onednn":
+            return self._onednn(x, raw=False).to(x.dtype)
         if self.arithmetic in ("int8", "emulated"):
             return self._forward_int(x)
         if self.arithmetic == "dequantized":
@@ -323,11 +337,62 @@ class RuntimeLayer(nn.Module):
                             padding=tuple(c["padding"]), **kw).permute(0, 3, 1, 2)
         return y if raw else y.to(x.dtype)
 
+    # -- oneDNN kernels (x86 CPUs) ------------------------------------------------------------------
+    def _prepack_onednn(self) -> None:
+        """The centred weight ``q_w - z_w`` in oneDNN's layout, once; or ``kernel = "torch"`` with a
+        note when it does not fit int8 (8-bit codes far from their zero point)."""
+        from .onednn import prepack_conv, prepack_linear
+
+        view = (-1,) + (1,) * (len(self.weight_shape) - 1)
+        centred = self.codes().to(torch.int16) - self.w_zero.view(view).to(torch.int16)
+        if centred.min() < -128 or centred.max() > 127:
+            self.kernel = "torch"
+            self.note = "8-bit weight codes minus their zero point leave int8: torch._int_mm, not oneDNN"
+            return
+        w = centred.to(torch.int8).cpu()
+        c = self.conv
+        self.__dict__["_onednn_weight"] = (prepack_linear(w) if c is None
+                                           else prepack_conv(w, tuple(c["stride"]), tuple(c["padding"])))
+
+    def _onednn(self, x: Tensor, raw: bool) -> Tensor:
+        """The layer by oneDNN (fp32; ``raw``: the exact accumulator as fp32, scales 1, no bias),
+        one call per activation bucket present in the batch (sampling: one)."""
+        idx, _ = self.a_quant.bucket_for(x)
+        if idx.numel() == 1 or bool((idx == idx[0]).all()):
+            return self._onednn_bucket(x, int(idx.reshape(-1)[0]), raw)
+        out = None
+        for b in torch.unique(idx).tolist():
+            rows = torch.nonzero(idx == b).flatten()
+            y = self._onednn_bucket(x[rows], int(b), raw)
+            out = y.new_empty((x.shape[0],) + y.shape[1:]) if out is None else out
+            out[rows] = y
+        return out
+
+    def _onednn_bucket(self, x: Tensor, bucket: int, raw: bool) -> Tensor:
+        from .onednn import conv2d, linear
+
+        s_all, z_all, lo, hi = self._act_tables(x.device)
+        qmin = self.a_quant.qmin
+        # q_x - qmin in [0, qmax - qmin] (uint8), zero point z_x - qmin: the student's codes
+        codes = torch.div(x.float(), s_all[bucket]).round_().clamp_(lo[bucket], hi[bucket])
+        codes = codes.add_(z_all[bucket] - qmin)
+        x_zero = int(z_all[bucket]) - qmin
+        x_scale = 1.0 if raw else float(s_all[bucket])
+        w_scale = torch.ones_like(self.w_scale) if raw else self.w_scale
+        bias = None if raw else self.bias
+        packed = self.__dict__["_onednn_weight"]
+        if self.conv is None:
+            return linear(codes.to(torch.uint8), x_scale, x_zero, packed, w_scale, bias)
+        c = self.conv
+        qx = codes.to(torch.uint8, memory_format=torch.channels_last)
+        return conv2d(qx, x_scale, x_zero, packed, w_scale, bias, tuple(c["stride"]), tuple(c["padding"]))
+
     def int_accumulate(self, x: Tensor) -> tuple[Tensor, Tensor, tuple[int, ...]]:
         """The exact integer part: ``acc [M, N]`` int32 = ``sum_k (q_x - z_x)(q_w - z_w)``, the
-        per-row activation step ``[M]`` and the output layout ``(B, Ho, Wo)`` or ``x.shape[:-1]``."""
-        if self._use_triton(x):
-            acc = self._triton(x, raw=True)
+        per-row activation step ``[M]`` and the output layout ``(B, Ho, Wo)`` or ``x.shape[:-1]``.
+        (oneDNN writes the accumulator as fp32: exact while ``|acc| < 2^24``.)"""
+        if self._use_triton(x) or self.kernel == "onednn":
+            acc = self._triton(x, raw=True) if self.kernel == "triton" else self._onednn(x, raw=True).to(torch.int32)
             if self.conv is not None:
                 acc = acc.permute(0, 2, 3, 1)
             lead = tuple(acc.shape[:-1])

@@ -26,6 +26,7 @@ from ..export import CONFIG, FORMAT, ExportMismatchError, load_exported, read_ma
 from ..model import QuantizedUNet
 from .kernels import cpu_int8_flags, probe_int8_gemm, storage_bytes
 from .layers import ARITHMETICS, RuntimeLayer
+from .onednn import onednn_unavailable
 from .report import LayerArithmetic, RuntimeReport
 from .selection import ProbeConfig, Selection, choose_per_layer
 from .triton_conv import triton_unavailable
@@ -33,7 +34,7 @@ from .triton_conv import triton_unavailable
 #: what ``arithmetic=`` accepts; "int4" is refused with an explanation (no such kernel exists).
 REQUESTABLE = ("int8", "weight_only", "fake")
 #: what ``int8_kernel=`` accepts (see :func:`choose_int8_kernel`).
-INT8_KERNELS = ("auto", "torch", "triton")
+INT8_KERNELS = ("auto", "torch", "triton", "onednn")
 _TRITON_LIMIT = "; a call with a tensor over 2^31 elements falls back to torch._int_mm (int32 offsets)"
 
 
@@ -128,10 +129,11 @@ def load_runtime(
         allow_fallback: if the device has no int8 GEMM, multiply the integer codes in float64
             (exact, slow) instead of raising.
         int8_kernel: for ``arithmetic="int8"``: ``auto`` (Triton on CUDA; on a CPU, per layer,
-            ``torch._int_mm`` where it is faster than float on the layer's own input, else the
-            weight dequantized once: measured at load, see :mod:`.selection`), ``torch``
-            (``torch._int_mm`` on every layer wherever it runs) or ``triton`` (CUDA, or the CPU
-            under ``TRITON_INTERPRET=1``).
+            oneDNN's int8 kernels where they are exact here, else ``torch._int_mm``, where faster
+            than float on the layer's own input, else the weight dequantized once: measured at
+            load, see :mod:`.selection`), ``onednn`` (x86 CPU: on every layer they take),
+            ``torch`` (``torch._int_mm`` on every layer wherever it runs) or ``triton`` (CUDA, or
+            the CPU under ``TRITON_INTERPRET=1``).
         probe: how the CPU per-layer choice measures (example input, batch, repeats, timers) or
             which earlier choice it reuses; default :class:`~.selection.ProbeConfig()`.
     """
@@ -156,8 +158,8 @@ def load_runtime(
     if arithmetic == "int8":
         kernel, chosen, line = choose_int8_kernel(device, int8_kernel)
         notes += [line] if line else []
-    per_layer = chosen == "int8" and kernel == "torch" and device.type == "cpu" and int8_kernel == "auto"
-    if chosen == "int8" and kernel == "torch":
+    per_layer = chosen == "int8" and kernel in ("torch", "onednn") and device.type == "cpu" and int8_kernel == "auto"
+    if chosen == "int8" and kernel in ("torch", "onednn"):  # (layers oneDNN cannot take use torch)
         reason = probe_int8_gemm(str(device))
         if reason is not None:
             first = next(iter(manifest["layers"]), "?")
@@ -167,8 +169,8 @@ def load_runtime(
                     f"others, but {reason}; pass allow_fallback=True for exact float64 emulation, or use "
                     "arithmetic='weight_only'"
                 )
-            chosen, per_layer = "emulated", False
-            notes.append(f"fallback: {reason}; integer codes multiplied in float64")
+            chosen, per_layer = "emulated", False  # every layer, so no kernel line either
+            notes = [f"fallback: {reason}; integer codes multiplied in float64"]
     try:
         student = load_exported(folder, model=model, device="cpu", manifest=manifest)
     except ValueError as e:  # the export does not match itself: a user error naming the folder
@@ -189,11 +191,17 @@ def load_runtime(
 def choose_int8_kernel(device: torch.device, requested: str) -> tuple[str, str, str]:
     """``(kernel, arithmetic, report line)`` for ``arithmetic="int8"`` on ``device``.
 
-    ``auto``: Triton on CUDA (``torch._int_mm`` if Triton is missing, stated); on a CPU
-    ``torch._int_mm``, then decided per layer against float by measurement at load
-    (:func:`.selection.choose_per_layer`: ATen's int8 GEMM is fast with VNNI/AMX on large shapes,
-    slower than fp32 on small ones and 10-40x slower without VNNI), so that ``int8`` never
-    silently runs slower than float."""
+    ``auto``: Triton on CUDA (``torch._int_mm`` if Triton is missing, stated); on a CPU oneDNN's
+    int8 conv/linear where they are exact on this processor (:func:`.onednn.onednn_unavailable`;
+    PT2E's kernels: no im2col, fused epilogue), else ``torch._int_mm``, then decided per layer
+    against float by measurement at load (:func:`.selection.choose_per_layer`: int8 wins on large
+    shapes, loses on small ones, and ATen's int8 GEMM is 10-40x slower without VNNI), so that
+    ``int8`` never silently runs slower than float."""
+    if requested == "onednn":
+        why = "oneDNN's int8 kernels run on a CPU" if device.type != "cpu" else onednn_unavailable()
+        if why is not None:
+            raise ValueError(f"int8_kernel='onednn': {why}")
+        return "onednn", "int8", "int8 kernels: oneDNN qconv/qlinear (requested)"
     reason = triton_unavailable(device)
     if requested == "triton":
         if reason is not None:
@@ -205,10 +213,14 @@ def choose_int8_kernel(device: torch.device, requested: str) -> tuple[str, str, 
         if reason is None:
             return "triton", "int8", "int8 kernels: Triton implicit GEMM (CUDA)" + _TRITON_LIMIT
         return "torch", "int8", f"fallback: {reason}; int8 kernels: torch._int_mm"
+    why = onednn_unavailable()
+    if why is None:
+        return "onednn", "int8", (f"int8 kernels: oneDNN qconv/qlinear where they beat float per layer "
+                                  f"({cpu_int8_flags()}); int8_kernel='onednn' forces them everywhere")
     if probe_int8_gemm(str(device)) is not None:
         return "torch", "int8", ""  # no int8 GEMM at all: the caller raises or emulates, stated
-    return "torch", "int8", (f"int8 kernels: torch._int_mm where it beats float per layer ({cpu_int8_flags()}); "
-                             "int8_kernel='torch' forces int8 everywhere")
+    return "torch", "int8", (f"int8 kernels: torch._int_mm where it beats float per layer ({cpu_int8_flags()}; "
+                             f"not oneDNN: {why}); int8_kernel='torch' forces int8 everywhere")
 
 
 def _swap_layers(student: QuantizedUNet, arithmetic: str, kernel: str = "torch") -> None:
