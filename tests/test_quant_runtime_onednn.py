@@ -153,18 +153,30 @@ def test_report_names_the_onednn_kernel_of_each_layer(unet_runs):
     assert "oneDNN qconv/qlinear (requested)" in report.notes[0]
 
 
-def test_a_layer_whose_8bit_weight_codes_leave_int8_around_their_zero_point_uses_int_mm_stated(
-        cond_w4a8_export):
+@exact_here
+@pytest.mark.parametrize("zero", ["qmin", "qmax", "mixed"])
+def test_8bit_weight_codes_far_from_their_zero_point_get_the_correction_term_and_stay_exact(
+        cond_w4a8_export, zero):
+    """oneDNN ignores weight zero points: where ``q_w - z_w`` leaves int8 the weight is centred
+    elsewhere and ``dw * sum(q_x - z_x)`` over the receptive field is added; the accumulator stays
+    the exact product, the output the ``_int_mm`` layer's to fp32 rounding of the summed terms."""
     rt = load_runtime(cond_w4a8_export, int8_kernel="torch")
     layer = next(m for m in layers_of(rt, RuntimeLayer).values() if m.w_bits == 8 and m.conv is not None)
-    layer.w_zero.fill_(layer.w_qmin)  # codes up to qmax - qmin = 255 above the zero point
-    layer._requested_kernel = "onednn"
-    layer.set_arithmetic("int8")
-    assert layer.kernel == "torch" and "leave int8" in layer.note
-    x = torch.randn(1, layer.weight_shape[1], 8, 8, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad(), rt.timestep_context(torch.tensor([500]), 1):
+    n = layer.w_zero.shape[0]
+    qmin, qmax = layer.w_qmin, layer.w_qmin + 255
+    values = {"qmin": [qmin] * n, "qmax": [qmax] * n, "mixed": [qmin, qmax, qmin + 128] * n}[zero][:n]
+    layer.w_zero.copy_(torch.tensor(values, dtype=torch.int32))
+    x = torch.randn(2, layer.weight_shape[1], 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad(), rt.timestep_context(torch.tensor([500, 500]), 2):
+        want_y = layer(x)
+        layer._requested_kernel = "onednn"
+        layer.set_arithmetic("int8")
+        assert layer.kernel == "onednn" and layer.__dict__["_onednn_dw"] is not None
         got, _, _ = layer.int_accumulate(x)
         assert torch.equal(got.double(), reference_accumulator(layer, x))
+        y = layer(x)
+    scale = want_y.abs().max().item()
+    torch.testing.assert_close(y, want_y, rtol=0, atol=1e-5 * scale)
 
 
 # -- dispatch (any processor) -------------------------------------------------------------------------------

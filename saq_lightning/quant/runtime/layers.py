@@ -19,9 +19,10 @@ Arithmetics (``arithmetic``):
   - ``triton``: the implicit-GEMM kernel of :mod:`.triton_conv` (no im2col; the weight read as
     stored, W4 unpacked in the kernel; corrections, scales, bias and the output cast fused).
   - ``onednn`` (x86 CPUs): oneDNN's int8 conv / linear (:mod:`.onednn`, what PyTorch's PT2E path
-    runs) on the centred weight prepacked once, ``uint8`` codes ``q_x - qmin`` with the bucket's
-    scale and zero point per call, epilogue fused. 1 byte per weight in oneDNN's layout; a layer
-    whose 8-bit weight codes minus their zero point leave int8 uses ``torch`` (stated).
+    runs) on the weight prepacked once (int8, centred on its zero point where that fits, else
+    corrected by a per-channel term over the receptive field), ``uint8`` codes ``q_x - qmin``
+    with the bucket's scale and zero point per call, epilogue fused. 1 byte per weight in
+    oneDNN's layout.
 * ``emulated``: the same integers multiplied in float64 (a stated fallback for devices without
   an int8 GEMM; exact).
 * ``weight_only`` (W4A16 / W8A16): ``y = op(x, (q_w - z_w) * s_w) + bias`` with float
@@ -339,24 +340,29 @@ class RuntimeLayer(nn.Module):
 
     # -- oneDNN kernels (x86 CPUs) ------------------------------------------------------------------
     def _prepack_onednn(self) -> None:
-        """The centred weight ``q_w - z_w`` in oneDNN's layout, once; or ``kernel = "torch"`` with a
-        note when it does not fit int8 (8-bit codes far from their zero point)."""
+        """The weight in oneDNN's layout, once: ``W' = q_w - c`` in int8 with ``c`` per output
+        channel the zero point where ``q_w - z_w`` fits int8 (always for <= 7-bit codes), else the
+        nearest centre that fits; ``dw = c - z_w`` (``None`` when all 0). oneDNN takes symmetric
+        int8 weights only (it ignores weight zero points), so ``dw * sum(q_x - z_x)`` over the
+        receptive field is added after its call (:meth:`_onednn_bucket`)."""
         from .onednn import prepack_conv, prepack_linear
 
-        view = (-1,) + (1,) * (len(self.weight_shape) - 1)
-        centred = self.codes().to(torch.int16) - self.w_zero.view(view).to(torch.int16)
-        if centred.min() < -128 or centred.max() > 127:
-            self.kernel = "torch"
-            self.note = "8-bit weight codes minus their zero point leave int8: torch._int_mm, not oneDNN"
-            return
-        w = centred.to(torch.int8).cpu()
+        n = self.weight_shape[0]
+        codes = self.codes().to(torch.int32)
+        flat = codes.reshape(n, -1)
+        centre = torch.minimum(torch.maximum(self.w_zero.cpu(), flat.amax(1) - 127), flat.amin(1) + 128)
+        w = (flat - centre.view(-1, 1)).to(torch.int8).reshape(self.weight_shape)
+        dw = (centre - self.w_zero.cpu()).to(torch.int32)
         c = self.conv
         self.__dict__["_onednn_weight"] = (prepack_linear(w) if c is None
                                            else prepack_conv(w, tuple(c["stride"]), tuple(c["padding"])))
+        self.__dict__["_onednn_centred"] = w
+        self.__dict__["_onednn_dw"] = dw if bool(dw.any()) else None
+        self.__dict__["_onednn_tap_sums"] = {}
 
     def _onednn(self, x: Tensor, raw: bool) -> Tensor:
-        """The layer by oneDNN (fp32; ``raw``: the exact accumulator as fp32, scales 1, no bias),
-        one call per activation bucket present in the batch (sampling: one)."""
+        """The layer by oneDNN (fp32; ``raw``: the exact accumulator, float64), one call per
+        activation bucket present in the batch (sampling: one)."""
         idx, _ = self.a_quant.bucket_for(x)
         if idx.numel() == 1 or bool((idx == idx[0]).all()):
             return self._onednn_bucket(x, int(idx.reshape(-1)[0]), raw)
@@ -369,23 +375,73 @@ class RuntimeLayer(nn.Module):
         return out
 
     def _onednn_bucket(self, x: Tensor, bucket: int, raw: bool) -> Tensor:
+        """``acc = sum q'_x W'`` by oneDNN with the codes ``q'_x = q_x - qmin`` (uint8) and zero
+        point 0 (oneDNN's own activation zero point made its conv about 3x slower here), then
+        ``acc - z'_x M + dw R`` (``z'_x = z_x - qmin``; ``M``: the sum of ``W'`` over the taps that
+        fall inside the input, per output position, fixed per input size; ``R``: the window sums
+        of ``q_x - z_x``) in the epilogue's scale: ``sum (q_x - z_x)(q_w - z_w)``, exactly."""
         from .onednn import conv2d, linear
 
         s_all, z_all, lo, hi = self._act_tables(x.device)
         qmin = self.a_quant.qmin
-        # q_x - qmin in [0, qmax - qmin] (uint8), zero point z_x - qmin: the student's codes
         codes = torch.div(x.float(), s_all[bucket]).round_().clamp_(lo[bucket], hi[bucket])
-        codes = codes.add_(z_all[bucket] - qmin)
+        codes = codes.add_(z_all[bucket] - qmin)  # q_x - qmin in [0, qmax - qmin]
         x_zero = int(z_all[bucket]) - qmin
         x_scale = 1.0 if raw else float(s_all[bucket])
         w_scale = torch.ones_like(self.w_scale) if raw else self.w_scale
         bias = None if raw else self.bias
         packed = self.__dict__["_onednn_weight"]
         if self.conv is None:
-            return linear(codes.to(torch.uint8), x_scale, x_zero, packed, w_scale, bias)
+            y = linear(codes.to(torch.uint8), x_scale, 0, packed, w_scale, bias)
+        else:
+            c = self.conv
+            qx = codes.to(torch.uint8, memory_format=torch.channels_last)
+            y = conv2d(qx, x_scale, 0, packed, w_scale, bias, tuple(c["stride"]), tuple(c["padding"]))
+        dtype = torch.float64 if raw else torch.float32
+        y = y.to(dtype)
+        view = (1, -1, 1, 1) if self.conv is not None else (-1,)
+        scale = (torch.ones_like(self.w_scale, dtype=dtype) if raw else x_scale * self.w_scale).view(view)
+        if x_zero:
+            y.addcmul_(self._tap_sums(codes.shape, dtype), scale, value=-x_zero)
+        dw = self.__dict__["_onednn_dw"]
+        if dw is not None:
+            y.addcmul_(self._window_sums(codes, x_zero, dtype), scale * dw.to(dtype).view(view))
+        return y
+
+    def _tap_sums(self, shape: torch.Size, dtype: torch.dtype) -> Tensor:
+        """``M``: per output channel (and position, for a conv: borders see fewer taps) the sum of
+        the int8 weight ``W'`` over the taps inside the input; cached per input size."""
+        key = (tuple(shape[2:]) if self.conv is not None else (), dtype)
+        cache = self.__dict__["_onednn_tap_sums"]
+        if key not in cache:
+            w = self.__dict__["_onednn_centred"].to(torch.float64)
+            if self.conv is None:
+                m = w.sum(1)
+            else:
+                c = self.conv
+                ones = torch.ones((1, w.shape[1]) + tuple(shape[2:]), dtype=torch.float64)
+                m = F.conv2d(ones, w, None, c["stride"], c["padding"]).contiguous(memory_format=torch.channels_last)
+            cache[key] = m.to(dtype)
+        return cache[key]
+
+    def _window_sums(self, codes: Tensor, x_zero: int, dtype: torch.dtype) -> Tensor:
+        """``R = sum (q_x - z_x)`` over each output's receptive field (all input channels): ``[B, 1,
+        Ho, Wo]`` for a conv (padding contributes 0), ``[..., 1]`` for a linear. Integers: summed
+        in fp32 while ``255 K < 2^24`` (``K`` per output), else in float64."""
+        k = codes.shape[-1] if self.conv is None else codes.shape[1] * math.prod(self.weight_shape[2:])
+        work = torch.float64 if dtype == torch.float64 or 255 * k >= 2**24 else torch.float32
+        if self.conv is None:
+            return codes.to(work).sum(-1, keepdim=True).sub_(k * x_zero).to(dtype)
         c = self.conv
-        qx = codes.to(torch.uint8, memory_format=torch.channels_last)
-        return conv2d(qx, x_scale, x_zero, packed, w_scale, bias, tuple(c["stride"]), tuple(c["padding"]))
+        per_pixel = codes.to(work).sum(1, keepdim=True).sub_(codes.shape[1] * x_zero)
+        kernel = tuple(self.weight_shape[2:])
+        if all(2 * p <= k for p, k in zip(c["padding"], kernel)):  # what avg_pool2d pads
+            window = F.avg_pool2d(per_pixel, kernel, tuple(c["stride"]), tuple(c["padding"]),
+                                  count_include_pad=True, divisor_override=1)
+        else:
+            ones = torch.ones((1, 1) + kernel, dtype=work)
+            window = F.conv2d(per_pixel, ones, None, c["stride"], c["padding"])
+        return window.to(dtype)
 
     def int_accumulate(self, x: Tensor) -> tuple[Tensor, Tensor, tuple[int, ...]]:
         """The exact integer part: ``acc [M, N]`` int32 = ``sum_k (q_x - z_x)(q_w - z_w)``, the

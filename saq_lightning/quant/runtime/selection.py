@@ -92,7 +92,7 @@ class Selection:
         if self.reused:
             return [(f"per-layer choice reused from choices= (not measured): int8 on {counts['int8']} layers, "
                     f"float (dequantized once) on {counts['dequantized']}")]
-        out = [(f"per-layer choice measured on this CPU at load ({self.example}): int8 where torch._int_mm beats "
+        out = [(f"per-layer choice measured on this CPU at load ({self.example}): int8 where its kernel beats "
                f"float on the layer's own input: int8 on {counts['int8']} layers, float (dequantized once) on "
                f"{counts['dequantized']}; probe cost {self.probe_s:.1f} s")]
         if self.mix_ms is not None and self.all_float_ms is not None:
