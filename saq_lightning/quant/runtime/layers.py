@@ -166,8 +166,8 @@ class RuntimeLayer(nn.Module):
     @property
     def weight_bytes(self) -> int:
         """Bytes of the weight as held in memory (codes + scales + zero points + the GEMM layout;
-        oneDNN's prepacked copy counted at 1 byte per weight, its padding not seen)."""
-        onednn = 0 if self.__dict__.get("_onednn_weight") is None else math.prod(self.weight_shape)
+        oneDNN's prepacked copies, one per input shape seen, at 1 byte per weight, padding not seen)."""
+        onednn = len(self.__dict__.get("_onednn_weight") or ()) * math.prod(self.weight_shape)
         return (storage_bytes(self.qweight) + storage_bytes(self.w_scale) + storage_bytes(self.w_zero)
                 + storage_bytes(self.gemm_weight) + storage_bytes(self.float_weight) + onednn)
 
@@ -340,25 +340,40 @@ class RuntimeLayer(nn.Module):
 
     # -- oneDNN kernels (x86 CPUs) ------------------------------------------------------------------
     def _prepack_onednn(self) -> None:
-        """The weight in oneDNN's layout, once: ``W' = q_w - c`` in int8 with ``c`` per output
+        """The centring of the weight for oneDNN: ``W' = q_w - c`` in int8 with ``c`` per output
         channel the zero point where ``q_w - z_w`` fits int8 (always for <= 7-bit codes), else the
         nearest centre that fits; ``dw = c - z_w`` (``None`` when all 0). oneDNN takes symmetric
         int8 weights only (it ignores weight zero points), so ``dw * sum(q_x - z_x)`` over the
-        receptive field is added after its call (:meth:`_onednn_bucket`)."""
+        receptive field is added after its call (:meth:`_onednn_bucket`). ``W'`` is prepacked per
+        input shape at its first call (:meth:`_onednn_packed`)."""
+        flat = self.codes().to(torch.int32).reshape(self.weight_shape[0], -1)
+        centre = torch.minimum(torch.maximum(self.w_zero.cpu(), flat.amax(1) - 127), flat.amin(1) + 128)
+        dw = (centre - self.w_zero.cpu()).to(torch.int32)
+        self.__dict__["_onednn_centre"] = centre
+        self.__dict__["_onednn_dw"] = dw if bool(dw.any()) else None
+        self.__dict__["_onednn_weight"] = {}
+        self.__dict__["_onednn_tap_sums"] = {}
+
+    def _onednn_centred(self) -> Tensor:
+        """``W' = q_w - c`` (int8, the weight's shape), from the stored codes."""
+        centre = self.__dict__["_onednn_centre"]
+        w = self.codes().to(torch.int32).reshape(centre.shape[0], -1) - centre.view(-1, 1)
+        return w.to(torch.int8).reshape(self.weight_shape)
+
+    def _onednn_packed(self, shape: torch.Size) -> Tensor:
+        """``W'`` in oneDNN's layout for inputs of ``shape``, once per shape: packed for another
+        input shape, oneDNN reorders the weight on every call (measured: 1.1 s per call for a
+        672x1568x3x3 weight packed without a shape)."""
         from .onednn import prepack_conv, prepack_linear
 
-        n = self.weight_shape[0]
-        codes = self.codes().to(torch.int32)
-        flat = codes.reshape(n, -1)
-        centre = torch.minimum(torch.maximum(self.w_zero.cpu(), flat.amax(1) - 127), flat.amin(1) + 128)
-        w = (flat - centre.view(-1, 1)).to(torch.int8).reshape(self.weight_shape)
-        dw = (centre - self.w_zero.cpu()).to(torch.int32)
-        c = self.conv
-        self.__dict__["_onednn_weight"] = (prepack_linear(w) if c is None
-                                           else prepack_conv(w, tuple(c["stride"]), tuple(c["padding"])))
-        self.__dict__["_onednn_centred"] = w
-        self.__dict__["_onednn_dw"] = dw if bool(dw.any()) else None
-        self.__dict__["_onednn_tap_sums"] = {}
+        packed = self.__dict__["_onednn_weight"]
+        key = tuple(shape)
+        if key not in packed:
+            c = self.conv
+            w = self._onednn_centred()
+            packed[key] = (prepack_linear(w, key) if c is None
+                           else prepack_conv(w, tuple(c["stride"]), tuple(c["padding"]), key))
+        return packed[key]
 
     def _onednn(self, x: Tensor, raw: bool) -> Tensor:
         """The layer by oneDNN (fp32; ``raw``: the exact accumulator, float64), one call per
@@ -390,7 +405,7 @@ class RuntimeLayer(nn.Module):
         x_scale = 1.0 if raw else float(s_all[bucket])
         w_scale = torch.ones_like(self.w_scale) if raw else self.w_scale
         bias = None if raw else self.bias
-        packed = self.__dict__["_onednn_weight"]
+        packed = self._onednn_packed(codes.shape)
         if self.conv is None:
             y = linear(codes.to(torch.uint8), x_scale, 0, packed, w_scale, bias)
         else:
@@ -414,7 +429,7 @@ class RuntimeLayer(nn.Module):
         key = (tuple(shape[2:]) if self.conv is not None else (), dtype)
         cache = self.__dict__["_onednn_tap_sums"]
         if key not in cache:
-            w = self.__dict__["_onednn_centred"].to(torch.float64)
+            w = self._onednn_centred().to(torch.float64)
             if self.conv is None:
                 m = w.sum(1)
             else:

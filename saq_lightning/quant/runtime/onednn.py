@@ -52,16 +52,18 @@ def onednn_unavailable() -> str | None:
     return None
 
 
-def prepack_conv(weight: Tensor, stride: tuple[int, ...], padding: tuple[int, ...]) -> Tensor:
-    """The symmetric int8 weight ``[N, C, kh, kw]`` in oneDNN's blocked layout (opaque, CPU)."""
+def prepack_conv(weight: Tensor, stride: tuple[int, ...], padding: tuple[int, ...],
+                 x_shape: tuple[int, ...] | None = None) -> Tensor:
+    """The symmetric int8 weight ``[N, C, kh, kw]`` in oneDNN's blocked layout (opaque, CPU) for
+    inputs of ``x_shape`` (another shape makes every call reorder the weight)."""
     n = weight.shape[0]
     return _ops().qconv_prepack(weight.contiguous(), torch.ones(n), 1.0, 0, list(stride), list(padding),
-                                [1, 1], 1, None)
+                                [1, 1], 1, None if x_shape is None else list(x_shape))
 
 
-def prepack_linear(weight: Tensor) -> Tensor:
-    """The symmetric int8 weight ``[N, K]`` in oneDNN's layout."""
-    return _ops().qlinear_prepack(weight.contiguous(), None)
+def prepack_linear(weight: Tensor, x_shape: tuple[int, ...] | None = None) -> Tensor:
+    """The symmetric int8 weight ``[N, K]`` in oneDNN's layout (for inputs of ``x_shape``)."""
+    return _ops().qlinear_prepack(weight.contiguous(), None if x_shape is None else list(x_shape))
 
 
 def conv2d(qx: Tensor, x_scale: float, x_zero: int, packed: Tensor, w_scale: Tensor, bias: Tensor | None,
