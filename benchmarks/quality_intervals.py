@@ -42,6 +42,7 @@ class Comparison:
 
 
 MOTA, MIXSTEP = "W4A4 mixed-order", "W4A4 mixed-order + mixstep"
+ANCHORED = "W4A4 solver-aware DPM-2, grid anchor"
 COMPARISONS = [
     Comparison("MOTA student (DPM-1) beats FP DPM-1", (MOTA, "dpm1"), ("FP", "dpm1")),
     Comparison("MOTA student (DPM-1) matches FP DPM-2 (dual acceleration)", (MOTA, "dpm1"), ("FP", "dpm2")),
@@ -53,6 +54,27 @@ COMPARISONS = [
     Comparison("solver-aware DPM-2 beats naive W4A4 (DPM-2)", ("W4A4 solver-aware DPM-2", "dpm2"), ("W4A4 naive", "dpm2")),
     Comparison("W4A8 MOTA (DPM-1) matches FP DPM-2", ("W4A8 mixed-order", "dpm1"), ("FP", "dpm2")),
     Comparison("W4A8 MOTA beats W4A8 naive (DPM-1)", ("W4A8 mixed-order", "dpm1"), ("W4A8 naive", "dpm1")),
+    # the grid anchor (loss.grid_anchor) against the solver-aware DPM-2 student without it
+    *[Comparison(f"grid-anchored solver-aware DPM-2 beats the unanchored one ({s.upper()})", (ANCHORED, s),
+                 ("W4A4 solver-aware DPM-2", s)) for s in ("dpm1", "dpm2", "dpm3")],
+    Comparison("grid-anchored solver-aware DPM-2 matches FP DPM-2", (ANCHORED, "dpm2"), ("FP", "dpm2")),
+    Comparison("grid-anchored solver-aware DPM-2 under DPM-1 beats FP DPM-1", (ANCHORED, "dpm1"), ("FP", "dpm1")),
+    Comparison("grid-anchored solver-aware DPM-2 under DPM-3 matches FP DPM-3", (ANCHORED, "dpm3"), ("FP", "dpm3")),
+    # PTQ at W4A4 (reconstruction seeds)
+    Comparison("BRECQ beats naive PTQ (DPM-1)", ("W4A4 BRECQ", "dpm1"), ("W4A4 PTQ naive", "dpm1")),
+    Comparison("SA-PTQ fp_second_order beats BRECQ (DPM-1)", ("W4A4 SA-PTQ (fp second-order)", "dpm1"),
+               ("W4A4 BRECQ", "dpm1")),
+    Comparison("SA-PTQ fp_first_order beats BRECQ (DPM-1)", ("W4A4 SA-PTQ (fp first-order)", "dpm1"),
+               ("W4A4 BRECQ", "dpm1")),
+    Comparison("SA-PTQ fp_first_order beats BRECQ (DPM-2)", ("W4A4 SA-PTQ (fp first-order)", "dpm2"),
+               ("W4A4 BRECQ", "dpm2")),
+    Comparison("SA-PTQ fp_first_order beats BRECQ on grid + intermediate points (DPM-2)",
+               ("W4A4 SA-PTQ (fp first-order)", "dpm2"), ("W4A4 BRECQ (grid + intermediate)", "dpm2")),
+    Comparison("BRECQ on grid + intermediate points beats BRECQ on the grid (DPM-2)",
+               ("W4A4 BRECQ (grid + intermediate)", "dpm2"), ("W4A4 BRECQ", "dpm2")),
+    Comparison("SA-QLoRA from SA-PTQ beats its SA-PTQ start (DPM-1)", ("W4A4 SA-QLoRA from SA-PTQ", "dpm1"),
+               ("W4A4 SA-PTQ (fp first-order)", "dpm1")),
+    Comparison("SA-QLoRA from SA-PTQ (DPM-1) matches FP DPM-2", ("W4A4 SA-QLoRA from SA-PTQ", "dpm1"), ("FP", "dpm2")),
 ]
 #: figures bootstrapped per comparison (all: lower is better)
 FIGURES = ("fd", "pixel_fd", "distance_to_fp_dpm2")
@@ -90,6 +112,24 @@ class RowFigures:
         if self.sq_to_fp2 is None:
             raise ValueError("no FP DPM-Solver-2 samples for the distance")
         return lambda k, idx: float(np.sqrt(self.sq_to_fp2[k][idx].mean()))
+
+
+def joined(payloads: list[dict[str, Any]], paths: list[Path]) -> dict[str, Any]:
+    """The first payload with the rows of the others that it lacks (same x_T seed and samples per
+    cell, else an error naming the file); ``commits`` lists each file's commit."""
+    first = dict(payloads[0])
+    rows = {r["row"] for r in first["results"]}
+    results = list(first["results"])
+    for payload, path in zip(payloads[1:], paths[1:]):
+        for field in ("samples", "x_T_seed"):
+            if payload.get(field) != first.get(field):
+                raise ValueError(f"{path}: {field} {payload.get(field)!r}, but {paths[0]} has {first.get(field)!r}: "
+                                 "paired intervals need the same x_T and sample count")
+        results += [r for r in payload["results"] if r["row"] not in rows]
+    first["results"] = results
+    first["commits"] = [p["commit"] for p in payloads]
+    first["train_seeds"] = sorted({s for p in payloads for s in p.get("train_seeds", [])})
+    return first
 
 
 def seeds_of(results: list[dict[str, Any]], row: str) -> list[int | None]:
@@ -193,7 +233,9 @@ def summary_line(entries: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", type=Path, help="a (merged) quality_digits JSON")
+    parser.add_argument("results", type=Path, nargs="+",
+                        help="(merged) quality_digits JSONs from the same x_T: rows of the later files join the "
+                             "first's (a row in several: the first file's); each keeps its own commit")
     parser.add_argument("--samples_dir", type=Path, nargs="+", required=True,
                         help="the --out folders of the quality_digits runs (their samples/ folders)")
     parser.add_argument("--draws", type=int, default=1000)
@@ -202,16 +244,18 @@ def main() -> None:
                         help="an independent rerun at other training seeds, checked against the prediction "
                              "intervals for one new seed")
     args = parser.parse_args()
-    payload = json.loads(args.results.read_text())
+    payload = joined([json.loads(p.read_text()) for p in args.results], args.results)
     t0 = time.perf_counter()
     entries = compare_all(payload, args.samples_dir, args.draws)
     rerun = rerun_check(payload["results"], json.loads(args.rerun.read_text())["results"]) if args.rerun else []
     seeds = payload.get("train_seeds", [])
+    sources = ", ".join(f"{p.name} (commit {c})" for p, c in zip(args.results, payload["commits"]))
     header = (f"Paired bootstrap ({args.draws} draws) over the shared x_T and the training seeds {seeds} of "
-              f"{args.results.name} (commit {payload['commit']}, {payload['samples']} samples per cell). "
+              f"{sources}, {payload['samples']} samples per cell. "
               "A - B < 0: A is lower (better). `tie`: the 95 % interval contains 0.")
-    stem = args.results.stem + "_intervals"
-    doc = {"source": str(args.results), "commit": payload["commit"], "draws": args.draws, "train_seeds": seeds,
+    stem = args.results[0].stem + "_intervals"
+    doc = {"source": [str(p) for p in args.results], "commit": payload["commit"], "commits": payload["commits"],
+           "draws": args.draws, "train_seeds": seeds,
            "seconds": time.perf_counter() - t0, "comparisons": entries,
            "rerun": {"source": str(args.rerun) if args.rerun else None, "cells": rerun,
                      "inside": sum(c["inside"] for c in rerun), "total": len(rerun)}}

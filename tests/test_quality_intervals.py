@@ -200,3 +200,18 @@ def test_a_rerun_seed_is_checked_against_the_one_new_seed_prediction_interval(in
                       "inside": True}]
     far = intervals_script.rerun_check(table, [_result("M", 3, "dpm1", iv.pred_hi + 0.01)])
     assert not next(c for c in far if c["figure"] == "fd")["inside"]
+
+
+def test_result_files_join_rows_the_first_lacks_and_keep_each_files_commit(intervals_script):
+    def payload(commit, rows, x_T_seed=0):
+        return {"commit": commit, "samples": 500, "x_T_seed": x_T_seed, "train_seeds": [0, 1],
+                "results": [{"row": r, "train_seed": 0, "fd": v} for r, v in rows]}
+
+    first = payload("aaa", [("FP", 1.0), ("W4A4 solver-aware DPM-2", 2.0)])
+    later = payload("bbb", [("FP", 9.0), ("W4A4 solver-aware DPM-2, grid anchor", 3.0)])
+    joined = intervals_script.joined([first, later], [Path("a.json"), Path("b.json")])
+    assert [(r["row"], r["fd"]) for r in joined["results"]] == [
+        ("FP", 1.0), ("W4A4 solver-aware DPM-2", 2.0), ("W4A4 solver-aware DPM-2, grid anchor", 3.0)]
+    assert joined["commits"] == ["aaa", "bbb"]
+    with pytest.raises(ValueError, match=r"c\.json: x_T_seed 1, but a\.json has 0"):
+        intervals_script.joined([first, payload("ccc", [], x_T_seed=1)], [Path("a.json"), Path("c.json")])
