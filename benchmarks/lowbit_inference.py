@@ -289,6 +289,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for kind, models in built.items():
         for b in batches[kind]:
             res["models"][kind]["batches"][str(b)] = latencies(models, b, device, args.repeats)
+        # again after the calls: the oneDNN layers prepack their weight per input shape at its first call
+        res["models"][kind]["bytes"] = {n: model_bytes(n, m) for n, m in models.items()}
     del built
     gc.collect()
     mem_unets = [k for k in args.unets if k in args.memory_unets]

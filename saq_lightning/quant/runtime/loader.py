@@ -249,12 +249,14 @@ def _cast_float_parts(student: QuantizedUNet, dtype: torch.dtype) -> None:
                 m._buffers[key] = b.to(dtype)
 
 
-def _choice_note(c, all_float: bool) -> str:
+def _choice_note(c, selection: Selection) -> str:
     if c.input_shape == ():
         return "chosen by choices= (not measured)"
     how = f"measured at input {list(c.input_shape)}: int8 {c.int8_ms:.3f} ms, float {c.float_ms:.3f} ms"
-    if all_float and c.chosen == "int8":
+    if selection.all_float and c.chosen == "int8":
         return how + "; int8 faster here, but the whole mix was slower than all-float"
+    if selection.all_int8 and c.chosen != "int8":
+        return how + "; float faster here, but all-int8 was the fastest whole model"
     return how + ("" if c.chosen == "int8" else "; float faster: weights dequantized once")
 
 
@@ -289,7 +291,7 @@ def build_report(student: QuantizedUNet, device: str, requested: str, notes: lis
                 note = f"{min(m.w_bits, m.a_quant.bits)}-bit codes in int8 kernels: no 4-bit arithmetic kernel"
             c = choices.get(name)
             if c is not None:
-                note = _choice_note(c, selection.all_float)
+                note = _choice_note(c, selection)
             storage = m.packing if m.arithmetic != "dequantized" else f"{m.packing}+fp32"
             report.layers.append(LayerArithmetic(name, kind, f"w{m.w_bits}a{m.a_quant.bits}", storage,
                                                  m.arithmetic, note, m.kernel_name(),

@@ -7,14 +7,15 @@ everywhere (10-40x) on a processor without VNNI. One probe at one GEMM shape can
 layer of a given model wins, so :func:`choose_per_layer` runs the model once on an example input
 and, in a forward pre-hook, times each int8 layer both ways on the input it really receives
 (int8, then the weight dequantized once, ``dequantized``), keeps the faster, and finally times
-the whole model with that mix against the all-float model: if the mix is still slower, every
-layer runs float (stated). Timings go through injectable functions (:attr:`ProbeConfig.layer_timer`,
+the whole model with that mix, with every measured layer int8 (when the mix has float layers:
+single-call layer timings mislead on a busy machine) and with every layer float, and keeps the
+fastest of the three (stated). Timings go through injectable functions (:attr:`ProbeConfig.layer_timer`,
 :attr:`ProbeConfig.model_timer`), so tests decide them; a previous load's choice can be
 reused verbatim (:attr:`ProbeConfig.choices`), which makes a deployment deterministic.
 
 Cost (stated in the report): one model call, plus per int8 layer ``1 + repeats`` timed calls of
 each path (each sample repeating calls under 0.5 ms up to 50 times), plus ``1 + model_repeats``
-calls of the whole model each way.
+calls of the whole model each way (two or three ways).
 """
 
 from __future__ import annotations
@@ -84,7 +85,9 @@ class Selection:
     probe_s: float = 0.0
     mix_ms: float | None = None
     all_float_ms: float | None = None
-    all_float: bool = False  # the whole-model check found the mix slower: every layer float
+    all_int8_ms: float | None = None  # timed when the mix has float layers
+    all_float: bool = False  # the whole-model check found all-float fastest: every layer float
+    all_int8: bool = False  # ... found all-int8 fastest: every measured layer int8
     reused: bool = False
 
     def lines(self) -> list[str]:
@@ -96,9 +99,14 @@ class Selection:
                f"float on the layer's own input: int8 on {counts['int8']} layers, float (dequantized once) on "
                f"{counts['dequantized']}; probe cost {self.probe_s:.1f} s")]
         if self.mix_ms is not None and self.all_float_ms is not None:
-            verdict = ("mix slower than all-float: every layer runs float" if self.all_float else
-                       f"mix {self.all_float_ms / self.mix_ms:.2f}x the all-float model")
-            out.append(f"whole model: chosen mix {self.mix_ms:.1f} ms vs all-float {self.all_float_ms:.1f} ms "
+            if self.all_float:
+                verdict = "mix slower than all-float: every layer runs float"
+            elif self.all_int8:
+                verdict = "all-int8 fastest: every layer runs int8"
+            else:
+                verdict = f"mix {self.all_float_ms / self.mix_ms:.2f}x the all-float model"
+            int8 = "" if self.all_int8_ms is None else f", all-int8 {self.all_int8_ms:.1f} ms"
+            out.append(f"whole model: chosen mix {self.mix_ms:.1f} ms vs all-float {self.all_float_ms:.1f} ms{int8} "
                        f"({verdict})")
         return out
 
@@ -172,6 +180,11 @@ def apply_choices(model: nn.Module, choices: Mapping[str, str]) -> Selection:
     return Selection(layers={n: LayerChoice(n, (), math.nan, math.nan, a) for n, a in choices.items()}, reused=True)
 
 
+def _set_all(layers: list[tuple[str, RuntimeLayer]], arithmetic: str) -> None:
+    for _, m in layers:
+        m.set_arithmetic(arithmetic)
+
+
 def _int8_layers(model: nn.Module) -> list[tuple[str, RuntimeLayer]]:
     unet = getattr(model, "unet", model)
     return [(n, m) for n, m in unet.named_modules() if isinstance(m, RuntimeLayer) and m.arithmetic == "int8"]
@@ -216,16 +229,23 @@ def choose_per_layer(model: nn.Module, probe: ProbeConfig, device: torch.device)
     finally:
         for h in hooks:
             h.remove()
-    measured = [m for n, m in layers if n in sel.layers]
-    if any(m.arithmetic == "int8" for m in measured):
+    measured = [(n, m) for n, m in layers if n in sel.layers]
+    if any(m.arithmetic == "int8" for _, m in measured):
+        # per-layer timings of one call each can mislead on a busy machine: the whole model decides
+        # between the mix, all-int8 (when the mix has float layers) and all-float
         sel.mix_ms = model_timer(model, example)
-        for m in measured:
-            m.set_arithmetic("dequantized")
+        if any(m.arithmetic == "dequantized" for _, m in measured):
+            _set_all(measured, "int8")
+            sel.all_int8_ms = model_timer(model, example)
+        _set_all(measured, "dequantized")
         sel.all_float_ms = model_timer(model, example)
-        sel.all_float = sel.all_float_ms <= sel.mix_ms
-        if not sel.all_float:
-            for n, m in layers:
-                if n in sel.layers:
-                    m.set_arithmetic(sel.layers[n].chosen)
+        fastest = min(sel.mix_ms, sel.all_float_ms, math.inf if sel.all_int8_ms is None else sel.all_int8_ms)
+        sel.all_float = sel.all_float_ms <= fastest
+        sel.all_int8 = not sel.all_float and sel.all_int8_ms is not None and sel.all_int8_ms < sel.mix_ms
+        if sel.all_int8:
+            _set_all(measured, "int8")
+        elif not sel.all_float:
+            for n, m in measured:
+                m.set_arithmetic(sel.layers[n].chosen)
     sel.probe_s = time.perf_counter() - t0
     return sel
