@@ -102,6 +102,12 @@ def test_solver_aware_digits_configs_build_and_their_phases_fit_their_solvers(na
     assert module.flow.history_size(parts.schedule.phases) == (2 if multistep else 0)
 
 
+def test_the_dpm2_student_config_anchors_its_grid_point():
+    """Without the anchor that student fails under DPM-Solver-1/3 (README, "Solver-aware alignment")."""
+    module = load_run_parts(["--config", str(CONFIGS / "digits_w4a4_dpm2.yaml")]).setup
+    assert module.loss_settings.grid_anchor == 1.0
+
+
 def _without_comments_and_names(text: str, name: str) -> list[str]:
     return [line.split("#")[0].rstrip().replace(name, "NAME") for line in text.splitlines()
             if line.split("#")[0].strip()]
