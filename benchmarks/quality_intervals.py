@@ -136,7 +136,10 @@ def seeds_of(results: list[dict[str, Any]], row: str) -> list[int | None]:
     return sorted({r.get("train_seed") for r in results if r["row"] == row}, key=lambda s: -1 if s is None else s)
 
 
-def compare_all(payload: dict[str, Any], dirs: list[Path], draws: int) -> list[dict[str, Any]]:
+def compare_all(payload: dict[str, Any], dirs: list[Path], draws: int,
+                claims: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every comparison whose rows the payload has (``claims``: only those whose claim contains one
+    of these strings)."""
     from saq_lightning.data.digits import digits_split
     from saq_lightning.metrics.digits_classifier import load_digits_classifier
     from saq_lightning.metrics.digits_spaces import classifier_features, pixel_features
@@ -149,6 +152,8 @@ def compare_all(payload: dict[str, Any], dirs: list[Path], draws: int) -> list[d
     have = {(r["row"], r["solver"], r["steps"], r.get("guidance_scale")) for r in results}
     out = []
     for comp in COMPARISONS:
+        if claims and not any(c in comp.claim for c in claims):
+            continue
         for steps in sorted({r["steps"] for r in results}):
             for g in sorted({r.get("guidance_scale") for r in results}):
                 if (*comp.a, steps, g) not in have or (*comp.b, steps, g) not in have:
@@ -239,6 +244,8 @@ def main() -> None:
     parser.add_argument("--samples_dir", type=Path, nargs="+", required=True,
                         help="the --out folders of the quality_digits runs (their samples/ folders)")
     parser.add_argument("--draws", type=int, default=1000)
+    parser.add_argument("--claims", nargs="+", default=None, metavar="TEXT",
+                        help="only the comparisons whose claim contains one of these (e.g. 'grid-anchored')")
     parser.add_argument("--out", type=Path, default=None, help="folder (default: beside the results)")
     parser.add_argument("--rerun", type=Path, default=None, metavar="JSON",
                         help="an independent rerun at other training seeds, checked against the prediction "
@@ -246,7 +253,7 @@ def main() -> None:
     args = parser.parse_args()
     payload = joined([json.loads(p.read_text()) for p in args.results], args.results)
     t0 = time.perf_counter()
-    entries = compare_all(payload, args.samples_dir, args.draws)
+    entries = compare_all(payload, args.samples_dir, args.draws, args.claims)
     rerun = rerun_check(payload["results"], json.loads(args.rerun.read_text())["results"]) if args.rerun else []
     seeds = payload.get("train_seeds", [])
     sources = ", ".join(f"{p.name} (commit {c})" for p, c in zip(args.results, payload["commits"]))
