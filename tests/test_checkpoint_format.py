@@ -65,5 +65,8 @@ def test_the_module_keeps_the_parameter_names_and_hyperparameters_of_the_base_co
     assert {k.split(".")[0] for k in module.state_dict()} == {"teacher", "student"}
     assert set(student_state_dict(module.student)) == set(saved["state_dict"])
     # every hyperparameter of the base commit, unchanged; new: the mixstep schedule (None: not given)
-    assert {k: v for k, v in module.hparams.items() if k != "mixstep"} == saved["hyper_parameters"]
-    assert module.hparams["mixstep"] is None
+    # and loss.grid_anchor, whose default (0) keeps the base commit's loss
+    hparams = {k: v for k, v in module.hparams.items() if k != "mixstep"}
+    hparams["loss"] = {k: v for k, v in hparams["loss"].items() if k != "grid_anchor"}
+    assert hparams == saved["hyper_parameters"]
+    assert module.hparams["mixstep"] is None and module.hparams["loss"]["grid_anchor"] == 0.0
