@@ -65,3 +65,17 @@ def tiny_unet():
 @pytest.fixture
 def tiny_cond_unet():
     return make_tiny_unet2d_condition().eval()
+
+
+@pytest.fixture(scope="module")
+def cond_w4a8_export(tmp_path_factory):
+    """The tiny cross-attention UNet exported W4A8 (packed int4 weights, 8-bit activations with
+    offsets, conv_in at 8 bits): the runtime kernels' tests (Triton, oneDNN) run it."""
+    from quant_helpers import calibrated_cond_student, perturb_lora
+
+    from saq_lightning.quant import export_student
+
+    torch.manual_seed(0)
+    _, student = calibrated_cond_student("w4a8")
+    perturb_lora(student)
+    return export_student(student, tmp_path_factory.mktemp("cond_w4a8") / "export")

@@ -12,10 +12,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from quant_helpers import calibrated_cond_student, cond_batch, perturb_lora
-from runtime_helpers import capture_inputs, layers_of, reference_accumulator
+from quant_helpers import cond_batch
+from runtime_helpers import (
+    assert_same_codes_until_the_first_flip,
+    capture_inputs,
+    layers_of,
+    reference_accumulator,
+)
 
-from saq_lightning.quant import export_student
 from saq_lightning.quant.runtime import RuntimeLayer, load_runtime
 from saq_lightning.quant.runtime import loader as runtime_loader
 from saq_lightning.quant.runtime.loader import choose_int8_kernel
@@ -85,15 +89,6 @@ def test_conv_epilogue_scales_per_channel_with_the_calls_activation_scale_and_ad
 
 # -- whole UNet ----------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def cond_w4a8_export(tmp_path_factory):
-    """The tiny cross-attention UNet, W4A8 (packed int4 weights, 8-bit activations with offsets)."""
-    torch.manual_seed(0)
-    _, student = calibrated_cond_student("w4a8")
-    perturb_lora(student)
-    return export_student(student, tmp_path_factory.mktemp("cond_w4a8_onednn") / "export")
-
-
 def _call():
     b = cond_batch(b=2, seed=7)
     b["timestep"] = torch.tensor([3, 997])  # two activation buckets in one batch: one oneDNN call each
@@ -133,17 +128,8 @@ def test_whole_unet_on_onednn_gives_the_int_mm_runtimes_codes_and_output(unet_ru
     """Same integers, same epilogue formula, float rounding in another order (the Triton test's
     argument): until the first flipped activation code every layer input agrees to 1e-5 of its
     range, a flip is by one code, and the output is within 5% of its range."""
-    o_in, r_in = unet_runs["o_in"], unet_runs["r_in"]
-    assert list(o_in) == list(r_in)
-    for name in r_in:
-        (x_o, codes_o), (x_r, codes_r) = o_in[name], r_in[name]
-        d = (codes_o - codes_r).abs()
-        if d.max() > 0:
-            assert d.max() == 1, (name, d.max())
-            break
-        torch.testing.assert_close(x_o, x_r, rtol=0, atol=1e-5 * x_r.abs().max().item(), msg=name)
-    got, want = unet_runs["y_onednn"], unet_runs["y_torch"]
-    torch.testing.assert_close(got, want, rtol=0, atol=0.05 * want.abs().max().item())
+    assert_same_codes_until_the_first_flip(unet_runs["o_in"], unet_runs["r_in"], unet_runs["y_onednn"],
+                                           unet_runs["y_torch"])
 
 
 def test_report_names_the_onednn_kernel_of_each_layer(unet_runs):

@@ -13,10 +13,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from quant_helpers import calibrated_cond_student, cond_batch, perturb_lora
-from runtime_helpers import capture_inputs, layers_of, reference_accumulator
+from quant_helpers import cond_batch
+from runtime_helpers import (
+    assert_same_codes_until_the_first_flip,
+    capture_inputs,
+    layers_of,
+    reference_accumulator,
+)
 
-from saq_lightning.quant import export_student
 from saq_lightning.quant.runtime import ProbeConfig, RuntimeLayer, load_runtime
 from saq_lightning.quant.runtime.kernels import pack_int4
 from saq_lightning.quant.runtime.loader import choose_int8_kernel
@@ -137,15 +141,6 @@ def test_bf16_output_is_the_fp32_epilogue_rounded_once(interpreter):
 
 # -- whole UNet -------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def cond_w4a8_export(tmp_path_factory):
-    """The tiny cross-attention UNet, W4A8 (packed int4 weights, 8-bit activations with offsets)."""
-    torch.manual_seed(0)
-    _, student = calibrated_cond_student("w4a8")
-    perturb_lora(student)
-    return export_student(student, tmp_path_factory.mktemp("cond_w4a8") / "export")
-
-
 def _call():
     b = cond_batch(b=2, seed=7)
     b["timestep"] = torch.tensor([3, 997])
@@ -204,17 +199,8 @@ def test_whole_unet_on_triton_kernels_gives_the_int_mm_runtimes_codes_and_output
     the first flip in the mid block, then 10% of the 8-bit codes after it, output within 1.5% of
     its range). So: until the first flipped code every layer input agrees to fp32 rounding
     (1e-5 of its range), that flip is by one code, and the output is within 5% of its range."""
-    t_in, r_in = unet_runs["t_in"], unet_runs["r_in"]
-    assert list(t_in) == list(r_in)  # same layers, same call order
-    for name in r_in:
-        (x_t, codes_t), (x_r, codes_r) = t_in[name], r_in[name]
-        d = (codes_t - codes_r).abs()
-        if d.max() > 0:
-            assert d.max() == 1, (name, d.max())
-            break
-        torch.testing.assert_close(x_t, x_r, rtol=0, atol=1e-5 * x_r.abs().max().item(), msg=name)
-    got, want = unet_runs["y_triton"], unet_runs["y_torch"]
-    torch.testing.assert_close(got, want, rtol=0, atol=0.05 * want.abs().max().item())
+    assert_same_codes_until_the_first_flip(unet_runs["t_in"], unet_runs["r_in"], unet_runs["y_triton"],
+                                           unet_runs["y_torch"])
 
 
 def test_report_names_the_triton_kernel_of_each_layer(unet_runs):

@@ -193,17 +193,14 @@ def test_a_phase_with_an_unknown_student_solver_is_refused_naming_it(tmp_path, t
 
 
 # ---------------------------------------------------------------- the analytic problem
-def test_analytic_student_trained_for_dpm2_follows_the_teacher_under_its_own_dpm2():
-    """Exact eps of Gaussian data plus a fixed error (a stand-in for quantization) plus a learnable
-    correction (a quadratic in t of a per-feature scale and bias). Trained through its own
-    DPM-Solver-2 step against the exact DPM-Solver-2 teacher's eps_eff, it samples with
-    DPM-Solver-2 to within 0.2 RMS of the teacher's end point (data RMS ~1.5; 0.44 untrained);
-    trained through a first-order step (MOTA) it is worse than untrained under DPM-Solver-2."""
+def _analytic_problem():
+    """Gaussian data with exact eps, its DPM-Solver-2 teacher at 10 steps and its points, and a
+    student family: exact eps plus a fixed error (a stand-in for quantization) plus a learnable
+    correction (a quadratic in t of a per-feature scale and bias, ``params [6, 6]``)."""
     sch, data, x_T = gaussian_problem(dim=6, batch=64)
     solver = DPMSolver(sch, order=2, spacing="time_uniform")
     grid = time_grid(sch, 10, "time_uniform")
     teacher = sample(data.eps, x_T, grid, solver, order=2, return_trajectory=True)
-    pts = teacher.trajectory.points()
 
     def student_of(params):
         def student(x, t, cond=None):
@@ -212,6 +209,17 @@ def test_analytic_student_trained_for_dpm2_follows_the_teacher_under_its_own_dpm
             bias = params[3] + params[4] * tt + params[5] * tt ** 2
             return data.eps(x, t) + 0.1 * torch.tanh(x) + 0.05 + scale * x + bias
         return student
+
+    return data, x_T, solver, grid, teacher, teacher.trajectory.points(), student_of
+
+
+def test_analytic_student_trained_for_dpm2_follows_the_teacher_under_its_own_dpm2():
+    """Exact eps of Gaussian data plus a fixed error (a stand-in for quantization) plus a learnable
+    correction (a quadratic in t of a per-feature scale and bias). Trained through its own
+    DPM-Solver-2 step against the exact DPM-Solver-2 teacher's eps_eff, it samples with
+    DPM-Solver-2 to within 0.2 RMS of the teacher's end point (data RMS ~1.5; 0.44 untrained);
+    trained through a first-order step (MOTA) it is worse than untrained under DPM-Solver-2."""
+    _, x_T, solver, grid, teacher, pts, student_of = _analytic_problem()
 
     def trained_for(order):
         params = torch.zeros(6, 6, dtype=torch.float64, requires_grad=True)
@@ -240,20 +248,8 @@ def test_analytic_dpm2_student_anchored_at_the_grid_point_keeps_its_dpm2_accurac
     evaluation of both steps): anchored, its grid-point direction is nearer the teacher's (RMS 0.023
     against 0.041 measured) and its DPM-Solver-2 samples are no worse (0.117 against 0.124); anchored
     to the high-order target instead, they are (0.51)."""
-    sch, data, x_T = gaussian_problem(dim=6, batch=64)
-    solver = DPMSolver(sch, order=2, spacing="time_uniform")
-    grid = time_grid(sch, 10, "time_uniform")
-    teacher = sample(data.eps, x_T, grid, solver, order=2, return_trajectory=True)
-    pts = teacher.trajectory.points()
+    data, x_T, solver, grid, teacher, pts, student_of = _analytic_problem()
     first = data.eps(pts.x_s, pts.s)
-
-    def student_of(params):
-        def student(x, t, cond=None):
-            tt = t.reshape(-1, 1)
-            scale = params[0] + params[1] * tt + params[2] * tt ** 2
-            bias = params[3] + params[4] * tt + params[5] * tt ** 2
-            return data.eps(x, t) + 0.1 * torch.tanh(x) + 0.05 + scale * x + bias
-        return student
 
     def trained(anchor, target=first):
         params = torch.zeros(6, 6, dtype=torch.float64, requires_grad=True)
