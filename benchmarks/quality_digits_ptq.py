@@ -42,7 +42,11 @@ class PTQRow:
 
     @property
     def key(self) -> str:
-        return self.name.lower().replace(" ", "_").replace("-", "_").replace("(", "").replace(")", "")
+        """The folder name of the row's samples: the trained rows' rule, so that
+        ``quality_intervals.py`` finds them by name."""
+        from quality_digits import Row
+
+        return Row(self.name).key
 
 
 def _rows() -> list[PTQRow]:

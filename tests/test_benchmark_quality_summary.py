@@ -101,6 +101,13 @@ def test_reconstructed_ptq_rows_take_seeds_and_the_naive_ones_do_not(bench, ptq_
     assert not bench.is_trained(rows["W4A4 PTQ naive"])
 
 
+def test_ptq_rows_keep_their_samples_under_the_trained_rows_key_rule(bench, ptq_bench):
+    """``quality_intervals.py`` finds a row's samples by its name through ``Row(name).key``."""
+    for row in ptq_bench.PTQ_ROWS:
+        assert row.key == bench.Row(row.name).key
+    assert bench.Row("W4A4 BRECQ (grid + intermediate)").key == "w4a4_brecq_grid_intermediate"
+
+
 def test_a_ptq_seed_is_the_reconstruction_seed_in_a_folder_of_its_own_and_seed_0_keeps_the_old_one(ptq_bench,
                                                                                                       tmp_path):
     from types import SimpleNamespace
