@@ -19,8 +19,8 @@ Arithmetics (``arithmetic``):
   - ``triton``: the implicit-GEMM kernel of :mod:`.triton_conv` (no im2col; the weight read as
     stored, W4 unpacked in the kernel; corrections, scales, bias and the output cast fused).
   - ``onednn`` (x86 CPUs): oneDNN's int8 conv / linear (:mod:`.onednn`, what PyTorch's PT2E path
-    runs) on the weight prepacked once (int8, centred on its zero point where that fits, else
-    corrected by a per-channel term over the receptive field), ``uint8`` codes ``q_x - qmin``
+    runs) on the weight prepacked once per input shape (int8, centred on its zero point where that
+    fits, else corrected by a per-channel term over the receptive field), ``uint8`` codes ``q_x - qmin``
     with the bucket's scale and zero point per call, epilogue fused. 1 byte per weight in
     oneDNN's layout.
 * ``emulated``: the same integers multiplied in float64 (a stated fallback for devices without
@@ -128,7 +128,7 @@ class RuntimeLayer(nn.Module):
         self.kernel = self._requested_kernel if self.arithmetic == "int8" else ""
         self.__dict__["_onednn_weight"] = None
         if self.kernel == "onednn":
-            self._prepack_onednn()
+            self._centre_onednn_weight()
         device = self.qweight.device
         self.gemm_weight = None
         self.float_weight = None
@@ -339,7 +339,7 @@ class RuntimeLayer(nn.Module):
         return y if raw else y.to(x.dtype)
 
     # -- oneDNN kernels (x86 CPUs) ------------------------------------------------------------------
-    def _prepack_onednn(self) -> None:
+    def _centre_onednn_weight(self) -> None:
         """The centring of the weight for oneDNN: ``W' = q_w - c`` in int8 with ``c`` per output
         channel the zero point where ``q_w - z_w`` fits int8 (always for <= 7-bit codes), else the
         nearest centre that fits; ``dw = c - z_w`` (``None`` when all 0). oneDNN takes symmetric
@@ -391,7 +391,8 @@ class RuntimeLayer(nn.Module):
 
     def _onednn_bucket(self, x: Tensor, bucket: int, raw: bool) -> Tensor:
         """``acc = sum q'_x W'`` by oneDNN with the codes ``q'_x = q_x - qmin`` (uint8) and zero
-        point 0 (oneDNN's own activation zero point made its conv about 3x slower here), then
+        point 0 (oneDNN's own activation zero point adds a weight-compensation reorder to every call,
+        seen with ``ONEDNN_VERBOSE=1``), then
         ``acc - z'_x M + dw R`` (``z'_x = z_x - qmin``; ``M``: the sum of ``W'`` over the taps that
         fall inside the input, per output position, fixed per input size; ``R``: the window sums
         of ``q_x - z_x``) in the epilogue's scale: ``sum (q_x - z_x)(q_w - z_w)``, exactly."""
