@@ -17,6 +17,7 @@ from saq_lightning.quant import (
     quantize_model,
 )
 from saq_lightning.quant.runtime import kernels, load_runtime, read_config
+from saq_lightning.quant.runtime import loader as runtime_loader
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +112,7 @@ def test_a_device_without_int8_gemm_is_an_error_naming_the_layer(export, monkeyp
     def no_int_mm(a, b):
         raise RuntimeError("_int_mm not implemented for this backend")
 
+    monkeypatch.setattr(runtime_loader, "onednn_unavailable", lambda: "no oneDNN here (test)")
     kernels.probe_int8_gemm.cache_clear()
     monkeypatch.setattr(torch, "_int_mm", no_int_mm)
     try:
@@ -130,6 +132,7 @@ def test_the_stated_fallback_is_exact_float64_emulation(export, monkeypatch):
     def no_int_mm(a, b):
         raise RuntimeError("_int_mm not implemented for this backend")
 
+    monkeypatch.setattr(runtime_loader, "onednn_unavailable", lambda: "no oneDNN here (test)")
     kernels.probe_int8_gemm.cache_clear()
     monkeypatch.setattr(torch, "_int_mm", no_int_mm)
     try:

@@ -189,3 +189,24 @@ def test_auto_on_this_cpu_picks_onednn_exactly_when_it_is_exact_here():
     why = onednn_unavailable()
     assert kernel == ("onednn" if why is None else "torch")
     assert "CPU flags:" in line
+
+
+@exact_here
+def test_onednn_layers_load_and_run_where_torch_int_mm_is_missing(monkeypatch, cond_w4a8_export):
+    """oneDNN layers never call ``torch._int_mm``: its absence is no reason to emulate them."""
+    from saq_lightning.quant.runtime import kernels
+
+    def no_int_mm(a, b):
+        raise RuntimeError("_int_mm not implemented for this backend")
+
+    kernels.probe_int8_gemm.cache_clear()
+    monkeypatch.setattr(torch, "_int_mm", no_int_mm)
+    try:
+        rt = load_runtime(cond_w4a8_export, int8_kernel="onednn")
+        with torch.no_grad():
+            rt(**_call())
+    finally:
+        kernels.probe_int8_gemm.cache_clear()
+    report = rt.runtime_report
+    assert report.counts().get("emulated", 0) == 0 and not any("fallback" in n for n in report.notes)
+    assert all(r.kernel.startswith("onednn") for r in report.layers if r.arithmetic == "int8")

@@ -159,7 +159,7 @@ def load_runtime(
         kernel, chosen, line = choose_int8_kernel(device, int8_kernel)
         notes += [line] if line else []
     per_layer = chosen == "int8" and kernel in ("torch", "onednn") and device.type == "cpu" and int8_kernel == "auto"
-    if chosen == "int8" and kernel in ("torch", "onednn"):  # (layers oneDNN cannot take use torch)
+    if chosen == "int8" and kernel == "torch":  # (oneDNN layers never call torch._int_mm)
         reason = probe_int8_gemm(str(device))
         if reason is not None:
             first = next(iter(manifest["layers"]), "?")
