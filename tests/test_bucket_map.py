@@ -179,6 +179,12 @@ def test_time_uniform_midpoints_of_10_steps_are_20_step_grid_points(schedule):
     assert len(both.points()[0]) == 40  # 20 grid points + the 20 midpoints of the 20-step grid
 
 
+def test_own_intermediate_points_leave_out_those_that_are_grid_points(schedule):
+    both = bucket_map_for(schedule, "time_uniform", [MixStepPhase(20), MixStepPhase(10)], 100, intermediate=[2, 2])
+    assert both.own_intermediate_points() == list(both.grids[0].intermediate)  # the 10-step ones are on the grid
+    assert bucket_map_for(schedule, "time_uniform", [MixStepPhase(10)], 20).own_intermediate_points() == []
+
+
 def test_intermediate_buckets_round_trip_and_an_older_map_still_loads(schedule):
     both = bucket_map_for(schedule, "logSNR", [MixStepPhase(10)], 40, intermediate=[3])
     again = BucketMap.from_dict(both.to_dict())

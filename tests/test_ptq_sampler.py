@@ -151,3 +151,12 @@ def test_an_fp_first_order_student_has_buckets_of_its_own_at_the_pairs_intermedi
     assert bool(((mids[:, None] - known[None, :]).abs().min(dim=1).values <= bmap.tolerance).all())
     grid_buckets = {b for row in bmap.tables.values() for b in row}
     assert not set(bmap.lookup(mids).tolist()) & grid_buckets  # none borrowed from a grid point
+
+
+def test_an_fp_first_order_students_intermediate_buckets_are_calibrated_from_their_own_states(dpm2_student):
+    _, ckpt, _, _ = dpm2_student
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    flags = {k: v for k, v in state.items() if k.endswith("a_quant.calibrated")}
+    assert flags and all(bool(v.all()) for v in flags.values())  # 20 of 20: none filled from a grid point
+    meta = json.loads((ckpt.parent / "ptq_state" / "meta.json").read_text())
+    assert meta["calibration"] == "grid and intermediate points"  # an older state is not resumed

@@ -6,16 +6,25 @@ student not bound to grids, a time-uniform grid of one step per activation bucke
 ``i`` falls into bucket ``n_buckets - 1 - i``); ``settings.steps`` overrides the step count. Every state
 becomes a student call ``{"sample", "timestep", <condition argument>}``; with classifier-free
 guidance the null-condition copy is added too, since the guided student sees both.
+
+Intermediate points with buckets of their own (a singlestep student's, or SA-PTQ's quantized side;
+``BucketMap.own_intermediate_points``) get states too: the teacher's first-order step from the
+nearest noisier grid state to the point, which on the rolled-out grid *is* DPM-Solver-2's
+intermediate point (elsewhere, a state of the right noise level from a nearby one). Without them
+those buckets would be filled from a neighbouring grid point's data, a range they never see.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from saq_lightning.sampling import make_solver, sample, time_grid
+from saq_lightning.sampling.exponential import noise_step, step_coefficients
+from saq_lightning.sampling.predictor import evaluate
 
 from .conditions import ConditionSource, noise_for
 from .settings import CalibrationSettings
@@ -33,8 +42,10 @@ def calibration_batches(
     *,
     spacing: str | None = None,
     steps: int | None = None,
+    intermediate: Sequence[float] = (),
 ) -> Iterator[dict[str, Any]]:
-    """Student call arguments over teacher trajectories (generated lazily, chunk by chunk)."""
+    """Student call arguments over teacher trajectories (generated lazily, chunk by chunk);
+    ``intermediate``: model timesteps of intermediate points to add states at."""
     model = flow.model
     steps = settings.steps or (steps if spacing is not None else None) or n_buckets
     grid = time_grid(flow.schedule, steps, spacing or "time_uniform")
@@ -45,11 +56,14 @@ def calibration_batches(
         idx = list(range(lo, min(lo + chunk, settings.num_samples)))
         x_T = noise_for(settings.seed, idx, model.sample_shape, device, dtype)
         cond = conditions(idx, device=device)
-        points = sample(flow.predictor(), x_T, grid, solver, cond=cond, return_trajectory=True).trajectory.points()
-        x, ts = points.x_s, flow.schedule.model_timestep(points.s).to(device, torch.float32)
+        traj = sample(flow.predictor(), x_T, grid, solver, cond=cond, return_trajectory=True).trajectory
+        points = traj.points()
+        x_mid, t_mid = intermediate_states(flow, traj.states, traj.times, intermediate, cond)
+        x = torch.cat([points.x_s, x_mid])
+        ts = flow.schedule.model_timestep(torch.cat([points.s, t_mid.to(points.s)])).to(device, torch.float32)
         rows_cond = None
         if cond is not None:
-            rows_cond = cond.repeat(steps, *([1] * (cond.ndim - 1)))
+            rows_cond = cond.repeat(x.shape[0] // cond.shape[0], *([1] * (cond.ndim - 1)))
         if guided:
             null = model.null_cond(rows_cond.shape[0], device=rows_cond.device)
             rows_cond = torch.cat([rows_cond, null.to(rows_cond.dtype)])
@@ -62,3 +76,27 @@ def calibration_batches(
                 encoded = model.conditioner(rows_cond[part.to(rows_cond.device)])
                 call[model.conditioner.unet_argument] = encoded.to(dtype) if encoded.is_floating_point() else encoded
             yield call
+
+
+@torch.no_grad()
+def intermediate_states(flow: TeacherFlow, states: Tensor, times: Tensor, intermediate: Sequence[float],
+                        cond: Any) -> tuple[Tensor, Tensor]:
+    """States ``[K * B, ...]`` (point-major) at the intermediate model timesteps that a grid
+    state precedes, and their times ``[K * B]``: the teacher's first-order step from the nearest
+    noisier evaluated grid state ``states[j]`` (``times[j] > t``) to each point."""
+    schedule, b = flow.schedule, states.shape[1]
+    xs, ts, eps = [], [], {}
+    for u in intermediate:
+        t_u = schedule.t_from_model_timestep(torch.tensor(float(u), dtype=times.dtype, device=times.device))
+        noisier = torch.nonzero(times[:-1] > t_u).flatten()
+        if noisier.numel() == 0:
+            continue
+        j = int(noisier[-1])
+        s = times[j].expand(b)
+        if j not in eps:
+            eps[j] = evaluate(flow.predictor(), states[j], s, cond)
+        xs.append(noise_step(states[j], step_coefficients(schedule, s, t_u.expand(b)), eps[j]))
+        ts.append(t_u.expand(b))
+    if not xs:
+        return states[:0].flatten(0, 1), times[:0]
+    return torch.cat(xs), torch.cat(ts)

@@ -216,6 +216,9 @@ def run_ptq(
 
     meta = {"reconstruction": asdict(rec), "saq": setup.checkpoint_identity(), "shards": str(shards),
             "manifest_layout": manifest.layout.digest()}
+    if setup.student.bucket_map.own_intermediate_points():
+        # a state calibrated before intermediate points had calibration data must not be resumed
+        meta["calibration"] = "grid and intermediate points"
     tb = _TensorBoard(out / "tb") if comm.rank == 0 else None
     setup.student.eval()  # no dropout during recording or reconstruction; gradients still flow
     try:

@@ -270,7 +270,8 @@ class SAQSetup(nn.Module):
                                       self.policy.n_buckets, self.device,
                                       next(self.teacher.unet.parameters()).dtype,
                                       spacing=self.teacher_settings.spacing if bmap.trained else None,
-                                      steps=max((g.steps for g in bmap.grids), default=None))
+                                      steps=max((g.steps for g in bmap.grids), default=None),
+                                      intermediate=bmap.own_intermediate_points())
         info = calibrate(self.student, batches, seed=self.calibration_settings.seed,
                          max_values_per_bucket=self.calibration_settings.max_values_per_bucket)
         self._broadcast_student_state()

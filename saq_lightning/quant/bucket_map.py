@@ -179,6 +179,13 @@ class BucketMap:
         ts = sorted(seen, reverse=True)
         return ts, [seen[t] for t in ts]
 
+    def own_intermediate_points(self) -> list[float]:
+        """The intermediate timesteps (noisiest first) that are no grid point: the points whose
+        buckets only data at those timesteps can calibrate."""
+        grid = self.points(intermediate=False)[0]
+        inner = _distinct(sorted({t for g in self.grids for t in g.intermediate}, reverse=True), self.tolerance)
+        return [t for t in inner if all(abs(t - p) > self.tolerance for p in grid)]
+
     def lookup(self, timestep: Tensor) -> Tensor:
         """Buckets ``[B]`` (long) of model timesteps ``[B]`` (any float dtype and device)."""
         t = timestep.detach().reshape(-1)
