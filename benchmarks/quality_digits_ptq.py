@@ -48,6 +48,16 @@ class PTQRow:
 
         return Row(self.name).key
 
+    @property
+    def calibrated_at_intermediate_points(self) -> bool:
+        """Whether the row's student has buckets of its own at the pairs' intermediate points, which
+        its calibration then covers (so it cannot share the grid-only rows' calibration)."""
+        from saq_lightning.alignment.ptq import quantized_at_intermediate_points
+        from saq_lightning.quant.reconstruction import ReconstructionSettings
+
+        return quantized_at_intermediate_points(ReconstructionSettings(
+            objective=self.objective, pair_roles=self.pair_roles, same_input_points=self.points))
+
 
 def _rows() -> list[PTQRow]:
     rows = []
@@ -96,26 +106,32 @@ def ptq_student(row: PTQRow, out: Path, args: Any, seed: int | None = None) -> t
 
     cli = _ptq_args(row, out, args, seed)
     generate(cli[:6] + ["--progress", "false"])  # keeps finished shards: made once for all rows
-    _share_calibration(out, row.policy, Path(cli[7]))
+    _share_calibration(out, row, Path(cli[7]))
     t0 = time.perf_counter()
     ptq(cli + ["--progress", "false"])
     return Path(cli[7]) / "student.ckpt", time.perf_counter() - t0
 
 
-def _share_calibration(out: Path, policy: str, target: Path) -> None:
-    """Rows of one policy start from the same (deterministic) L_p calibration: compute it once.
+def _share_calibration(out: Path, row: PTQRow, target: Path) -> None:
+    """Rows that calibrate alike start from the same (deterministic) L_p calibration: compute it once.
 
-    ``ptq`` loads ``ptq_state/calibration.pt`` when it exists; the first row of the policy makes it.
+    ``ptq`` loads ``ptq_state/calibration.pt`` when it exists; the first row of a group makes it. A
+    group is a policy and whether its student has buckets of its own at the intermediate points
+    (rows that have them calibrate those buckets too; a grid-only calibration copied to them would
+    leave those buckets filled from a neighbouring grid point's data, as it did up to 410e9a9).
     """
     import shutil
 
     mine = target / "ptq_state" / "calibration.pt"
     if mine.exists():
         return
-    for other in sorted(out.glob(f"ptq_{policy}_*/ptq_state/calibration.pt")):
+    group = [ptq_folder(out, r, None).name for r in PTQ_ROWS if r.policy == row.policy
+             and r.calibrated_at_intermediate_points == row.calibrated_at_intermediate_points]
+    found = sorted(c for name in set(group) for pattern in (name, f"{name}_seed*")
+                   for c in out.glob(f"{pattern}/ptq_state/calibration.pt"))
+    if found:
         mine.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(other, mine)
-        return
+        shutil.copyfile(found[0], mine)
 
 
 def build_ptq_row_model(row: PTQRow, base: Path, out: Path, args: Any, console: Any, seed: int | None = None):

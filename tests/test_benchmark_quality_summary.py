@@ -147,3 +147,23 @@ def test_merge_refuses_results_of_another_commit_naming_the_file_and_field(bench
     b = _payload(tmp_path, "b", [_result("FP", "dpm1", 10, 0.9)], commit="def5678")
     with pytest.raises(ValueError, match=r"b\.json: commit is 'def5678'"):
         bench.merge_payloads([a, b])
+
+
+def test_rows_with_intermediate_buckets_share_a_calibration_only_among_themselves(ptq_bench, tmp_path):
+    rows = {r.name: r for r in ptq_bench.PTQ_ROWS}
+    naive, fp1, control = rows["W4A4 PTQ naive"], rows["W4A4 SA-PTQ (fp first-order)"], \
+        rows["W4A4 BRECQ (grid + intermediate)"]
+    assert [r.calibrated_at_intermediate_points for r in (naive, fp1, control)] == [False, True, True]
+
+    def calibration(folder):
+        path = folder / "ptq_state" / "calibration.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    calibration(ptq_bench.ptq_folder(tmp_path, naive, None)).write_text("grid only")
+    target = ptq_bench.ptq_folder(tmp_path, fp1, None)
+    ptq_bench._share_calibration(tmp_path, fp1, target)
+    assert not (target / "ptq_state" / "calibration.pt").exists()  # computed by its own ptq run
+    calibration(ptq_bench.ptq_folder(tmp_path, control, 1)).write_text("grid and intermediate")
+    ptq_bench._share_calibration(tmp_path, fp1, target)
+    assert (target / "ptq_state" / "calibration.pt").read_text() == "grid and intermediate"
