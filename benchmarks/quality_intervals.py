@@ -267,13 +267,18 @@ def main() -> None:
            "rerun": {"source": str(args.rerun) if args.rerun else None, "cells": rerun,
                      "inside": sum(c["inside"] for c in rerun), "total": len(rerun)}}
     text = markdown(entries, header) + rerun_markdown(rerun)
-    for folder in {args.out or args.results.parent, Path(__file__).resolve().parent / "results"}:
+    for folder in output_folders(args.out, args.results):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
         (folder / f"{stem}.md").write_text(text)
     print(text, flush=True)
     print(summary_line(entries) + (f"; rerun inside the one-new-seed interval: {sum(c['inside'] for c in rerun)}"
                                    f"/{len(rerun)}" if rerun else ""))
+
+
+def output_folders(out: Path | None, results: list[Path]) -> set[Path]:
+    """Where the intervals go: ``out`` (default: beside the first result file) and benchmarks/results."""
+    return {out or results[0].parent, Path(__file__).resolve().parent / "results"}
 
 
 def rerun_markdown(cells: list[dict[str, Any]]) -> str:

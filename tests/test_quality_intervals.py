@@ -215,3 +215,9 @@ def test_result_files_join_rows_the_first_lacks_and_keep_each_files_commit(inter
     assert joined["commits"] == ["aaa", "bbb"]
     with pytest.raises(ValueError, match=r"c\.json: x_T_seed 1, but a\.json has 0"):
         intervals_script.joined([first, payload("ccc", [], x_T_seed=1)], [Path("a.json"), Path("c.json")])
+
+
+def test_intervals_of_several_result_files_go_beside_the_first_without_out(intervals_script):
+    folders = intervals_script.output_folders(None, [Path("runs/a/x.json"), Path("runs/b/y.json")])
+    assert Path("runs/a") in folders and BENCH / "results" in folders
+    assert Path("elsewhere") in intervals_script.output_folders(Path("elsewhere"), [Path("runs/a/x.json")])
