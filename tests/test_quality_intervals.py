@@ -221,3 +221,32 @@ def test_intervals_of_several_result_files_go_beside_the_first_without_out(inter
     folders = intervals_script.output_folders(None, [Path("runs/a/x.json"), Path("runs/b/y.json")])
     assert Path("runs/a") in folders and BENCH / "results" in folders
     assert Path("elsewhere") in intervals_script.output_folders(Path("elsewhere"), [Path("runs/a/x.json")])
+
+
+@pytest.fixture(scope="module")
+def versions_script():
+    yield _load("quality_versions")
+    sys.modules.pop("quality_versions", None)
+
+
+def test_the_same_samples_in_two_runs_differ_by_zero_in_the_cells_both_have(quality, versions_script, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(40, 1, 8, 8, generator=g) * 2 - 1
+    labels = torch.arange(40) % 10
+    key = quality.Row("M").key
+    for run, cells in (("a", ("dpm1@10@cfg2", "dpm2@10@cfg2")), ("b", ("dpm1@10@cfg2",))):
+        for cell in cells:
+            quality.save_samples(tmp_path / run, key, 0, cell, base, labels)
+    a = {"results": [_result("M", 0, "dpm1", 0.5), _result("M", 0, "dpm2", 0.4)]}
+    b = {"results": [_result("M", 0, "dpm1", 0.5)]}
+    entries = versions_script.compare_versions("M", a, tmp_path / "a", b, tmp_path / "b", draws=20)
+    assert [(e["solver"], e["a_seeds"], e["b_seeds"]) for e in entries] == [("dpm1", [0], [0])]
+    for figure in ("fd", "pixel_fd"):
+        assert entries[0][figure]["estimate"] == pytest.approx(0.0, abs=1e-9)
+        assert versions_script.verdict(entries[0][figure]) == "tie"
+
+
+def test_runs_from_other_x_T_are_refused_naming_the_file(versions_script):
+    with pytest.raises(ValueError, match=r"old\.json: x_T_seed 1, but new\.json has 0"):
+        versions_script.check_same_x_T({"samples": 500, "x_T_seed": 0}, {"samples": 500, "x_T_seed": 1},
+                                       Path("new.json"), Path("old.json"))
