@@ -115,19 +115,24 @@ class RowFigures:
 
 
 def joined(payloads: list[dict[str, Any]], paths: list[Path]) -> dict[str, Any]:
-    """The first payload with the rows of the others that it lacks (same x_T seed and samples per
-    cell, else an error naming the file); ``commits`` lists each file's commit."""
+    """The first payload with the (row, training seed) pairs of the others that it lacks (same x_T
+    seed and samples per cell, else an error naming the file): a row's seeds may come from several
+    files, a pair in several is the first file's. ``commits`` lists each file's commit and
+    ``row_commits`` the commits each row's seeds come from."""
     first = dict(payloads[0])
-    rows = {r["row"] for r in first["results"]}
     results = list(first["results"])
     for payload, path in zip(payloads[1:], paths[1:]):
         for field in ("samples", "x_T_seed"):
             if payload.get(field) != first.get(field):
                 raise ValueError(f"{path}: {field} {payload.get(field)!r}, but {paths[0]} has {first.get(field)!r}: "
                                  "paired intervals need the same x_T and sample count")
-        results += [r for r in payload["results"] if r["row"] not in rows]
-    first["results"] = results
+        have = {(r["row"], r.get("train_seed")) for r in results}
+        results += [dict(r, commit=payload["commit"]) for r in payload["results"]
+                    if (r["row"], r.get("train_seed")) not in have]
+    first["results"] = [r if "commit" in r else dict(r, commit=first["commit"]) for r in results]
     first["commits"] = [p["commit"] for p in payloads]
+    first["row_commits"] = {row: sorted({r["commit"] for r in first["results"] if r["row"] == row})
+                            for row in dict.fromkeys(r["row"] for r in first["results"])}
     first["train_seeds"] = sorted({s for p in payloads for s in p.get("train_seeds", [])})
     return first
 
@@ -239,8 +244,9 @@ def summary_line(entries: list[dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, nargs="+",
-                        help="(merged) quality_digits JSONs from the same x_T: rows of the later files join the "
-                             "first's (a row in several: the first file's); each keeps its own commit")
+                        help="(merged) quality_digits JSONs from the same x_T: (row, training seed) pairs of the "
+                             "later files join the first's (a pair in several: the first file's); each "
+                             "keeps its own commit")
     parser.add_argument("--samples_dir", type=Path, nargs="+", required=True,
                         help="the --out folders of the quality_digits runs (their samples/ folders)")
     parser.add_argument("--draws", type=int, default=1000)
@@ -260,9 +266,13 @@ def main() -> None:
     header = (f"Paired bootstrap ({args.draws} draws) over the shared x_T and the training seeds {seeds} of "
               f"{sources}, {payload['samples']} samples per cell. "
               "A - B < 0: A is lower (better). `tie`: the 95 % interval contains 0.")
+    mixed = {row: c for row, c in payload.get("row_commits", {}).items() if len(c) > 1}
+    if mixed:
+        header += " Seeds of one row from several commits: " + "; ".join(
+            f"{row} ({', '.join(c)})" for row, c in mixed.items()) + "."
     stem = args.results[0].stem + "_intervals"
     doc = {"source": [str(p) for p in args.results], "commit": payload["commit"], "commits": payload["commits"],
-           "draws": args.draws, "train_seeds": seeds,
+           "row_commits": payload.get("row_commits"), "draws": args.draws, "train_seeds": seeds,
            "seconds": time.perf_counter() - t0, "comparisons": entries,
            "rerun": {"source": str(args.rerun) if args.rerun else None, "cells": rerun,
                      "inside": sum(c["inside"] for c in rerun), "total": len(rerun)}}

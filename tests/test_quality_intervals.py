@@ -213,6 +213,7 @@ def test_result_files_join_rows_the_first_lacks_and_keep_each_files_commit(inter
     assert [(r["row"], r["fd"]) for r in joined["results"]] == [
         ("FP", 1.0), ("W4A4 solver-aware DPM-2", 2.0), ("W4A4 solver-aware DPM-2, grid anchor", 3.0)]
     assert joined["commits"] == ["aaa", "bbb"]
+    assert joined["row_commits"]["FP"] == ["aaa"]
     with pytest.raises(ValueError, match=r"c\.json: x_T_seed 1, but a\.json has 0"):
         intervals_script.joined([first, payload("ccc", [], x_T_seed=1)], [Path("a.json"), Path("c.json")])
 
@@ -250,3 +251,15 @@ def test_runs_from_other_x_T_are_refused_naming_the_file(versions_script):
     with pytest.raises(ValueError, match=r"old\.json: x_T_seed 1, but new\.json has 0"):
         versions_script.check_same_x_T({"samples": 500, "x_T_seed": 0}, {"samples": 500, "x_T_seed": 1},
                                        Path("new.json"), Path("old.json"))
+
+
+def test_a_later_file_adds_the_training_seeds_a_row_lacks_and_the_first_file_keeps_its_own(intervals_script):
+    def payload(commit, seeds_values):
+        return {"commit": commit, "samples": 500, "x_T_seed": 0, "train_seeds": sorted(seeds_values),
+                "results": [{"row": "M", "train_seed": k, "fd": v} for k, v in seeds_values.items()]}
+
+    joined = intervals_script.joined([payload("aaa", {0: 1.0, 1: 2.0}), payload("bbb", {1: 9.0, 2: 3.0})],
+                                     [Path("a.json"), Path("b.json")])
+    assert [(r["train_seed"], r["fd"], r["commit"]) for r in joined["results"]] == [
+        (0, 1.0, "aaa"), (1, 2.0, "aaa"), (2, 3.0, "bbb")]
+    assert joined["row_commits"] == {"M": ["aaa", "bbb"]}
