@@ -114,6 +114,26 @@ class RowFigures:
         return lambda k, idx: float(np.sqrt(self.sq_to_fp2[k][idx].mean()))
 
 
+def check_same_x_T(a: dict[str, Any], b: dict[str, Any], a_path: Path, b_path: Path) -> None:
+    """Refuse to pair result files sampled from other x_T or another sample count (names ``b_path``)."""
+    for field in ("samples", "x_T_seed"):
+        if a.get(field) != b.get(field):
+            raise ValueError(f"{b_path}: {field} {b.get(field)!r}, but {a_path} has {a.get(field)!r}: "
+                             "paired intervals need the same x_T and sample count")
+
+
+def reference_statistics() -> tuple[Any, dict[str, FeatureStats]]:
+    """The digits classifier and the real digits' feature statistics in both spaces (FD references)."""
+    from saq_lightning.data.digits import digits_split
+    from saq_lightning.metrics.digits_classifier import load_digits_classifier
+    from saq_lightning.metrics.digits_spaces import classifier_features, pixel_features
+
+    classifier, _ = load_digits_classifier()
+    real, _ = digits_split("all")
+    return classifier, {"fd": feature_stats(classifier_features(classifier, real).numpy()),
+                        "pixel_fd": feature_stats(pixel_features(real).numpy())}
+
+
 def joined(payloads: list[dict[str, Any]], paths: list[Path]) -> dict[str, Any]:
     """The first payload with the (row, training seed) pairs of the others that it lacks (same x_T
     seed and samples per cell, else an error naming the file): a row's seeds may come from several
@@ -122,10 +142,7 @@ def joined(payloads: list[dict[str, Any]], paths: list[Path]) -> dict[str, Any]:
     first = dict(payloads[0])
     results = list(first["results"])
     for payload, path in zip(payloads[1:], paths[1:]):
-        for field in ("samples", "x_T_seed"):
-            if payload.get(field) != first.get(field):
-                raise ValueError(f"{path}: {field} {payload.get(field)!r}, but {paths[0]} has {first.get(field)!r}: "
-                                 "paired intervals need the same x_T and sample count")
+        check_same_x_T(first, payload, paths[0], path)
         have = {(r["row"], r.get("train_seed")) for r in results}
         results += [dict(r, commit=payload["commit"]) for r in payload["results"]
                     if (r["row"], r.get("train_seed")) not in have]
@@ -145,14 +162,7 @@ def compare_all(payload: dict[str, Any], dirs: list[Path], draws: int,
                 claims: list[str] | None = None) -> list[dict[str, Any]]:
     """Every comparison whose rows the payload has (``claims``: only those whose claim contains one
     of these strings)."""
-    from saq_lightning.data.digits import digits_split
-    from saq_lightning.metrics.digits_classifier import load_digits_classifier
-    from saq_lightning.metrics.digits_spaces import classifier_features, pixel_features
-
-    classifier, _ = load_digits_classifier()
-    real, _ = digits_split("all")
-    reference = {"fd": feature_stats(classifier_features(classifier, real).numpy()),
-                 "pixel_fd": feature_stats(pixel_features(real).numpy())}
+    classifier, reference = reference_statistics()
     results = payload["results"]
     have = {(r["row"], r["solver"], r["steps"], r.get("guidance_scale")) for r in results}
     out = []

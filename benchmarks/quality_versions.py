@@ -23,7 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from quality_digits import source_commit
-from quality_intervals import RowFigures, load_cell, seeds_of, verdict
+from quality_intervals import (
+    RowFigures,
+    check_same_x_T,
+    load_cell,
+    reference_statistics,
+    seeds_of,
+    verdict,
+)
+
+from saq_lightning.metrics.intervals import paired_bootstrap_difference
 
 FIGURES = ("fd", "pixel_fd")
 
@@ -32,26 +41,10 @@ def cells_of(results: list[dict[str, Any]], row: str) -> set[tuple[str, int, flo
     return {(r["solver"], r["steps"], r.get("guidance_scale")) for r in results if r["row"] == row}
 
 
-def check_same_x_T(a: dict[str, Any], b: dict[str, Any], a_path: Path, b_path: Path) -> None:
-    for field in ("samples", "x_T_seed"):
-        if a.get(field) != b.get(field):
-            raise ValueError(f"{b_path}: {field} {b.get(field)!r}, but {a_path} has {a.get(field)!r}: a paired "
-                             "comparison needs the same x_T and sample count")
-
-
 def compare_versions(row: str, a: dict[str, Any], a_dir: Path, b: dict[str, Any], b_dir: Path,
                      draws: int) -> list[dict[str, Any]]:
     """A - B for every cell of ``row`` in both runs (samples from each run's ``samples/`` folder)."""
-    from saq_lightning.data.digits import digits_split
-    from saq_lightning.metrics.digits_classifier import load_digits_classifier
-    from saq_lightning.metrics.digits_spaces import classifier_features, pixel_features
-    from saq_lightning.metrics.feature_stats import feature_stats
-    from saq_lightning.metrics.intervals import paired_bootstrap_difference
-
-    classifier, _ = load_digits_classifier()
-    real, _ = digits_split("all")
-    reference = {"fd": feature_stats(classifier_features(classifier, real).numpy()),
-                 "pixel_fd": feature_stats(pixel_features(real).numpy())}
+    classifier, reference = reference_statistics()
     shared = sorted(cells_of(a["results"], row) & cells_of(b["results"], row), key=lambda c: (c[2] or 0, c[1], c[0]))
     if not shared:
         raise ValueError(f"row {row!r} has no cell in both result files")

@@ -84,7 +84,7 @@ def intermediate_states(flow: TeacherFlow, states: Tensor, times: Tensor, interm
     """States ``[K * B, ...]`` (point-major) at the intermediate model timesteps that a grid
     state precedes, and their times ``[K * B]``: the teacher's first-order step from the nearest
     noisier evaluated grid state ``states[j]`` (``times[j] > t``) to each point."""
-    schedule, b = flow.schedule, states.shape[1]
+    schedule, b, teacher = flow.schedule, states.shape[1], flow.predictor()
     xs, ts, eps = [], [], {}
     for u in intermediate:
         t_u = schedule.t_from_model_timestep(torch.tensor(float(u), dtype=times.dtype, device=times.device))
@@ -94,7 +94,7 @@ def intermediate_states(flow: TeacherFlow, states: Tensor, times: Tensor, interm
         j = int(noisier[-1])
         s = times[j].expand(b)
         if j not in eps:
-            eps[j] = evaluate(flow.predictor(), states[j], s, cond)
+            eps[j] = evaluate(teacher, states[j], s, cond)
         xs.append(noise_step(states[j], step_coefficients(schedule, s, t_u.expand(b)), eps[j]))
         ts.append(t_u.expand(b))
     if not xs:

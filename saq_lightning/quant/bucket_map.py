@@ -182,9 +182,7 @@ class BucketMap:
     def own_intermediate_points(self) -> list[float]:
         """The intermediate timesteps (noisiest first) that are no grid point: the points whose
         buckets only data at those timesteps can calibrate."""
-        grid = self.points(intermediate=False)[0]
-        inner = _distinct(sorted({t for g in self.grids for t in g.intermediate}, reverse=True), self.tolerance)
-        return [t for t in inner if all(abs(t - p) > self.tolerance for p in grid)]
+        return _off_grid_intermediates(self.grids, self.points(intermediate=False)[0], self.tolerance)
 
     def lookup(self, timestep: Tensor) -> Tensor:
         """Buckets ``[B]`` (long) of model timesteps ``[B]`` (any float dtype and device)."""
@@ -265,8 +263,7 @@ def _intermediate_tables(grids: Sequence[StudentGrid], points: list[float], buck
     an unused bucket, in noise order (raises :class:`BucketCollisionError` when too few are left)."""
     if not any(g.intermediate for g in grids):
         return {}
-    new = _distinct(sorted({t for g in grids for t in g.intermediate
-                            if min(abs(t - p) for p in points) > tol}, reverse=True), tol)
+    new = _off_grid_intermediates(grids, points, tol)
     free = sorted(set(range(n_buckets)) - set(bucket_of.values()), reverse=True)
     if len(new) > len(free):
         names = ", ".join(f"{g.name} ({g.spacing})" for g in grids if g.intermediate)
@@ -283,6 +280,13 @@ def _intermediate_tables(grids: Sequence[StudentGrid], points: list[float], buck
             out[g.name] = tuple(bucket_of[_nearest(points, t)] if min(abs(t - p) for p in points) <= tol
                                 else own[_nearest(new, t)] for t in g.intermediate)
     return out
+
+
+def _off_grid_intermediates(grids: Sequence[StudentGrid], points: list[float], tol: float) -> list[float]:
+    """The distinct intermediate timesteps of ``grids`` (noisiest first) farther than ``tol`` from
+    every grid point: those that get buckets of their own."""
+    return _distinct(sorted({t for g in grids for t in g.intermediate
+                             if min(abs(t - p) for p in points) > tol}, reverse=True), tol)
 
 
 def _rank_buckets(u: int, n_buckets: int) -> list[int]:
