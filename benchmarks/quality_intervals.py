@@ -196,7 +196,9 @@ def compare_all(payload: dict[str, Any], dirs: list[Path], draws: int,
 
 def rerun_check(results: list[dict[str, Any]], rerun: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each cell of an independent rerun (trained rows at training seeds the table did not use)
-    against the table's prediction interval for one new seed, per figure."""
+    against the table's prediction interval for one new seed, per figure. Where the table's seeds
+    agree exactly (two seeds of equal class accuracy), the interval has zero width and predicts
+    nothing: such a cell is no check (``inside: None``), not a miss."""
     from saq_lightning.metrics.intervals import seed_interval
 
     out = []
@@ -215,7 +217,7 @@ def rerun_check(results: list[dict[str, Any]], rerun: list[dict[str, Any]]) -> l
                         "guidance_scale": r.get("guidance_scale"), "figure": figure, "seed": r["train_seed"],
                         "value": r[figure], "table_seeds": [x["train_seed"] for x in same],
                         "pred_lo": iv.pred_lo, "pred_hi": iv.pred_hi,
-                        "inside": iv.pred_lo <= r[figure] <= iv.pred_hi})
+                        "inside": iv.pred_lo <= r[figure] <= iv.pred_hi if iv.sd > 0 else None})
     return out
 
 
@@ -247,7 +249,7 @@ def summary_line(entries: list[dict[str, Any]]) -> str:
     parts = []
     for e in entries:
         if e["steps"] == 10 and "fd" in e:
-            parts.append(f"cfg{e['guidance_scale']:g} {Row(e['claim']).key[:40]}: {verdict(e['fd'])}")
+            parts.append(f"cfg{e['guidance_scale']:g} {Row(e['claim']).key}: {verdict(e['fd'])}")
     return "paired FD verdicts at 10 steps: " + "; ".join(parts)
 
 
@@ -285,15 +287,16 @@ def main() -> None:
            "row_commits": payload.get("row_commits"), "draws": args.draws, "train_seeds": seeds,
            "seconds": time.perf_counter() - t0, "comparisons": entries,
            "rerun": {"source": str(args.rerun) if args.rerun else None, "cells": rerun,
-                     "inside": sum(c["inside"] for c in rerun), "total": len(rerun)}}
+                     **rerun_counts(rerun)}}
     text = markdown(entries, header) + rerun_markdown(rerun)
     for folder in output_folders(args.out, args.results):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
         (folder / f"{stem}.md").write_text(text)
     print(text, flush=True)
-    print(summary_line(entries) + (f"; rerun inside the one-new-seed interval: {sum(c['inside'] for c in rerun)}"
-                                   f"/{len(rerun)}" if rerun else ""))
+    counts = rerun_counts(rerun)
+    print(summary_line(entries) + (f"; rerun inside the one-new-seed interval: {counts['inside']}/{counts['total']}"
+                                   f" ({counts['no_spread']} cells without spread, not checked)" if rerun else ""))
 
 
 def output_folders(out: Path | None, results: list[Path]) -> set[Path]:
@@ -301,17 +304,26 @@ def output_folders(out: Path | None, results: list[Path]) -> set[Path]:
     return {out or results[0].parent, Path(__file__).resolve().parent / "results"}
 
 
+def rerun_counts(cells: list[dict[str, Any]]) -> dict[str, int]:
+    """Cells inside their interval, cells checked, and cells whose table seeds had no spread."""
+    checked = [c for c in cells if c["inside"] is not None]
+    return {"inside": sum(c["inside"] for c in checked), "total": len(checked),
+            "no_spread": len(cells) - len(checked)}
+
+
 def rerun_markdown(cells: list[dict[str, Any]]) -> str:
     if not cells:
         return ""
-    inside = sum(c["inside"] for c in cells)
-    lines = ["", (f"Independent rerun: {inside} of {len(cells)} cells inside the table's 95 % prediction "
-                  "interval for one new training seed."), "",
+    counts = rerun_counts(cells)
+    lines = ["", (f"Independent rerun: {counts['inside']} of {counts['total']} cells inside the table's 95 % "
+                  "prediction interval for one new training seed"
+                  + (f"; {counts['no_spread']} cells not checked (the table's seeds agree exactly, a "
+                     "zero-width interval)." if counts["no_spread"] else ".")), "",
              "| row | solver | steps | CFG | figure | seed | value | interval | inside |", "|---|---|---:|---:|---|---:|---:|---|---|"]
     for c in cells:
         lines.append(f"| {c['row']} | {c['solver']} | {c['steps']} | {c['guidance_scale']:g} | {c['figure']} | "
                      f"{c['seed']} | {c['value']:.3f} | [{c['pred_lo']:.3f}, {c['pred_hi']:.3f}] | "
-                     f"{'yes' if c['inside'] else 'NO'} |")
+                     f"{ {True: 'yes', False: 'NO', None: 'no spread'}[c['inside']]} |")
     return "\n".join(lines) + "\n"
 
 

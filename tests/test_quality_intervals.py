@@ -202,6 +202,15 @@ def test_a_rerun_seed_is_checked_against_the_one_new_seed_prediction_interval(in
     assert not next(c for c in far if c["figure"] == "fd")["inside"]
 
 
+def test_a_rerun_cell_whose_table_seeds_agree_exactly_is_no_check_and_not_counted(intervals_script):
+    # two seeds at equal class accuracy: a zero-width interval that any other value would "miss"
+    table = [_result("M", k, "dpm1", 0.5) for k in (0, 1)]
+    cells = [c for c in intervals_script.rerun_check(table, [_result("M", 2, "dpm1", 0.6)]) if c["figure"] == "fd"]
+    assert cells[0]["inside"] is None and cells[0]["pred_lo"] == cells[0]["pred_hi"] == 0.5
+    assert intervals_script.rerun_counts(cells) == {"inside": 0, "total": 0, "no_spread": 1}
+    assert "1 cells not checked" in intervals_script.rerun_markdown(cells)
+
+
 def test_result_files_join_rows_the_first_lacks_and_keep_each_files_commit(intervals_script):
     def payload(commit, rows, x_T_seed=0):
         return {"commit": commit, "samples": 500, "x_T_seed": x_T_seed, "train_seeds": [0, 1],
