@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from quality_digits import Row, samples_path
+from quality_digits import Row, aggregate, markdown_table, plus_minus, samples_path
 
 from saq_lightning.metrics.feature_stats import FeatureStats, feature_stats, frechet_distance
 from saq_lightning.metrics.intervals import paired_bootstrap_difference
@@ -265,6 +265,8 @@ def main() -> None:
     parser.add_argument("--claims", nargs="+", default=None, metavar="TEXT",
                         help="only the comparisons whose claim contains one of these (e.g. 'grid-anchored')")
     parser.add_argument("--out", type=Path, default=None, help="folder (default: beside the results)")
+    parser.add_argument("--name", default=None,
+                        help="output file stem (default: the first result file's stem + '_intervals')")
     parser.add_argument("--rerun", type=Path, default=None, metavar="JSON",
                         help="an independent rerun at other training seeds, checked against the prediction "
                              "intervals for one new seed")
@@ -282,13 +284,15 @@ def main() -> None:
     if mixed:
         header += " Seeds of one row from several commits: " + "; ".join(
             f"{row} ({', '.join(c)})" for row, c in mixed.items()) + "."
-    stem = args.results[0].stem + "_intervals"
+    stem = args.name or args.results[0].stem + "_intervals"
     doc = {"source": [str(p) for p in args.results], "commit": payload["commit"], "commits": payload["commits"],
            "row_commits": payload.get("row_commits"), "draws": args.draws, "train_seeds": seeds,
            "seconds": time.perf_counter() - t0, "comparisons": entries,
            "rerun": {"source": str(args.rerun) if args.rerun else None, "cells": rerun,
                      **rerun_counts(rerun)}}
-    text = markdown(entries, header) + rerun_markdown(rerun)
+    means, means_text = joined_means(payload)
+    doc["joined_means"] = means
+    text = markdown(entries, header) + means_text + rerun_markdown(rerun)
     for folder in output_folders(args.out, args.results):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
@@ -302,6 +306,24 @@ def main() -> None:
 def output_folders(out: Path | None, results: list[Path]) -> set[Path]:
     """Where the intervals go: ``out`` (default: beside the first result file) and benchmarks/results."""
     return {out or results[0].parent, Path(__file__).resolve().parent / "results"}
+
+
+def joined_means(payload: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    """Seed means (± half the 95 % t interval) of the rows whose seeds come from several files:
+    no single quality_digits file holds them. The cells and a markdown table (FD / pixel FD /
+    distance to FP DPM-2)."""
+    mixed = {row for row, c in payload.get("row_commits", {}).items() if len(c) > 1}
+    results = [r for r in payload["results"] if r["row"] in mixed]
+    if not results:
+        return [], ""
+
+    def cell_of(c: dict[str, Any]) -> str:
+        return " / ".join("-" if c.get(m) is None else plus_minus(c, m, fmt)
+                          for m, fmt in (("fd", ".3f"), ("pixel_fd", ".3f"), ("distance_to_fp_dpm2", ".4f")))
+
+    text = ("\nSeed means of the rows whose seeds come from several files (FD / pixel FD / distance to "
+            "FP DPM-2, ± half the 95 % t interval over the seeds):\n\n" + markdown_table(results, cell_of) + "\n")
+    return aggregate(results), text
 
 
 def rerun_counts(cells: list[dict[str, Any]]) -> dict[str, int]:

@@ -211,6 +211,19 @@ def test_a_rerun_cell_whose_table_seeds_agree_exactly_is_no_check_and_not_counte
     assert "1 cells not checked" in intervals_script.rerun_markdown(cells)
 
 
+def test_rows_whose_seeds_span_files_get_their_seed_means_from_the_joined_results(intervals_script):
+    a = {"commit": "aaa", "samples": 500, "x_T_seed": 0, "train_seeds": [0, 1],
+         "results": [_result("M", 0, "dpm1", 0.30), _result("M", 1, "dpm1", 0.34), _result("FP", None, "dpm1", 0.9)]}
+    b = {"commit": "bbb", "samples": 500, "x_T_seed": 0, "train_seeds": [2],
+         "results": [_result("M", 2, "dpm1", 0.35), _result("FP", None, "dpm1", 0.9)]}
+    cells, text = intervals_script.joined_means(intervals_script.joined([a, b], [Path("a.json"), Path("b.json")]))
+    assert [c["row"] for c in cells] == ["M"]  # FP is one file's: its means are that file's
+    assert cells[0]["train_seeds"] == [0, 1, 2]
+    assert cells[0]["fd"] == pytest.approx(0.33, abs=1e-12)
+    assert cells[0]["fd_interval"] == seed_interval([0.30, 0.34, 0.35]).as_dict()
+    assert "| M | DPM-Solver-1 | 0.330 ± " in text
+
+
 def test_result_files_join_rows_the_first_lacks_and_keep_each_files_commit(intervals_script):
     def payload(commit, rows, x_T_seed=0):
         return {"commit": commit, "samples": 500, "x_T_seed": x_T_seed, "train_seeds": [0, 1],
