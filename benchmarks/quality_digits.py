@@ -90,6 +90,8 @@ ROWS = [
     Row("W4A4 EfficientDM (DDIM points, MSE)", "w4a4", "same_input", DDIM_10, init=MSE_ONLY),
     Row("W4A4 mixed-order", "w4a4", "mixed_order"),
     Row("W4A4 mixed-order + mixstep", "w4a4", "mixed_order", MIXSTEP),
+    # both CFG branches aligned (eps_u and eps_c), not only their guided combination: what CFG 1 samples
+    Row("W4A4 mixed-order, branches aligned", "w4a4", "mixed_order", init={"guidance_alignment": "branches"}),
     Row("W4A8 naive", "w4a8"),
     Row("W4A8 mixed-order", "w4a8", "mixed_order"),
     Row("W8A8 naive", "w8a8"),
