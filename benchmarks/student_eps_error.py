@@ -16,7 +16,10 @@ points, where a 2nd/3rd-order solver evaluates it.
     python benchmarks/student_eps_error.py --run runs/quality_digits [more folders] [--solver dpm2 --steps 10]
 
 Writes ``student_eps_error.json`` to ``benchmarks/results/``; the last line is
-``eps_error grid: naive=... | mid: naive=...``.
+``eps_error grid: naive=... | mid: naive=... | mid_to_step_start: naive=...``. ``mid_to_step_start``
+is the error at each intermediate point against FP's eps at the grid point its step started from:
+what an ``fp_first_order`` PTQ student is reconstructed towards there (``--student NAME=CKPT`` adds
+any saved student, PTQ ones included).
 """
 
 from __future__ import annotations
@@ -69,6 +72,17 @@ def load_students(runs: list[Path]) -> tuple[DiffusionModel, dict[str, Diffusion
     return module.teacher.eval(), students, guidance
 
 
+def extra_students(specs: list[str]) -> dict[str, DiffusionModel]:
+    """``NAME=CKPT`` pairs as loaded students (any policy: the error is of the guided prediction)."""
+    out = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not Path(path).is_file():
+            raise ValueError(f"--student {spec!r}: expected NAME=CKPT with an existing checkpoint file")
+        out[name] = load_student(Path(path)).eval()
+    return out
+
+
 def fp_evaluations(teacher: DiffusionModel, solver: str, steps: int, scale: float, n: int,
                    seed: int = 0) -> tuple[Trajectory, Any]:
     """The FP model's trajectory (with every guided evaluation) from the quality benchmark's x_T
@@ -90,22 +104,40 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--name", default="student_eps_error", help="results file stem")
+    parser.add_argument("--student", nargs="+", default=[], metavar="NAME=CKPT",
+                        help="more students to measure, each a saved student checkpoint (e.g. a PTQ row's "
+                             "<out>/ptq_<policy>_<tag>/student.ckpt)")
     args = parser.parse_args()
     teacher, students, scale = load_students(args.run)
+    students.update(extra_students(args.student))
+    students["FP"] = teacher  # 0 everywhere but mid_to_step_start: how far eps moves within a step
     trajectory, cond = fp_evaluations(teacher, args.solver, args.steps, scale, args.samples)
     predictors = {n: guided_predictor(m, scale) for n, m in students.items()}
     rows = []
-    print(f"{'t':>8s} {'point':>6s} " + " ".join(f"{n:>12s}" for n in students))
+    print(f"{'t':>8s} {'point':>6s} " + " ".join(f"{n:>12s}" for n in students)
+          + "   (mid: error / error against FP's eps at the step's grid point)")
+    start_eps = {}  # step -> FP's eps at the step's grid point (fp_first_order's target at its midpoint)
     for ev in trajectory.evaluations:
         # a step evaluates at its grid time; a higher-order solver adds points between grid times
         on_grid = bool(ev.t[0] == trajectory.times[ev.step].to(ev.t))
         c = select_batch(cond, ev.index, args.samples)
-        errors = {n: float((p(ev.x, ev.t, c) - ev.eps).norm() / ev.eps.norm()) for n, p in predictors.items()}
-        rows.append({"t": float(ev.t[0]), "step": ev.step, "point": "grid" if on_grid else "mid",
-                     "relative_error": errors})
-        print(f"{rows[-1]['t']:8.4f} {rows[-1]['point']:>6s} " + " ".join(f"{v:12.4f}" for v in errors.values()))
+        eps = {n: p(ev.x, ev.t, c) for n, p in predictors.items()}
+        errors = {n: float((e - ev.eps).norm() / ev.eps.norm()) for n, e in eps.items()}
+        row = {"t": float(ev.t[0]), "step": ev.step, "point": "grid" if on_grid else "mid", "relative_error": errors}
+        if on_grid:
+            start_eps[ev.step] = ev.eps
+        elif ev.step in start_eps:
+            ref = start_eps[ev.step]
+            row["relative_error_to_step_start"] = {n: float((e - ref).norm() / ref.norm()) for n, e in eps.items()}
+        rows.append(row)
+        cells = [f"{v:.4f}" + (f"/{row['relative_error_to_step_start'][n]:.4f}" if "relative_error_to_step_start" in row
+                               else "") for n, v in errors.items()]
+        print(f"{row['t']:8.4f} {row['point']:>6s} " + " ".join(f"{c:>12s}" for c in cells))
     means = {kind: {n: statistics.mean(r["relative_error"][n] for r in rows if r["point"] == kind) for n in students}
              for kind in ("grid", "mid") if any(r["point"] == kind for r in rows)}
+    to_start = [r["relative_error_to_step_start"] for r in rows if "relative_error_to_step_start" in r]
+    if to_start:
+        means["mid_to_step_start"] = {n: statistics.mean(r[n] for r in to_start) for n in students}
     payload = {"run": [str(r) for r in args.run], "commit": source_commit(), "solver": args.solver, "steps": args.steps, "samples": args.samples,
                "guidance_scale": scale, "rows": rows, "mean_relative_error": means}
     out = Path(__file__).resolve().parent / "results" / f"{args.name}.json"
