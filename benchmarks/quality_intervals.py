@@ -54,6 +54,8 @@ def _ptq_comparisons(policy: str) -> list[Comparison]:
     return [
         Comparison(f"{tag}BRECQ beats naive PTQ (DPM-1)", (brecq, "dpm1"), (naive, "dpm1")),
         Comparison(f"{tag}SA-PTQ fp_second_order beats BRECQ (DPM-1)", (fp2, "dpm1"), (brecq, "dpm1")),
+        Comparison(f"{tag}SA-PTQ fp_second_order (DPM-1) beats FP DPM-1", (fp2, "dpm1"), ("FP", "dpm1")),
+        Comparison(f"{tag}SA-PTQ fp_second_order (DPM-1) matches FP DPM-2", (fp2, "dpm1"), ("FP", "dpm2")),
         Comparison(f"{tag}SA-PTQ fp_first_order beats BRECQ (DPM-1)", (fp1, "dpm1"), (brecq, "dpm1")),
         Comparison(f"{tag}SA-PTQ fp_first_order beats BRECQ (DPM-2)", (fp1, "dpm2"), (brecq, "dpm2")),
         Comparison(f"{tag}SA-PTQ fp_first_order beats BRECQ on grid + intermediate points (DPM-2)",
