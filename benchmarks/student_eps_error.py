@@ -49,15 +49,16 @@ TRAINED = {"same_input": ("w4a4_same_input", "w4a4_same_input_cos_2nd_order_poin
            "solver_aware_dpm2": ("w4a4_solver_aware_dpm_2",)}
 
 
-def load_students(runs: list[Path]) -> tuple[DiffusionModel, dict[str, DiffusionModel], float]:
+def load_students(runs: list[Path], config: Path | None = None
+                  ) -> tuple[DiffusionModel, dict[str, DiffusionModel], float]:
     """The FP teacher, the naive (calibrated) W4A4 student and the trained W4A4 students (training
     seed 0) found in ``runs`` (output folders of ``quality_digits.py``; the first with each row);
     a row none of them trained is left out with one printed line."""
-    config = next((r / "w4a4_naive" / "digits_w4a4.yaml" for r in runs
-                   if (r / "w4a4_naive" / "digits_w4a4.yaml").is_file()), None)
+    config = config or next((r / "w4a4_naive" / "digits_w4a4.yaml" for r in runs
+                             if (r / "w4a4_naive" / "digits_w4a4.yaml").is_file()), None)
     if config is None:
         raise FileNotFoundError(f"no w4a4_naive/digits_w4a4.yaml under {[str(r) for r in runs]}: point --run at "
-                                "finished benchmarks/quality_digits.py outputs")
+                                "finished benchmarks/quality_digits.py outputs, or pass --config")
     guidance = float(yaml.safe_load(config.read_text())["model"]["init_args"].get("guidance_scale", 1.0))
     module = load_run_parts(["--config", str(config)]).setup
     module.calibrate_student()
@@ -100,6 +101,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", nargs="+", type=Path, default=[Path("runs/quality_digits")],
                         help="quality_digits.py output folder(s) (rows run by separate processes)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="the training config of the teacher and the naive student (default: the runs' "
+                             "w4a4_naive/digits_w4a4.yaml, whose teacher path must still exist)")
     parser.add_argument("--solver", default="dpm2")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--samples", type=int, default=200)
@@ -108,7 +112,7 @@ def main() -> None:
                         help="more students to measure, each a saved student checkpoint (e.g. a PTQ row's "
                              "<out>/ptq_<policy>_<tag>/student.ckpt)")
     args = parser.parse_args()
-    teacher, students, scale = load_students(args.run)
+    teacher, students, scale = load_students(args.run, args.config)
     students.update(extra_students(args.student))
     students["FP"] = teacher  # 0 everywhere but mid_to_step_start: how far eps moves within a step
     trajectory, cond = fp_evaluations(teacher, args.solver, args.steps, scale, args.samples)
