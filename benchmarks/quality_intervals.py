@@ -296,25 +296,23 @@ def main() -> None:
     header = (f"Paired bootstrap ({args.draws} draws) over the shared x_T and the training seeds {seeds} of "
               f"{sources}, {payload['samples']} samples per cell. "
               "A - B < 0: A is lower (better). `tie`: the 95 % interval contains 0.")
-    mixed = {row: c for row, c in payload.get("row_commits", {}).items() if len(c) > 1}
+    mixed = rows_of_several_commits(payload)
     if mixed:
         header += " Seeds of one row from several commits: " + "; ".join(
             f"{row} ({', '.join(c)})" for row, c in mixed.items()) + "."
     stem = args.name or args.results[0].stem + "_intervals"
+    counts = rerun_counts(rerun)
+    means, means_text = joined_means(payload)
     doc = {"source": [str(p) for p in args.results], "commit": payload["commit"], "commits": payload["commits"],
            "row_commits": payload.get("row_commits"), "draws": args.draws, "train_seeds": seeds,
-           "seconds": time.perf_counter() - t0, "comparisons": entries,
-           "rerun": {"source": str(args.rerun) if args.rerun else None, "cells": rerun,
-                     **rerun_counts(rerun)}}
-    means, means_text = joined_means(payload)
-    doc["joined_means"] = means
+           "seconds": time.perf_counter() - t0, "comparisons": entries, "joined_means": means,
+           "rerun": {"source": str(args.rerun) if args.rerun else None, "cells": rerun, **counts}}
     text = markdown(entries, header) + means_text + rerun_markdown(rerun)
     for folder in output_folders(args.out, args.results):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
         (folder / f"{stem}.md").write_text(text)
     print(text, flush=True)
-    counts = rerun_counts(rerun)
     print(summary_line(entries) + (f"; rerun inside the one-new-seed interval: {counts['inside']}/{counts['total']}"
                                    f" ({counts['no_spread']} cells without spread, not checked)" if rerun else ""))
 
@@ -324,11 +322,16 @@ def output_folders(out: Path | None, results: list[Path]) -> set[Path]:
     return {out or results[0].parent, Path(__file__).resolve().parent / "results"}
 
 
+def rows_of_several_commits(payload: dict[str, Any]) -> dict[str, list[str]]:
+    """Rows of a :func:`joined` payload whose seeds come from more than one commit, with those commits."""
+    return {row: c for row, c in payload.get("row_commits", {}).items() if len(c) > 1}
+
+
 def joined_means(payload: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
     """Seed means (± half the 95 % t interval) of the rows whose seeds come from several files:
     no single quality_digits file holds them. The cells and a markdown table (FD / pixel FD /
     distance to FP DPM-2)."""
-    mixed = {row for row, c in payload.get("row_commits", {}).items() if len(c) > 1}
+    mixed = rows_of_several_commits(payload)
     results = [r for r in payload["results"] if r["row"] in mixed]
     if not results:
         return [], ""

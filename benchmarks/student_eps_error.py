@@ -53,7 +53,8 @@ def load_students(runs: list[Path], config: Path | None = None
                   ) -> tuple[DiffusionModel, dict[str, DiffusionModel], float]:
     """The FP teacher, the naive (calibrated) W4A4 student and the trained W4A4 students (training
     seed 0) found in ``runs`` (output folders of ``quality_digits.py``; the first with each row);
-    a row none of them trained is left out with one printed line."""
+    a row none of them trained is left out with one printed line. ``config``: the training config
+    of the teacher and the naive student (default: the first run's ``w4a4_naive`` config)."""
     config = config or next((r / "w4a4_naive" / "digits_w4a4.yaml" for r in runs
                              if (r / "w4a4_naive" / "digits_w4a4.yaml").is_file()), None)
     if config is None:
